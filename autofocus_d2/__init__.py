@@ -1,0 +1,23 @@
+"""AutoFocus (Najibi, Singh, Davis, ICCV 2019) for Detectron2.
+
+``import autofocus_d2`` registers the meta-architecture ``AutoFocusRCNN``, the FocusPixel heads, the
+compact backbones and the built-in datasets; ``add_autofocus_config(cfg)`` adds the config keys.
+"""
+try:
+    import detectron2  # noqa: F401
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "autofocus_d2 needs detectron2, which is not on PyPI. Install it with "
+        "`python tools/install_detectron2.py` from the autofocus-d2 source tree (see README.md)."
+    ) from e
+
+from .config import add_autofocus_config
+from . import modeling  # noqa: F401  (registers AutoFocusRCNN, FocusPixel heads, backbones)
+from .data import register_synthetic_datasets
+
+# The built-in datasets, under $AUTOFOCUS_DATA (default ./datasets/autofocus_synth); generated on
+# first use. Detectron2 registers its own built-in datasets at import in the same way.
+register_synthetic_datasets()
+
+__all__ = ["add_autofocus_config"]
+__version__ = "0.1.0"

@@ -1,0 +1,161 @@
+"""Config keys of autofocus-d2: ``add_autofocus_config(cfg)`` and their validation."""
+import math
+from typing import List, Sequence
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_autofocus_config", "validate_autofocus_config", "per_transition"]
+
+
+def add_autofocus_config(cfg: CN) -> None:
+    """Add the AutoFocus keys, with their defaults, to a Detectron2 config (in place).
+
+    Frames: "input image" is the image the network sees at one scale (after resize / crop, before
+    batch padding); "original image" is the image as the dataset stores it.
+    """
+    # ---------------------------------------------------------------- FocusPixel head (training)
+    cfg.MODEL.FOCUS_HEAD = CN()
+    # Name of the head in FOCUS_HEAD_REGISTRY.
+    cfg.MODEL.FOCUS_HEAD.NAME = "StandardFocusHead"
+    # Backbone feature the head reads. "" = the backbone output of stride 16 (res4 for C4, p4 for FPN).
+    cfg.MODEL.FOCUS_HEAD.IN_FEATURE = ""
+    # Channels of the head's 3x3 conv.
+    cfg.MODEL.FOCUS_HEAD.CONV_DIM = 256
+    # Weight of loss_focus (dimensionless) relative to Detectron2's detection losses.
+    cfg.MODEL.FOCUS_HEAD.LOSS_WEIGHT = 1.0
+    # [min, max] of sqrt(box area), in input-image pixels, of the objects whose cells are
+    # FocusPixels (label 1). Paper: 5 <= r <= 64.
+    cfg.MODEL.FOCUS_HEAD.SMALL_RANGE = [5.0, 64.0]
+    # Cells of objects with r < SMALL_RANGE[0] or SMALL_RANGE[1] < r <= IGNORE_MAX (input-image
+    # pixels) are ignored (label -1) unless a FocusPixel; the paper uses 90.
+    cfg.MODEL.FOCUS_HEAD.IGNORE_MAX = 90.0
+
+    # ------------------------------------------------------------- coarse-to-fine inference
+    cfg.MODEL.AUTOFOCUS = CN()
+    # Chip policy (CHIP_POLICY_REGISTRY): "autofocus" (FocusChips), "pyramid" (whole image at
+    # every scale), "single" (first scale only), "grid" (uniform overlapping tiles at finer scales).
+    cfg.MODEL.AUTOFOCUS.CHIP_POLICY = "autofocus"
+    # Scale 0: (shorter side, longer-side cap) in pixels of the resized whole image (paper: 480, 512).
+    cfg.MODEL.AUTOFOCUS.FIRST_SCALE = [480, 512]
+    # Scales 1..: zoom factor of each finer scale relative to the ORIGINAL image (paper, on COCO's
+    # 480 px-high images: 800 / 480 and 1400 / 480). One entry per finer scale, increasing.
+    cfg.MODEL.AUTOFOCUS.ZOOMS = [1.667, 2.917]
+    # FocusPixel probability above which a cell is a FocusPixel, one per scale transition
+    # (0->1, 1->2, ...); a single value applies to every transition. Paper code: 0.02, 0.2.
+    cfg.MODEL.AUTOFOCUS.FOCUS_THRESHOLD = [0.02, 0.2]
+    # Side of the square dilation kernel, in focus-map cells; one per transition or a single value.
+    cfg.MODEL.AUTOFOCUS.DILATION = [3]
+    # Minimum FocusChip side, in pixels of the image at the scale where the map was predicted;
+    # one per transition or a single value (paper: 16 and 20 cells of stride 16).
+    cfg.MODEL.AUTOFOCUS.MIN_CHIP_SIZE = [256.0, 320.0]
+    # At most this many chips per image per scale (largest focus mass kept; a warning is logged).
+    cfg.MODEL.AUTOFOCUS.MAX_CHIPS_PER_IMAGE = 32
+    # Chips per forward pass at a finer scale (padded ImageList batches): bounds memory.
+    cfg.MODEL.AUTOFOCUS.CHIP_BATCH_SIZE = 8
+    # Focus stacking 1: drop a chip detection with an edge within this many ORIGINAL-image pixels of
+    # a chip border that is not an image border (the object was cut by the chip). Paper code: 10.
+    cfg.MODEL.AUTOFOCUS.BORDER_MARGIN = 10.0
+    # Focus stacking 2: drop a scale-k detection lying inside a scale-(k+1) chip when its
+    # sqrt(area) in scale-k pixels is below this (the finer scale re-detects it).
+    cfg.MODEL.AUTOFOCUS.SMALL_DROP_SIZE = 64.0
+    # Focus stacking 3: per-scale valid [min, max] of sqrt(area) in ORIGINAL-image pixels, one pair
+    # per scale (-1 = no limit), as in SNIPER. Paper code on COCO: (75, -), (32, 180), (-, 75).
+    # Not applied when a policy processes a single scale.
+    cfg.MODEL.AUTOFOCUS.VALID_RANGES = [[75.0, -1.0], [32.0, 180.0], [-1.0, 75.0]]
+    # Final merge: "nms" (class-wise) or "soft_nms" (class-wise Gaussian Soft-NMS).
+    cfg.MODEL.AUTOFOCUS.NMS_METHOD = "nms"
+    # IoU threshold of the final class-wise NMS.
+    cfg.MODEL.AUTOFOCUS.NMS_THRESH = 0.5
+    # Gaussian sigma of Soft-NMS (paper code: 0.55).
+    cfg.MODEL.AUTOFOCUS.SOFT_NMS_SIGMA = 0.55
+    # Detections kept per image after the final merge.
+    cfg.MODEL.AUTOFOCUS.DETECTIONS_PER_IMAGE = 100
+    # "grid" policy: square tile side, in pixels of the finer scale, and overlap ratio of tiles.
+    cfg.MODEL.AUTOFOCUS.GRID_TILE_SIZE = 512
+    cfg.MODEL.AUTOFOCUS.GRID_OVERLAP = 0.2
+
+    # ----------------------------------------------------- compact ResNet-FPN (CPU-sized model)
+    cfg.MODEL.COMPACT_RESNET = CN()
+    # Output channels of the stem (conv 7x7 stride 2 + max-pool: stride 4).
+    cfg.MODEL.COMPACT_RESNET.STEM_OUT_CHANNELS = 16
+    # Output channels of res2..res5 (strides 4, 8, 16, 32); BasicBlocks as in ResNet-18.
+    cfg.MODEL.COMPACT_RESNET.STAGE_OUT_CHANNELS = [32, 64, 128, 256]
+    # BasicBlocks per stage res2..res5.
+    cfg.MODEL.COMPACT_RESNET.BLOCKS_PER_STAGE = [1, 1, 1, 1]
+
+
+def per_transition(values: Sequence, num_transitions: int, key: str) -> List:
+    """Broadcast a one-per-scale-transition config value: a single entry applies to all."""
+    values = list(values)
+    if len(values) == 1:
+        return values * num_transitions
+    if len(values) != num_transitions:
+        raise ValueError(
+            f"{key} has {len(values)} entries; expected 1 or one per scale transition "
+            f"({num_transitions}, from MODEL.AUTOFOCUS.ZOOMS)"
+        )
+    return values
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"Invalid config {key}: {msg}")
+
+
+def validate_autofocus_config(cfg: CN) -> None:
+    """Check the AutoFocus keys for consistency; raise ValueError naming the offending key.
+
+    Checks that need the backbone (the head's input feature) are done where the head is built.
+    """
+    head = cfg.MODEL.FOCUS_HEAD
+    lo, hi = _pair(head.SMALL_RANGE, "MODEL.FOCUS_HEAD.SMALL_RANGE")
+    _check(0 <= lo <= hi, "MODEL.FOCUS_HEAD.SMALL_RANGE", f"need 0 <= min <= max, got {[lo, hi]}")
+    _check(
+        head.IGNORE_MAX >= hi,
+        "MODEL.FOCUS_HEAD.IGNORE_MAX",
+        f"{head.IGNORE_MAX} is below SMALL_RANGE max {hi}",
+    )
+    _check(head.CONV_DIM > 0, "MODEL.FOCUS_HEAD.CONV_DIM", f"must be > 0, got {head.CONV_DIM}")
+    _check(head.LOSS_WEIGHT >= 0, "MODEL.FOCUS_HEAD.LOSS_WEIGHT", f"got {head.LOSS_WEIGHT}")
+
+    af = cfg.MODEL.AUTOFOCUS
+    short, cap = _pair(af.FIRST_SCALE, "MODEL.AUTOFOCUS.FIRST_SCALE")
+    _check(short > 0 and cap >= short, "MODEL.AUTOFOCUS.FIRST_SCALE",
+           f"need 0 < shorter side <= longer-side cap, got {list(af.FIRST_SCALE)}")
+    zooms = list(af.ZOOMS)
+    _check(all(z > 0 and math.isfinite(z) for z in zooms), "MODEL.AUTOFOCUS.ZOOMS",
+           f"zooms must be positive, got {zooms}")
+    _check(all(a < b for a, b in zip(zooms, zooms[1:])), "MODEL.AUTOFOCUS.ZOOMS",
+           f"zooms must increase (coarse to fine), got {zooms}")
+    n = len(zooms)
+    if n > 0:
+        for t in per_transition(af.FOCUS_THRESHOLD, n, "MODEL.AUTOFOCUS.FOCUS_THRESHOLD"):
+            _check(0.0 <= t <= 1.0, "MODEL.AUTOFOCUS.FOCUS_THRESHOLD", f"{t} is not in [0, 1]")
+        for d in per_transition(af.DILATION, n, "MODEL.AUTOFOCUS.DILATION"):
+            _check(int(d) == d and d >= 1, "MODEL.AUTOFOCUS.DILATION", f"{d} is not an integer >= 1")
+        for k in per_transition(af.MIN_CHIP_SIZE, n, "MODEL.AUTOFOCUS.MIN_CHIP_SIZE"):
+            _check(k >= 0, "MODEL.AUTOFOCUS.MIN_CHIP_SIZE", f"{k} is negative")
+    _check(len(af.VALID_RANGES) == n + 1, "MODEL.AUTOFOCUS.VALID_RANGES",
+           f"{len(af.VALID_RANGES)} ranges for {n + 1} scales (FIRST_SCALE + ZOOMS)")
+    for r in af.VALID_RANGES:
+        rlo, rhi = _pair(r, "MODEL.AUTOFOCUS.VALID_RANGES")
+        _check(rhi < 0 or rlo <= rhi, "MODEL.AUTOFOCUS.VALID_RANGES", f"range {list(r)} has min > max")
+    _check(af.MAX_CHIPS_PER_IMAGE >= 1, "MODEL.AUTOFOCUS.MAX_CHIPS_PER_IMAGE",
+           f"must be >= 1, got {af.MAX_CHIPS_PER_IMAGE}")
+    _check(af.CHIP_BATCH_SIZE >= 1, "MODEL.AUTOFOCUS.CHIP_BATCH_SIZE",
+           f"must be >= 1, got {af.CHIP_BATCH_SIZE}")
+    _check(af.BORDER_MARGIN >= 0, "MODEL.AUTOFOCUS.BORDER_MARGIN", f"got {af.BORDER_MARGIN}")
+    _check(af.SMALL_DROP_SIZE >= 0, "MODEL.AUTOFOCUS.SMALL_DROP_SIZE", f"got {af.SMALL_DROP_SIZE}")
+    _check(af.NMS_METHOD in ("nms", "soft_nms"), "MODEL.AUTOFOCUS.NMS_METHOD",
+           f"{af.NMS_METHOD!r} is not 'nms' or 'soft_nms'")
+    _check(0.0 < af.NMS_THRESH <= 1.0, "MODEL.AUTOFOCUS.NMS_THRESH", f"got {af.NMS_THRESH}")
+    _check(af.SOFT_NMS_SIGMA > 0, "MODEL.AUTOFOCUS.SOFT_NMS_SIGMA", f"got {af.SOFT_NMS_SIGMA}")
+    _check(af.DETECTIONS_PER_IMAGE >= 1, "MODEL.AUTOFOCUS.DETECTIONS_PER_IMAGE",
+           f"got {af.DETECTIONS_PER_IMAGE}")
+    _check(af.GRID_TILE_SIZE >= 1, "MODEL.AUTOFOCUS.GRID_TILE_SIZE", f"got {af.GRID_TILE_SIZE}")
+    _check(0.0 <= af.GRID_OVERLAP < 1.0, "MODEL.AUTOFOCUS.GRID_OVERLAP", f"got {af.GRID_OVERLAP}")
+
+
+def _pair(value: Sequence[float], key: str):
+    _check(len(value) == 2, key, f"expected [min, max], got {list(value)}")
+    return float(value[0]), float(value[1])

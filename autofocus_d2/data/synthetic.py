@@ -1,0 +1,470 @@
+"""
+A deterministic synthetic detection dataset with the statistics AutoFocus exploits.
+
+Images are large (about 1000-2000 px a side) and textured; most objects are small
+(sqrt(area) of 8-40 px) and gathered in a few clusters, so small objects are the majority of
+instances while covering only a small share of the pixels (COCO: 40% of instances, 0.3% of
+pixels). A few medium/large objects (48-400 px) are scattered over the rest of the image.
+
+Each split is generated once from its seed into ``<root>/<split>/`` (``images/*.jpg``,
+``instances_<split>.json`` in COCO format, and a ``_COMPLETE.json`` marker) and reused afterwards.
+All boxes are XYWH in integer pixels of the original image.
+"""
+import functools
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+from PIL import Image, ImageChops, ImageDraw
+
+__all__ = [
+    "SYNTHETIC_CATEGORIES",
+    "SYNTHETIC_SPLITS",
+    "SplitSpec",
+    "dataset_statistics",
+    "default_data_root",
+    "ensure_split",
+    "generate_synthetic_split",
+    "register_synthetic_datasets",
+]
+
+logger = logging.getLogger(__name__)
+
+# Bump when the rendering changes: a cached split made by another version is refused.
+GENERATOR_VERSION = 1
+_MARKER = "_COMPLETE.json"
+_JPEG_QUALITY = 90
+# A placement is rejected when it covers more than this share of the smaller of two boxes
+# (stricter than IoU > 0.1: it also forbids a small box hidden inside a large one).
+_MAX_OVERLAP = 0.1
+_PLACEMENT_TRIES = 25
+
+# (name, base RGB colour); category_id in the json is the index + 1.
+_CATEGORY_TABLE: Tuple[Tuple[str, Tuple[int, int, int]], ...] = (
+    ("circle", (220, 40, 40)),
+    ("square", (40, 80, 225)),
+    ("triangle", (40, 185, 60)),
+    ("cross", (235, 205, 30)),
+    ("ring", (205, 45, 205)),
+    ("diamond", (30, 205, 215)),
+)
+SYNTHETIC_CATEGORIES: Tuple[str, ...] = tuple(name for name, _ in _CATEGORY_TABLE)
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How one split is generated. Sizes are in pixels of the original image."""
+
+    seed: int
+    num_images: int
+    side_range: Tuple[int, int]  # width and height are each drawn uniformly from this range
+    clusters: Tuple[int, int]  # number of small-object clusters per image (inclusive range)
+    cluster_radius: Tuple[int, int]  # radius of a cluster's disk
+    small_per_cluster: Tuple[int, int]  # small objects attempted per cluster
+    small_size: Tuple[float, float] = (8.0, 40.0)  # sqrt(area) of small objects, log-uniform
+    large: Tuple[int, int] = (2, 5)  # medium/large objects attempted per image
+    large_size: Tuple[float, float] = (48.0, 400.0)  # sqrt(area), log-uniform, capped below
+    large_max_frac: float = 0.4  # cap on a large object's side, as a share of the short side
+
+
+# Constant table of the splits (seed, default count, geometry). "tiny" is for quick tests.
+SYNTHETIC_SPLITS: Dict[str, SplitSpec] = {
+    "train": SplitSpec(
+        seed=1000, num_images=240, side_range=(1000, 2000), clusters=(1, 3),
+        cluster_radius=(100, 250), small_per_cluster=(8, 22),
+    ),
+    "val": SplitSpec(
+        seed=2000, num_images=40, side_range=(1000, 2000), clusters=(1, 3),
+        cluster_radius=(100, 250), small_per_cluster=(8, 22),
+    ),
+    "tiny": SplitSpec(
+        seed=3000, num_images=6, side_range=(600, 900), clusters=(1, 2),
+        cluster_radius=(60, 140), small_per_cluster=(5, 12), large=(1, 3),
+    ),
+}
+
+
+def default_data_root() -> str:
+    """
+    Absolute path of the default cache directory: ``$AUTOFOCUS_DATA`` if that variable is set,
+    else ``./datasets/autofocus_synth`` relative to the current working directory.
+    """
+    return os.path.abspath(os.environ.get("AUTOFOCUS_DATA") or "./datasets/autofocus_synth")
+
+
+def _spec_for(split: str) -> SplitSpec:
+    if split not in SYNTHETIC_SPLITS:
+        raise ValueError(
+            f"Unknown synthetic split {split!r}; known splits: {sorted(SYNTHETIC_SPLITS)}"
+        )
+    return SYNTHETIC_SPLITS[split]
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------
+def _render_background(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """Smooth colour field from a random muted palette, plus mid-frequency shading and clutter."""
+    palette = rng.uniform(50, 190, size=(3, 3))
+    palette += rng.uniform(-40, 40, size=(3, 1))  # shared brightness shift per palette colour
+    gh, gw = max(2, height // 250 + 2), max(2, width // 250 + 2)
+    weights = rng.dirichlet(np.full(3, 0.6), size=(gh, gw))  # (gh, gw, 3) palette mixing
+    grid = np.clip(weights @ palette, 0, 255).astype(np.uint8)
+    img = Image.fromarray(grid, "RGB").resize((width, height), Image.BICUBIC)
+
+    mh, mw = max(2, height // 40), max(2, width // 40)
+    shade = rng.integers(0, 50, size=(mh, mw), dtype=np.uint8)
+    shade_img = Image.fromarray(shade, "L").resize((width, height), Image.BILINEAR)
+    img = ImageChops.add(img, Image.merge("RGB", [shade_img] * 3), offset=-25)
+
+    # Unlabelled clutter: muted strokes and faint blobs, so that "anything with an edge" is not
+    # an object.
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(6, 16))):
+        col = tuple(int(c) for c in rng.uniform(60, 200, size=3))
+        x0, x1 = rng.uniform(0, width, size=2)
+        y0, y1 = rng.uniform(0, height, size=2)
+        if rng.random() < 0.5:
+            draw.line([(x0, y0), (x1, y1)], fill=col, width=int(rng.integers(2, 7)))
+        else:
+            r = rng.uniform(20, 120)
+            draw.ellipse([x0 - r, y0 - 0.6 * r, x0 + r, y0 + 0.6 * r], fill=col)
+    return img
+
+
+def _draw_object(draw: ImageDraw.ImageDraw, category: int, box: Tuple[int, int, int, int],
+                 colour: Tuple[int, int, int]) -> None:
+    """Draw one shape filling the XYWH integer box (pixels x0..x0+w-1, y0..y0+h-1)."""
+    x0, y0, w, h = box
+    x1, y1 = x0 + w - 1, y0 + h - 1
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    name = SYNTHETIC_CATEGORIES[category]
+    if name == "circle":
+        draw.ellipse([x0, y0, x1, y1], fill=colour)
+    elif name == "square":
+        draw.rectangle([x0, y0, x1, y1], fill=colour)
+    elif name == "triangle":
+        draw.polygon([(x0, y1), (x1, y1), (cx, y0)], fill=colour)
+    elif name == "cross":
+        tx, ty = max(2.0, w / 3.0), max(2.0, h / 3.0)
+        draw.rectangle([x0, round(cy - ty / 2), x1, round(cy + ty / 2)], fill=colour)
+        draw.rectangle([round(cx - tx / 2), y0, round(cx + tx / 2), y1], fill=colour)
+    elif name == "ring":
+        draw.ellipse([x0, y0, x1, y1], outline=colour, width=max(2, round(min(w, h) / 5)))
+    elif name == "diamond":
+        draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=colour)
+    else:  # unreachable while _CATEGORY_TABLE and this function agree
+        raise ValueError(f"No drawing rule for category {name!r}")
+
+
+def _sample_wh(rng: np.random.Generator, lo: float, hi: float) -> Tuple[int, int]:
+    """Width and height with log-uniform sqrt(area) in [lo, hi] and aspect ratio in [3/4, 4/3]."""
+    side = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    sqrt_ar = math.exp(rng.uniform(math.log(0.75), math.log(4.0 / 3.0)) / 2.0)
+    return max(6, round(side * sqrt_ar)), max(6, round(side / sqrt_ar))
+
+
+def _fits(boxes: List[Tuple[int, int, int, int]], box: Tuple[int, int, int, int]) -> bool:
+    """Whether XYWH ``box`` overlaps no placed box by more than _MAX_OVERLAP of the smaller."""
+    if not boxes:
+        return True
+    b = np.asarray(boxes, dtype=np.float64)
+    x0, y0, w, h = box
+    iw = np.minimum(b[:, 0] + b[:, 2], x0 + w) - np.maximum(b[:, 0], x0)
+    ih = np.minimum(b[:, 1] + b[:, 3], y0 + h) - np.maximum(b[:, 1], y0)
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    smaller = np.minimum(b[:, 2] * b[:, 3], w * h)
+    return bool(np.all(inter <= _MAX_OVERLAP * smaller))
+
+
+def _layout(rng: np.random.Generator, spec: SplitSpec, width: int,
+            height: int) -> List[Tuple[int, int, int, int]]:
+    """XYWH boxes: small objects in 1-3 disks ("clusters"), then scattered large objects."""
+    boxes: List[Tuple[int, int, int, int]] = []
+    for _ in range(int(rng.integers(spec.clusters[0], spec.clusters[1] + 1))):
+        radius = rng.uniform(*spec.cluster_radius)
+        margin = min(radius, min(width, height) / 2.0 - 1)
+        ccx, ccy = rng.uniform(margin, width - margin), rng.uniform(margin, height - margin)
+        for _ in range(int(rng.integers(spec.small_per_cluster[0], spec.small_per_cluster[1] + 1))):
+            w, h = _sample_wh(rng, *spec.small_size)
+            for _ in range(_PLACEMENT_TRIES):
+                ang, rad = rng.uniform(0, 2 * math.pi), radius * math.sqrt(rng.random())
+                x0 = int(np.clip(round(ccx + rad * math.cos(ang) - w / 2), 0, width - w))
+                y0 = int(np.clip(round(ccy + rad * math.sin(ang) - h / 2), 0, height - h))
+                if _fits(boxes, (x0, y0, w, h)):
+                    boxes.append((x0, y0, w, h))
+                    break
+    cap = min(spec.large_size[1], spec.large_max_frac * min(width, height))
+    for _ in range(int(rng.integers(spec.large[0], spec.large[1] + 1))):
+        w, h = _sample_wh(rng, spec.large_size[0], cap)
+        for _ in range(_PLACEMENT_TRIES):
+            x0, y0 = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+            if _fits(boxes, (x0, y0, w, h)):
+                boxes.append((x0, y0, w, h))
+                break
+    return boxes
+
+
+def _render_image(
+    rng: np.random.Generator, spec: SplitSpec
+) -> Tuple[Image.Image, List[Tuple[int, Tuple[int, int, int, int]]]]:
+    """One image and its objects as (0-based category, XYWH box in image pixels)."""
+    width, height = (int(v) for v in rng.integers(spec.side_range[0], spec.side_range[1] + 1,
+                                                   size=2))
+    img = _render_background(rng, width, height)
+    boxes = _layout(rng, spec, width, height)
+    categories = rng.integers(0, len(_CATEGORY_TABLE), size=len(boxes))
+    jitter = rng.integers(-25, 26, size=(len(boxes), 3))
+    draw = ImageDraw.Draw(img)
+    # Largest first so that the (allowed, slight) overlaps never hide a small object.
+    order = sorted(range(len(boxes)), key=lambda i: -boxes[i][2] * boxes[i][3])
+    objects = []
+    for i in order:
+        base = np.asarray(_CATEGORY_TABLE[categories[i]][1])
+        colour = tuple(int(c) for c in np.clip(base + jitter[i], 0, 255))
+        _draw_object(draw, int(categories[i]), boxes[i], colour)
+        objects.append((int(categories[i]), boxes[i]))
+    # Fine sensor-like noise over everything, objects included.
+    noise = Image.fromarray(rng.integers(0, 25, size=(height, width), dtype=np.uint8), "L")
+    img = ImageChops.add(img, Image.merge("RGB", [noise] * 3), offset=-12)
+    return img, objects
+
+
+# --------------------------------------------------------------------------------------------
+# Generation and caching
+# --------------------------------------------------------------------------------------------
+def _split_dirname(split: str, seed: int, num_images: int) -> str:
+    spec = _spec_for(split)
+    if seed == spec.seed and num_images == spec.num_images:
+        return split
+    return f"{split}-seed{seed}-n{num_images}"
+
+
+def _write_split(out_dir: str, split: str, spec: SplitSpec, seed: int, num_images: int,
+                 info: Dict[str, Any]) -> None:
+    """Render all images of a split into ``out_dir`` and write its json, then the marker."""
+    os.makedirs(os.path.join(out_dir, "images"))
+    images, annotations = [], []
+    start = time.perf_counter()
+    for idx in range(num_images):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, idx]))
+        img, objects = _render_image(rng, spec)
+        file_name = f"{idx + 1:06d}.jpg"
+        img.save(os.path.join(out_dir, "images", file_name), format="JPEG", quality=_JPEG_QUALITY)
+        images.append({"id": idx + 1, "file_name": file_name,
+                       "width": img.width, "height": img.height})
+        for category, (x0, y0, w, h) in objects:
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": idx + 1, "category_id": category + 1,
+                "bbox": [x0, y0, w, h], "area": w * h, "iscrowd": 0,
+            })
+        if (idx + 1) % 20 == 0 or idx + 1 == num_images:
+            logger.info(f"Synthetic split {split!r}: {idx + 1}/{num_images} images "
+                        f"({time.perf_counter() - start:.1f} s)")
+    coco = {
+        "info": info,
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": i + 1, "name": name, "supercategory": "shape"}
+                       for i, name in enumerate(SYNTHETIC_CATEGORIES)],
+    }
+    with open(os.path.join(out_dir, f"instances_{split}.json"), "w") as f:
+        json.dump(coco, f)
+    with open(os.path.join(out_dir, _MARKER), "w") as f:
+        json.dump(info, f)
+
+
+def _check_complete(split_dir: str, info: Dict[str, Any]) -> bool:
+    """Whether ``split_dir`` holds a finished split made with ``info``; raise if it is foreign."""
+    if not os.path.isdir(split_dir):
+        return False
+    marker = os.path.join(split_dir, _MARKER)
+    if not os.path.isfile(marker):
+        raise RuntimeError(f"{split_dir} exists but is not a completed synthetic split "
+                           f"(no {_MARKER}); delete it to regenerate.")
+    with open(marker) as f:
+        found = json.load(f)
+    if found != info:
+        raise RuntimeError(f"{split_dir} was generated with {found}, expected {info}; "
+                           "delete it to regenerate.")
+    return True
+
+
+def generate_synthetic_split(root: str, split: str, *, num_images: Optional[int] = None,
+                             seed: Optional[int] = None) -> str:
+    """
+    Generate a split under ``root`` unless it is already there, and return its json path.
+
+    Args:
+        root: cache directory; the split goes to ``<root>/<split>`` (or
+            ``<root>/<split>-seed<seed>-n<num_images>`` when seed or count differ from
+            :data:`SYNTHETIC_SPLITS`), with images in its ``images/`` folder.
+        split: one of :data:`SYNTHETIC_SPLITS`.
+        num_images, seed: override the split's defaults.
+
+    The split is written to a temporary folder in ``root`` and renamed into place, so an
+    interrupted run leaves no half-made split (at most a hidden ``.<split>.tmp-*`` folder).
+    Image ``i`` depends only on (seed, i): same seed, same json bytes and image bytes.
+    """
+    spec = _spec_for(split)
+    seed = spec.seed if seed is None else int(seed)
+    num_images = spec.num_images if num_images is None else int(num_images)
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    root = os.path.abspath(root)
+    name = _split_dirname(split, seed, num_images)
+    split_dir = os.path.join(root, name)
+    json_path = os.path.join(split_dir, f"instances_{split}.json")
+    info = {"description": "autofocus-d2 synthetic multi-scale detection dataset",
+            "version": GENERATOR_VERSION, "split": split, "seed": seed,
+            "num_images": num_images, "spec": asdict(spec)}
+    info = json.loads(json.dumps(info))  # tuples -> lists, as read back from the marker
+    if _check_complete(split_dir, info):
+        return json_path
+
+    try:
+        os.makedirs(root, exist_ok=True)
+        tmp_dir = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root)
+    except OSError as e:
+        raise OSError(f"Cannot write the synthetic dataset under {root}: {e}") from e
+    logger.info(f"Generating synthetic split {split!r} ({num_images} images, seed {seed}) "
+                f"into {split_dir} ...")
+    try:
+        _write_split(tmp_dir, split, spec, seed, num_images, info)
+        try:
+            os.rename(tmp_dir, split_dir)
+        except OSError:
+            # Another process finished the same split first: use theirs.
+            if not _check_complete(split_dir, info):
+                raise
+    finally:
+        if os.path.isdir(tmp_dir):
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    return json_path
+
+
+# --------------------------------------------------------------------------------------------
+# Detectron2 registration
+# --------------------------------------------------------------------------------------------
+def _load_split(root: str, split: str, dataset_name: str) -> List[Dict[str, Any]]:
+    from detectron2.data.datasets import load_coco_json
+
+    json_path = generate_synthetic_split(root, split)
+    return load_coco_json(json_path, os.path.join(os.path.dirname(json_path), "images"),
+                          dataset_name)
+
+
+def register_synthetic_datasets(root: Optional[str] = None, *,
+                                prefix: str = "autofocus_synth") -> List[str]:
+    """
+    Register ``<prefix>_train``, ``<prefix>_val`` and ``<prefix>_tiny`` in Detectron2's
+    DatasetCatalog and MetadataCatalog, and return the names.
+
+    Loading a dataset from DatasetCatalog generates its split first if needed. The metadata
+    (``json_file``, ``image_root``, ``evaluator_type="coco"``, ``thing_classes``,
+    ``thing_dataset_id_to_contiguous_id``) is set now, but ``json_file`` only exists once the
+    split is generated: call :func:`ensure_split` before building a ``COCOEvaluator`` for a
+    dataset that has not been loaded yet.
+
+    Args:
+        root: cache directory, default :func:`default_data_root` (resolved to an absolute path
+            now). Registering the same names again with the same root does nothing; with a
+            different root it raises ValueError.
+        prefix: dataset name prefix, e.g. to register a second copy under another root.
+    """
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    root = os.path.abspath(root if root is not None else default_data_root())
+    names = []
+    for split in SYNTHETIC_SPLITS:
+        name = f"{prefix}_{split}"
+        split_dir = os.path.join(root, split)
+        json_file = os.path.join(split_dir, f"instances_{split}.json")
+        names.append(name)
+        if name in DatasetCatalog.list():
+            existing = MetadataCatalog.get(name).get("json_file")
+            if existing != json_file:
+                raise ValueError(f"Dataset {name!r} is already registered with json_file "
+                                 f"{existing}, not {json_file}")
+            continue
+        DatasetCatalog.register(name, functools.partial(_load_split, root, split, name))
+        MetadataCatalog.get(name).set(
+            json_file=json_file,
+            image_root=os.path.join(split_dir, "images"),
+            evaluator_type="coco",
+            thing_classes=list(SYNTHETIC_CATEGORIES),
+            # Same map load_coco_json builds (sorted category ids -> 0..K-1); set here so that a
+            # COCOEvaluator built before loading maps predictions back to json ids.
+            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SYNTHETIC_CATEGORIES))},
+            synthetic_root=root,
+            synthetic_split=split,
+        )
+    return names
+
+
+def ensure_split(dataset_name: str) -> str:
+    """Generate a registered synthetic dataset's split if missing; return its json path."""
+    from detectron2.data import MetadataCatalog
+
+    meta = MetadataCatalog.get(dataset_name)
+    if meta.get("synthetic_split") is None:
+        raise ValueError(f"{dataset_name!r} is not a registered synthetic dataset; call "
+                         "register_synthetic_datasets() first")
+    return generate_synthetic_split(meta.synthetic_root, meta.synthetic_split)
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------
+def dataset_statistics(json_path: str) -> Dict[str, Any]:
+    """
+    Summary of a COCO-format json, with COCO's size classes on ``area`` (small < 32^2 <= medium
+    < 96^2 <= large). ``small_pixel_coverage`` is the union of small boxes' pixels over all image
+    pixels; ``sqrt_area_percentiles`` maps percentile (0, 5, 25, 50, 75, 95, 100) to sqrt(area).
+    """
+    with open(json_path) as f:
+        coco = json.load(f)
+    images = {im["id"]: im for im in coco["images"]}
+    anns = coco["annotations"]
+    areas = np.asarray([a["area"] for a in anns], dtype=np.float64)
+    n = max(len(anns), 1)
+    small_pixels, total_pixels = 0, 0
+    by_image: Dict[int, List[List[float]]] = {i: [] for i in images}
+    for a in anns:
+        if a["area"] < 32 ** 2:
+            by_image[a["image_id"]].append(a["bbox"])
+    for image_id, im in images.items():
+        total_pixels += im["width"] * im["height"]
+        mask = np.zeros((im["height"], im["width"]), dtype=bool)
+        for x, y, w, h in by_image[image_id]:
+            mask[int(y):int(math.ceil(y + h)), int(x):int(math.ceil(x + w))] = True
+        small_pixels += int(mask.sum())
+    widths = [im["width"] for im in images.values()]
+    heights = [im["height"] for im in images.values()]
+    pcts = (0, 5, 25, 50, 75, 95, 100)
+    sqrt_areas = np.sqrt(areas) if len(anns) else np.zeros(1)
+    return {
+        "num_images": len(images),
+        "num_instances": len(anns),
+        "instances_per_image": len(anns) / max(len(images), 1),
+        "width_range": (min(widths), max(widths)) if widths else (0, 0),
+        "height_range": (min(heights), max(heights)) if heights else (0, 0),
+        "small_share": float(np.sum(areas < 32 ** 2)) / n,
+        "medium_share": float(np.sum((areas >= 32 ** 2) & (areas < 96 ** 2))) / n,
+        "large_share": float(np.sum(areas >= 96 ** 2)) / n,
+        "small_pixel_coverage": small_pixels / max(total_pixels, 1),
+        "sqrt_area_percentiles": {p: float(v) for p, v in
+                                  zip(pcts, np.percentile(sqrt_areas, pcts))},
+        "instances_per_category": {
+            c["name"]: sum(1 for a in anns if a["category_id"] == c["id"])
+            for c in coco["categories"]
+        },
+    }

@@ -1,0 +1,23 @@
+"""COCOEvaluator construction that works on every detectron2 install path."""
+import importlib.util
+from typing import Optional
+
+from detectron2.evaluation import COCOEvaluator
+
+__all__ = ["has_compiled_ops", "build_coco_evaluator"]
+
+
+def has_compiled_ops() -> bool:
+    """True when detectron2 was built with its C++/CUDA extension (``detectron2._C``)."""
+    return importlib.util.find_spec("detectron2._C") is not None
+
+
+def build_coco_evaluator(dataset_name: str, output_dir: Optional[str] = None) -> COCOEvaluator:
+    """COCOEvaluator for boxes; the C++ COCOeval (``use_fast_impl``) only where it was compiled."""
+    return COCOEvaluator(
+        dataset_name,
+        tasks=("bbox",),
+        distributed=True,
+        output_dir=output_dir,
+        use_fast_impl=has_compiled_ops(),
+    )

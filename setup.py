@@ -1,0 +1,32 @@
+#!/usr/bin/env python
+"""autofocus-d2: AutoFocus (Najibi, Singh, Davis, ICCV 2019) as a Detectron2 plugin.
+
+Detectron2 itself is not on PyPI and is therefore not listed in ``install_requires``: install it
+first (``python tools/install_detectron2.py`` picks the best available path, see README.md).
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="autofocus-d2",
+    version="0.1.0",
+    description="AutoFocus efficient multi-scale inference for Detectron2",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["autofocus_d2", "autofocus_d2.*"]),
+    package_data={"autofocus_d2": ["model_zoo/*.json"]},
+    python_requires=">=3.8",
+    install_requires=[
+        "torch>=1.10",
+        "torchvision",
+        "fvcore",
+        "pycocotools>=2.0.2",
+        "numpy",
+    ],
+    extras_require={
+        # test-suite: pytest runs it, hypothesis drives the property tests of chip generation.
+        "test": ["pytest", "hypothesis"],
+        # tools/benchmark.py: SAHI for the sliced-inference baseline row.
+        "bench": ["sahi"],
+    },
+)

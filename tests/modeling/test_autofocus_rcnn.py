@@ -1,0 +1,135 @@
+"""AutoFocusRCNN: builds on C4 and FPN, trains with loss_focus, validates config, loads checkpoints."""
+import os
+
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from autofocus_d2 import add_autofocus_config
+from autofocus_d2.modeling import AutoFocusRCNN
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def compact_fpn_cfg():
+    cfg = get_cfg()
+    add_autofocus_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, "configs/Synthetic/autofocus_compact_fpn.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def r18_c4_cfg():
+    cfg = get_cfg()
+    add_autofocus_config(cfg)
+    cfg.MODEL.META_ARCHITECTURE = "AutoFocusRCNN"
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    return cfg
+
+
+def _inputs(n=2, size=(96, 128)):
+    torch.manual_seed(0)
+    batch = []
+    for _ in range(n):
+        inst = Instances(size)
+        inst.gt_boxes = Boxes(torch.tensor([[10.0, 10.0, 30.0, 28.0], [40.0, 20.0, 100.0, 90.0]]))
+        inst.gt_classes = torch.tensor([0, 1])
+        batch.append({"image": torch.rand(3, *size) * 255, "instances": inst})
+    return batch
+
+
+@pytest.mark.parametrize("make_cfg, feature", [(compact_fpn_cfg, "p4"), (r18_c4_cfg, "res4")])
+def test_builds_and_trains_with_focus_loss(make_cfg, feature):
+    cfg = make_cfg()
+    cfg.MODEL.FOCUS_HEAD.IN_FEATURE = ""  # auto: the stride-16 feature
+    model = build_model(cfg)
+    assert isinstance(model, AutoFocusRCNN)
+    assert model.focus_in_feature == feature and model.focus_stride == 16
+    model.train()
+    with EventStorage():
+        losses = model(_inputs())
+    assert {"loss_focus", "loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"} <= set(losses)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.focus_head.predictor.weight.grad.abs().sum() > 0
+
+
+def test_focus_loss_weight_scales_the_loss():
+    cfg = compact_fpn_cfg()
+    torch.manual_seed(1)
+    model = build_model(cfg).train()
+    with EventStorage():
+        base = model(_inputs())["loss_focus"].item()
+        model.focus_loss_weight = 2.5
+        torch.manual_seed(1)
+        assert model(_inputs())["loss_focus"].item() == pytest.approx(2.5 * base, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("MODEL.FOCUS_HEAD.IN_FEATURE", "p9", "MODEL.FOCUS_HEAD.IN_FEATURE.*p9"),
+        ("MODEL.FOCUS_HEAD.SMALL_RANGE", [64.0, 5.0], "MODEL.FOCUS_HEAD.SMALL_RANGE"),
+        ("MODEL.FOCUS_HEAD.IGNORE_MAX", 32.0, "MODEL.FOCUS_HEAD.IGNORE_MAX"),
+        ("MODEL.AUTOFOCUS.ZOOMS", [2.0, 1.0], "MODEL.AUTOFOCUS.ZOOMS"),
+        ("MODEL.AUTOFOCUS.VALID_RANGES", [[0.0, -1.0]], "MODEL.AUTOFOCUS.VALID_RANGES"),
+        ("MODEL.AUTOFOCUS.FOCUS_THRESHOLD", [0.5, 0.5, 0.5], "MODEL.AUTOFOCUS.FOCUS_THRESHOLD"),
+        ("MODEL.AUTOFOCUS.NMS_METHOD", "greedy", "MODEL.AUTOFOCUS.NMS_METHOD"),
+    ],
+)
+def test_bad_config_values_name_the_key(key, value, match):
+    cfg = compact_fpn_cfg()
+    cfg.merge_from_list([key, value])
+    with pytest.raises(ValueError, match=match):
+        build_model(cfg)
+
+
+def test_unknown_config_key_is_rejected(tmp_path):
+    cfg = compact_fpn_cfg()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("MODEL:\n  AUTOFOCUS:\n    NO_SUCH_KEY: 1\n")
+    with pytest.raises(KeyError, match="MODEL.AUTOFOCUS.NO_SUCH_KEY"):
+        cfg.merge_from_file(str(bad))
+    with pytest.raises(AssertionError, match="MODEL.FOCUS_HEAD.NO_SUCH_KEY"):
+        cfg.merge_from_list(["MODEL.FOCUS_HEAD.NO_SUCH_KEY", 1])
+
+
+def test_stock_faster_rcnn_checkpoint_loads_with_only_focus_head_missing(tmp_path):
+    cfg = compact_fpn_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    stock = build_model(cfg)
+    DetectionCheckpointer(stock, save_dir=str(tmp_path)).save("stock")
+
+    cfg.MODEL.META_ARCHITECTURE = "AutoFocusRCNN"
+    model = build_model(cfg)
+    ckpt = DetectionCheckpointer(model)
+    incompatible = ckpt._load_model(ckpt._load_file(str(tmp_path / "stock.pth")))
+    assert incompatible.missing_keys and all(k.startswith("focus_head.") for k in incompatible.missing_keys)
+    assert set(incompatible.missing_keys) == {k for k in model.state_dict() if k.startswith("focus_head.")}
+    assert not incompatible.unexpected_keys and not incompatible.incorrect_shapes
+    for k, v in stock.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_checkpoint_round_trip(tmp_path):
+    cfg = compact_fpn_cfg()
+    torch.manual_seed(3)
+    model = build_model(cfg)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
+    torch.manual_seed(4)
+    other = build_model(cfg)
+    ckpt = DetectionCheckpointer(other)
+    incompatible = ckpt._load_model(ckpt._load_file(str(tmp_path / "model.pth")))
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    for k, v in model.state_dict().items():
+        assert torch.equal(other.state_dict()[k], v), k

@@ -1,0 +1,127 @@
+"""FocusPixel label assignment on hand-made boxes."""
+import math
+
+import pytest
+import torch
+from detectron2.structures import Boxes
+
+from autofocus_d2.modeling import focus_pixel_targets
+
+
+def _targets(boxes, image_hw=(64, 64), feature_hw=(4, 4), stride=16, **kw):
+    return focus_pixel_targets(
+        torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        image_hw=image_hw,
+        feature_hw=feature_hw,
+        stride=stride,
+        **kw,
+    )
+
+
+def _square(x0, y0, side):
+    return [x0, y0, x0 + side, y0 + side]
+
+
+def test_single_small_box_marks_its_cell():
+    t = _targets([_square(0, 0, 10)])
+    expected = torch.zeros(4, 4, dtype=torch.long)
+    expected[0, 0] = 1
+    assert torch.equal(t, expected)
+    assert t.dtype == torch.long
+
+
+def test_box_over_cell_edges_marks_every_overlapped_cell():
+    t = _targets([[10, 10, 20, 20]])  # r = 10, spans cells 0 and 1 on both axes
+    assert t[:2, :2].eq(1).all()
+    assert t.sum().item() == 4
+
+
+def test_box_on_cell_boundary_does_not_touch_the_next_cell():
+    # [16, 32) on both axes is exactly cell (1, 1): cell 2 starts at 32, no positive overlap.
+    t = _targets([[16, 16, 32, 32]])
+    assert t[1, 1].item() == 1
+    assert t.sum().item() == 1
+
+
+@pytest.mark.parametrize(
+    "side, label",
+    [
+        (4.9, -1),  # r < 5: ignored
+        (5.0, 1),  # r = 5: positive (inclusive)
+        (64.0, 1),  # r = 64: positive (inclusive)
+        (64.5, -1),  # 64 < r <= 90: ignored
+        (90.0, -1),  # r = 90: ignored (inclusive)
+        (90.5, 0),  # r > 90: negative
+    ],
+)
+def test_size_range_boundaries(side, label):
+    t = _targets([_square(1, 1, side)], image_hw=(256, 256), feature_hw=(16, 16))
+    assert t[0, 0].item() == label
+    assert math.sqrt(side * side) == pytest.approx(side)
+
+
+def test_positive_wins_over_ignore_and_ignore_over_negative():
+    boxes = [_square(0, 0, 70), _square(20, 20, 8)]  # r = 70 ignored; r = 8 positive at cell (1,1)
+    t = _targets(boxes, image_hw=(128, 128), feature_hw=(8, 8))
+    assert t[1, 1].item() == 1
+    assert t[0, 0].item() == -1 and t[4, 4].item() == -1  # cells 0..4 overlap [0, 70)
+    assert t[5, 5].item() == 0
+
+
+def test_padding_cells_are_ignored():
+    # Valid image 40 x 56: rows starting at 48 (row 3) and columns starting at 64 (none) are padding.
+    t = _targets([], image_hw=(40, 56), feature_hw=(4, 5))
+    assert t[3].eq(-1).all()
+    assert t[:, 4].eq(-1).all()  # column 4 starts at 64 >= 56
+    assert t[:3, :4].eq(0).all()
+
+
+def test_positive_cell_in_padding_is_ignored():
+    t = _targets([[40, 40, 60, 60]], image_hw=(48, 48), feature_hw=(4, 4))
+    assert t[2, 2].item() == 1  # starts at 32 < 48: valid
+    assert t[3, 3].item() == -1  # starts at 48: padding wins
+
+
+def test_accepts_boxes_and_custom_ranges():
+    boxes = Boxes(torch.tensor([_square(0, 0, 30.0)]))
+    t = focus_pixel_targets(boxes, image_hw=(64, 64), feature_hw=(4, 4), stride=16,
+                            small_range=(5, 20), ignore_max=40)
+    assert t[0, 0].item() == -1 and t[1, 1].item() == -1
+    t = focus_pixel_targets(boxes, image_hw=(64, 64), feature_hw=(4, 4), stride=16,
+                            small_range=(5, 20), ignore_max=25)
+    assert t[0, 0].item() == 0
+
+
+def test_matches_a_per_cell_reference_on_random_boxes():
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(60, 2, generator=g) * 300
+    wh = torch.rand(60, 2, generator=g) ** 2 * 150 + 1
+    boxes = torch.cat([xy, xy + wh], dim=1)
+    stride, feat, img = 8, (40, 44), (310, 330)
+    t = focus_pixel_targets(boxes, image_hw=img, feature_hw=feat, stride=stride)
+    r = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sqrt()
+    for i in range(feat[0]):
+        for j in range(feat[1]):
+            y0, x0 = i * stride, j * stride
+            if y0 >= img[0] or x0 >= img[1]:
+                assert t[i, j] == -1
+                continue
+            hit = (boxes[:, 0] < x0 + stride) & (boxes[:, 2] > x0) & (boxes[:, 1] < y0 + stride) & (
+                boxes[:, 3] > y0
+            )
+            if (hit & (r >= 5) & (r <= 64)).any():
+                want = 1
+            elif (hit & ((r < 5) | ((r > 64) & (r <= 90)))).any():
+                want = -1
+            else:
+                want = 0
+            assert t[i, j].item() == want, (i, j)
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="gt_boxes"):
+        focus_pixel_targets(torch.zeros(3), image_hw=(8, 8), feature_hw=(1, 1), stride=8)
+    with pytest.raises(ValueError, match="small_range"):
+        _targets([], small_range=(64, 5))
+    with pytest.raises(ValueError, match="stride"):
+        _targets([], stride=0)

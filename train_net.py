@@ -1,0 +1,71 @@
+#!/usr/bin/env python
+"""Train and evaluate AutoFocus models with Detectron2's DefaultTrainer.
+
+Same flags as Detectron2's tools/train_net.py, e.g.
+    python train_net.py --config-file configs/Synthetic/autofocus_compact_fpn.yaml
+    python train_net.py --config-file <cfg> --eval-only MODEL.WEIGHTS output/model_final.pth
+    python train_net.py --config-file <cfg> --num-gpus 8
+    python train_net.py --config-file <cfg> --num-gpus 8 --num-machines 2 --machine-rank 0 \
+        --dist-url tcp://<host>:<port>
+"""
+import os
+
+import detectron2.utils.comm as comm
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+
+import autofocus_d2
+from autofocus_d2.evaluation import build_coco_evaluator
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer whose evaluator is COCO AP (built for this detectron2 install)."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return build_coco_evaluator(dataset_name, output_folder)
+
+
+def setup(args):
+    """get_cfg -> add_autofocus_config -> merge file and opts -> freeze -> default_setup."""
+    cfg = get_cfg()
+    autofocus_d2.add_autofocus_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
