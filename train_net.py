@@ -14,20 +14,23 @@ import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
-from detectron2.evaluation import verify_results
+from detectron2.evaluation import DatasetEvaluators, verify_results
+from detectron2.utils.logger import setup_logger
 
 import autofocus_d2
-from autofocus_d2.evaluation import build_coco_evaluator
+from autofocus_d2.evaluation import AutoFocusEfficiencyEvaluator, build_coco_evaluator
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer whose evaluator is COCO AP (built for this detectron2 install)."""
+    """DefaultTrainer whose evaluator reports COCO AP and AutoFocus's pixel saving side by side."""
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return build_coco_evaluator(dataset_name, output_folder)
+        return DatasetEvaluators(
+            [build_coco_evaluator(dataset_name, output_folder), AutoFocusEfficiencyEvaluator()]
+        )
 
 
 def setup(args):
@@ -38,6 +41,7 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="autofocus_d2")
     return cfg
 
 

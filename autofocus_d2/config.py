@@ -32,6 +32,8 @@ def add_autofocus_config(cfg: CN) -> None:
 
     # ------------------------------------------------------------- coarse-to-fine inference
     cfg.MODEL.AUTOFOCUS = CN()
+    # Coarse-to-fine pipeline in AUTOFOCUS_PIPELINE_REGISTRY.
+    cfg.MODEL.AUTOFOCUS.PIPELINE = "CoarseToFinePipeline"
     # Chip policy (CHIP_POLICY_REGISTRY): "autofocus" (FocusChips), "pyramid" (whole image at
     # every scale), "single" (first scale only), "grid" (uniform overlapping tiles at finer scales).
     cfg.MODEL.AUTOFOCUS.CHIP_POLICY = "autofocus"
@@ -52,6 +54,11 @@ def add_autofocus_config(cfg: CN) -> None:
     cfg.MODEL.AUTOFOCUS.MAX_CHIPS_PER_IMAGE = 32
     # Chips per forward pass at a finer scale (padded ImageList batches): bounds memory.
     cfg.MODEL.AUTOFOCUS.CHIP_BATCH_SIZE = 8
+    # A chip (or whole image) longer than this, in pixels of its scale, runs as overlapping tiles
+    # of at most this side (bounds memory on very large images; every policy tiles alike).
+    cfg.MODEL.AUTOFOCUS.MAX_CHIP_SIDE = 2048
+    # Overlap of those tiles, in pixels of the scale.
+    cfg.MODEL.AUTOFOCUS.TILE_OVERLAP = 128
     # Focus stacking 1: drop a chip detection with an edge within this many ORIGINAL-image pixels of
     # a chip border that is not an image border (the object was cut by the chip). Paper code: 10.
     cfg.MODEL.AUTOFOCUS.BORDER_MARGIN = 10.0
@@ -144,6 +151,9 @@ def validate_autofocus_config(cfg: CN) -> None:
            f"must be >= 1, got {af.MAX_CHIPS_PER_IMAGE}")
     _check(af.CHIP_BATCH_SIZE >= 1, "MODEL.AUTOFOCUS.CHIP_BATCH_SIZE",
            f"must be >= 1, got {af.CHIP_BATCH_SIZE}")
+    _check(af.MAX_CHIP_SIDE >= 32, "MODEL.AUTOFOCUS.MAX_CHIP_SIDE", f"must be >= 32, got {af.MAX_CHIP_SIDE}")
+    _check(0 <= af.TILE_OVERLAP < af.MAX_CHIP_SIDE / 2, "MODEL.AUTOFOCUS.TILE_OVERLAP",
+           f"must be in [0, MAX_CHIP_SIDE / 2), got {af.TILE_OVERLAP}")
     _check(af.BORDER_MARGIN >= 0, "MODEL.AUTOFOCUS.BORDER_MARGIN", f"got {af.BORDER_MARGIN}")
     _check(af.SMALL_DROP_SIZE >= 0, "MODEL.AUTOFOCUS.SMALL_DROP_SIZE", f"got {af.SMALL_DROP_SIZE}")
     _check(af.NMS_METHOD in ("nms", "soft_nms"), "MODEL.AUTOFOCUS.NMS_METHOD",

@@ -59,6 +59,7 @@ def test_train_net_eval_only_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert "Evaluation results for bbox" in log
+    assert "AutoFocus efficiency over 6 images" in log  # AP and the pixel saving side by side
     preds = tmp_path / "eval" / "inference" / "autofocus_synth_tiny" / "coco_instances_results.json"
     results = json.loads(preds.read_text())
     assert results and {"image_id", "bbox", "score", "category_id"} <= set(results[0])

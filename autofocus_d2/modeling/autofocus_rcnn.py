@@ -10,6 +10,7 @@ from detectron2.structures import ImageList, Instances
 from torch import nn
 
 from ..config import validate_autofocus_config
+from ..inference.pipeline import build_autofocus_pipeline
 from .focus_head import build_focus_head, focus_pixel_loss, resolve_focus_feature
 from .focus_labels import focus_pixel_targets
 
@@ -22,6 +23,10 @@ class AutoFocusRCNN(GeneralizedRCNN):
     GeneralizedRCNN (any backbone, proposal generator and ROI heads Detectron2 builds) plus a
     FocusPixel head on one backbone feature. Training adds ``loss_focus`` to Detectron2's losses.
     A stock GeneralizedRCNN checkpoint loads into it; only ``focus_head.*`` is new.
+
+    In eval mode, ``forward`` runs the AutoFocus coarse-to-fine ``pipeline`` (chip policy picked by
+    config) and returns Detectron2 outputs in the original image frame; :meth:`inference` stays
+    GeneralizedRCNN's single pass over the given image.
     """
 
     @configurable
@@ -33,6 +38,7 @@ class AutoFocusRCNN(GeneralizedRCNN):
         focus_loss_weight: float = 1.0,
         focus_small_range: Sequence[float] = (5.0, 64.0),
         focus_ignore_max: float = 90.0,
+        pipeline=None,
         **kwargs,
     ):
         """
@@ -42,6 +48,8 @@ class AutoFocusRCNN(GeneralizedRCNN):
             focus_loss_weight: weight of ``loss_focus``.
             focus_small_range, focus_ignore_max: label size ranges of :func:`focus_pixel_targets`,
                 in input-image pixels.
+            pipeline: called as ``pipeline(model, batched_inputs)`` in eval mode (see
+                autofocus_d2.inference.pipeline); None runs GeneralizedRCNN's inference instead.
             kwargs: the arguments of :class:`GeneralizedRCNN`.
         """
         super().__init__(**kwargs)
@@ -51,6 +59,7 @@ class AutoFocusRCNN(GeneralizedRCNN):
         self.focus_loss_weight = focus_loss_weight
         self.focus_small_range = tuple(focus_small_range)
         self.focus_ignore_max = focus_ignore_max
+        self.pipeline = pipeline
 
     @classmethod
     def from_config(cls, cfg):
@@ -71,12 +80,17 @@ class AutoFocusRCNN(GeneralizedRCNN):
             "focus_loss_weight": cfg.MODEL.FOCUS_HEAD.LOSS_WEIGHT,
             "focus_small_range": cfg.MODEL.FOCUS_HEAD.SMALL_RANGE,
             "focus_ignore_max": cfg.MODEL.FOCUS_HEAD.IGNORE_MAX,
+            "pipeline": build_autofocus_pipeline(cfg),
         }
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
-        """Training: Detectron2's losses plus ``loss_focus``. Eval: see :meth:`inference`."""
+        """Training: Detectron2's losses plus ``loss_focus``. Eval: the AutoFocus pipeline; each
+        output dict holds ``instances`` (original image frame, or ``height``/``width`` of the
+        input) and ``autofocus`` (pixels and chips per scale, and the full pyramid's pixels)."""
         if not self.training:
-            return self.inference(batched_inputs)
+            if self.pipeline is None:
+                return self.inference(batched_inputs)
+            return self.pipeline(self, batched_inputs)
         images = self.preprocess_image(batched_inputs)
         if "instances" not in batched_inputs[0]:
             raise ValueError("AutoFocusRCNN training needs 'instances' (ground truth) in every input")
@@ -131,6 +145,8 @@ class AutoFocusRCNN(GeneralizedRCNN):
             ``images``, and FocusPixel probabilities (B, Hf, Wf) on the padded grid of stride
             ``self.focus_stride`` (None if ``with_focus`` is False).
         """
+        if self.proposal_generator is None:
+            raise ValueError("AutoFocus inference needs a proposal generator (MODEL.PROPOSAL_GENERATOR)")
         features = self.backbone(images.tensor)
         proposals, _ = self.proposal_generator(images, features, None)
         results, _ = self.roi_heads(images, features, proposals, None)

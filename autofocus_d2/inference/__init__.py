@@ -1,0 +1,13 @@
+"""AutoFocus inference: FocusChip generation and focus stacking."""
+from .focus_chips import chips_from_focus_maps, generate_focus_chips, merge_overlapping_boxes
+from .focus_stacking import drop_border_cut, drop_small_covered, in_size_range, merge_detections
+
+__all__ = [
+    "generate_focus_chips",
+    "chips_from_focus_maps",
+    "merge_overlapping_boxes",
+    "drop_border_cut",
+    "drop_small_covered",
+    "in_size_range",
+    "merge_detections",
+]

@@ -1,0 +1,206 @@
+"""Focus stacking: the rules that decide which detections of which scale and chip survive.
+
+Every rule is a small pure function returning an (R,) bool keep-mask over (R, 4) XYXY float boxes;
+:func:`merge_detections` then merges the survivors of all scales and chips. Unless said otherwise,
+boxes, chips and sizes are in the **original image frame** (pixels of the input image before any
+test-time resizing).
+"""
+import math
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from detectron2.layers import batched_nms
+from detectron2.structures import Boxes, pairwise_iou
+
+__all__ = ["drop_border_cut", "drop_small_covered", "in_size_range", "merge_detections"]
+
+# A chip edge this close to the image border (in original-frame pixels) is an image border.
+_IMAGE_BORDER_TOL = 0.5
+# Tolerance (original-frame pixels) of the "box lies inside a finer chip" test.
+_INSIDE_TOL = 1e-3
+
+
+def _check_boxes(boxes: Tensor, name: str = "boxes") -> None:
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{name} must have shape (R, 4), got {tuple(boxes.shape)}")
+
+
+def _sqrt_area(boxes: Tensor) -> Tensor:
+    """(R,) square root of the area of (R, 4) XYXY boxes, in pixels of the boxes' frame."""
+    return Boxes(boxes).area().clamp(min=0).sqrt()
+
+
+def drop_border_cut(
+    boxes: Tensor, chip: Tensor, image_hw: Tuple[int, int], margin: float
+) -> Tensor:
+    """
+    Drop detections that a chip border may have cut: a box is dropped when, on any side, its
+    edge is within ``margin`` pixels of (or beyond) the chip edge of that side, unless that chip
+    edge is also an image border. A chip edge is an image border when it lies within 0.5 pixel
+    of it: ``x0 <= 0.5``, ``y0 <= 0.5``, ``x1 >= W - 0.5`` or ``y1 >= H - 0.5``.
+
+    The distance of a side is signed and inward (e.g. ``box.x0 - chip.x0`` on the left); the box
+    is dropped when it is ``<= margin``, so a distance of exactly ``margin`` drops it, and with
+    ``margin = 0`` only boxes touching or crossing an inner chip edge are dropped.
+
+    Args:
+        boxes (Tensor): (R, 4) XYXY detections of the chip, in the original image frame.
+        chip (Tensor): (4,) XYXY chip, in the original image frame.
+        image_hw: (H, W) of the original image, in pixels.
+        margin (float): >= 0, in original-frame pixels.
+
+    Returns:
+        Tensor: (R,) bool, True for the boxes to keep.
+    """
+    _check_boxes(boxes)
+    if chip.shape != (4,):
+        raise ValueError(f"chip must have shape (4,), got {tuple(chip.shape)}")
+    if not margin >= 0 or math.isinf(margin):
+        raise ValueError(f"margin must be finite and >= 0, got {margin}")
+    height, width = image_hw
+    chip = chip.to(device=boxes.device, dtype=boxes.dtype)
+    inner_edge = torch.stack(
+        [
+            chip[0] > _IMAGE_BORDER_TOL,
+            chip[1] > _IMAGE_BORDER_TOL,
+            chip[2] < width - _IMAGE_BORDER_TOL,
+            chip[3] < height - _IMAGE_BORDER_TOL,
+        ]
+    )
+    inward = torch.cat([boxes[:, :2] - chip[:2], chip[2:] - boxes[:, 2:]], dim=1)  # (R, 4)
+    return ~((inward <= margin) & inner_edge).any(dim=1)
+
+
+def drop_small_covered(boxes: Tensor, finer_chips: Tensor, max_size: float) -> Tensor:
+    """
+    Drop small detections that the next finer scale will find: a box is dropped when it lies
+    completely inside one of ``finer_chips`` (with a 1e-3 pixel tolerance) and
+    ``sqrt(area) < max_size``.
+
+    Args:
+        boxes (Tensor): (R, 4) XYXY detections, in the original image frame.
+        finer_chips (Tensor): (C, 4) XYXY chips processed at the next finer scale, in the
+            original image frame; C may be 0 (then every box is kept).
+        max_size (float): size limit in original-frame pixels (strict: ``sqrt(area) == max_size``
+            is kept).
+
+    Returns:
+        Tensor: (R,) bool, True for the boxes to keep.
+    """
+    _check_boxes(boxes)
+    _check_boxes(finer_chips, "finer_chips")
+    if math.isnan(max_size):
+        raise ValueError(f"max_size must not be NaN, got {max_size}")
+    finer_chips = finer_chips.to(device=boxes.device, dtype=boxes.dtype)
+    inside = (
+        (boxes[:, None, :2] >= finer_chips[None, :, :2] - _INSIDE_TOL)
+        & (boxes[:, None, 2:] <= finer_chips[None, :, 2:] + _INSIDE_TOL)
+    ).all(dim=2)  # (R, C)
+    return ~(inside.any(dim=1) & (_sqrt_area(boxes) < max_size))
+
+
+def in_size_range(boxes: Tensor, lo: float, hi: float) -> Tensor:
+    """
+    Keep the boxes whose size ``sqrt(area)`` lies in ``[lo, hi]`` (both inclusive); ``hi < 0``
+    means no upper limit. This is the valid range of a scale in SNIP/AutoFocus.
+
+    Args:
+        boxes (Tensor): (R, 4) XYXY boxes in any frame.
+        lo, hi (float): limits in pixels of the boxes' frame.
+
+    Returns:
+        Tensor: (R,) bool, True for the boxes to keep.
+    """
+    _check_boxes(boxes)
+    if math.isnan(lo) or math.isnan(hi):
+        raise ValueError(f"size range must not contain NaN, got ({lo}, {hi})")
+    size = _sqrt_area(boxes)
+    keep = size >= lo
+    if hi >= 0:
+        keep &= size <= hi
+    return keep
+
+
+def _soft_nms(
+    boxes: Tensor, scores: Tensor, classes: Tensor, sigma: float, score_thresh: float, max_det: int
+) -> Tuple[Tensor, Tensor]:
+    """
+    Class-wise Gaussian Soft-NMS (Bodla et al., ICCV 2017), written by hand: neither torchvision
+    nor Detectron2 has one. Repeatedly select the highest remaining score, then decay the score
+    of every remaining box of the same class by ``exp(-iou^2 / sigma)`` and discard the boxes
+    whose decayed score is ``< score_thresh``. Memory is O(R): IoUs are computed one row at a time.
+
+    Args:
+        boxes (Tensor): (R, 4) XYXY boxes, any single frame.
+        scores (Tensor): (R,) scores.
+        classes (Tensor): (R,) int class ids.
+
+    Returns:
+        (Tensor, Tensor): (K,) int64 indices of the selected boxes in selection order (scores
+        non-increasing) and their (K,) decayed scores.
+    """
+    scores = scores.clone()
+    alive = scores >= score_thresh
+    keep = []
+    all_boxes = Boxes(boxes)
+    while (max_det < 0 or len(keep) < max_det) and bool(alive.any()):
+        best = int(torch.where(alive, scores, scores.new_tensor(-math.inf)).argmax())
+        keep.append(best)
+        alive[best] = False
+        iou = pairwise_iou(Boxes(boxes[best : best + 1]), all_boxes)[0]
+        iou = iou * (classes == classes[best])
+        scores = torch.where(alive, scores * torch.exp(-(iou**2) / sigma), scores)
+        alive &= scores >= score_thresh
+    keep_t = torch.tensor(keep, dtype=torch.int64, device=boxes.device)
+    return keep_t, scores[keep_t]
+
+
+def merge_detections(
+    boxes: Tensor,
+    scores: Tensor,
+    classes: Tensor,
+    *,
+    nms_thresh: float,
+    max_det: int,
+    method: str = "nms",
+    soft_nms_sigma: float = 0.5,
+    score_thresh: float = 0.0,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """
+    Merge the detections of all scales and chips of one image.
+
+    ``method="nms"``: drop scores ``< score_thresh``, then class-wise NMS at IoU ``nms_thresh``
+    (``detectron2.layers.batched_nms``). ``method="soft_nms"``: class-wise Gaussian Soft-NMS with
+    ``soft_nms_sigma`` (see :func:`_soft_nms`; ``nms_thresh`` is not used), dropping decayed
+    scores ``< score_thresh``. Then keep the ``max_det`` highest scores (``max_det < 0``: all).
+
+    Args:
+        boxes (Tensor): (R, 4) XYXY detections, all in one frame (the original image frame).
+        scores (Tensor): (R,) scores.
+        classes (Tensor): (R,) int class ids.
+
+    Returns:
+        (Tensor, Tensor, Tensor): the kept (K, 4) boxes, (K,) scores (decayed for Soft-NMS) and
+        (K,) classes, sorted by score, descending.
+    """
+    _check_boxes(boxes)
+    if scores.shape != (boxes.shape[0],) or classes.shape != (boxes.shape[0],):
+        raise ValueError(
+            f"scores {tuple(scores.shape)} and classes {tuple(classes.shape)} must have shape "
+            f"({boxes.shape[0]},) to match boxes {tuple(boxes.shape)}"
+        )
+    if method == "nms":
+        idx = torch.nonzero(scores >= score_thresh).squeeze(1)
+        keep = idx[batched_nms(boxes[idx], scores[idx], classes[idx], nms_thresh)]
+        if max_det >= 0:
+            keep = keep[:max_det]
+        kept_scores = scores[keep]
+    elif method == "soft_nms":
+        if not soft_nms_sigma > 0:
+            raise ValueError(f"soft_nms_sigma must be > 0, got {soft_nms_sigma}")
+        keep, kept_scores = _soft_nms(boxes, scores, classes, soft_nms_sigma, score_thresh, max_det)
+    else:
+        raise ValueError(f"Unknown merge method {method!r}; expected 'nms' or 'soft_nms'")
+    return boxes[keep], kept_scores, classes[keep]

@@ -1,0 +1,297 @@
+"""The coarse-to-fine chip pipeline: scale 0 on whole images, then chips at each finer scale,
+then focus stacking. Returns ordinary Detectron2 outputs (plus what the pipeline did)."""
+import logging
+from collections import defaultdict
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.utils.registry import Registry
+
+from .chip_policies import ChipPolicy, build_chip_policy
+from .focus_stacking import drop_border_cut, drop_small_covered, in_size_range, merge_detections
+from .views import View, crop_and_resize, first_scale_hw, tile_box, zoomed_hw
+
+__all__ = ["AUTOFOCUS_PIPELINE_REGISTRY", "CoarseToFinePipeline", "build_autofocus_pipeline"]
+
+logger = logging.getLogger(__name__)
+
+AUTOFOCUS_PIPELINE_REGISTRY = Registry("AUTOFOCUS_PIPELINE")
+AUTOFOCUS_PIPELINE_REGISTRY.__doc__ = """
+Registry for inference pipelines, built as ``cls(cfg)`` and called as
+``pipeline(model, batched_inputs)`` by AutoFocusRCNN in eval mode.
+"""
+
+
+def prepare_image(image: torch.Tensor, channels: int, index: int) -> torch.Tensor:
+    """Check one input image (C, H, W) and return it as float with ``channels`` channels.
+
+    A 1-channel (grayscale) image is repeated to 3 channels and a 4th (alpha) channel is dropped
+    when the model expects 3; anything else raises ValueError naming the image and shape.
+    """
+    if not isinstance(image, torch.Tensor) or image.dim() != 3:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"input {index}: 'image' must be a (C, H, W) tensor, got {shape}")
+    c, h, w = image.shape
+    if h == 0 or w == 0:
+        raise ValueError(f"input {index}: the image is empty (shape {tuple(image.shape)})")
+    if c != channels:
+        if c == 1 and channels == 3:
+            image = image.expand(3, h, w)
+        elif c == 4 and channels == 3:
+            image = image[:3]
+        else:
+            raise ValueError(
+                f"input {index}: image has {c} channels, the model expects {channels} "
+                "(MODEL.PIXEL_MEAN); 1 (grayscale) and 4 (alpha dropped) are also accepted for 3"
+            )
+    return image.float()
+
+
+@AUTOFOCUS_PIPELINE_REGISTRY.register()
+class CoarseToFinePipeline:
+    """
+    Scale 0: each whole image resized to ``first_scale`` -> detections (+ FocusPixel maps).
+    Scale k >= 1: the policy's chips of scale k-1 (original frame), cropped from the original
+    image and zoomed by ``zooms[k-1]``, run in padded batches of at most ``chip_batch_size``.
+    Detections of every view are mapped to the original frame and focus-stacked.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        policy: ChipPolicy,
+        first_scale: Tuple[float, float],
+        zooms: Sequence[float],
+        chip_batch_size: int,
+        max_chip_side: int,
+        tile_overlap: int,
+        border_margin: float,
+        small_drop_size: float,
+        valid_ranges: Sequence[Tuple[float, float]],
+        nms_method: str,
+        nms_thresh: float,
+        soft_nms_sigma: float,
+        detections_per_image: int,
+    ):
+        """See the MODEL.AUTOFOCUS keys of config.py for each argument's meaning and unit."""
+        self.policy = policy
+        self.first_scale = tuple(first_scale)
+        self.zooms = list(zooms)
+        self.chip_batch_size = chip_batch_size
+        self.max_chip_side = max_chip_side
+        self.tile_overlap = tile_overlap
+        self.border_margin = border_margin
+        self.small_drop_size = small_drop_size
+        self.valid_ranges = [tuple(r) for r in valid_ranges]
+        self.nms_method = nms_method
+        self.nms_thresh = nms_thresh
+        self.soft_nms_sigma = soft_nms_sigma
+        self.detections_per_image = detections_per_image
+
+    @classmethod
+    def from_config(cls, cfg):
+        af = cfg.MODEL.AUTOFOCUS
+        return {
+            "policy": build_chip_policy(cfg),
+            "first_scale": af.FIRST_SCALE,
+            "zooms": af.ZOOMS,
+            "chip_batch_size": af.CHIP_BATCH_SIZE,
+            "max_chip_side": af.MAX_CHIP_SIDE,
+            "tile_overlap": af.TILE_OVERLAP,
+            "border_margin": af.BORDER_MARGIN,
+            "small_drop_size": af.SMALL_DROP_SIZE,
+            "valid_ranges": af.VALID_RANGES,
+            "nms_method": af.NMS_METHOD,
+            "nms_thresh": af.NMS_THRESH,
+            "soft_nms_sigma": af.SOFT_NMS_SIGMA,
+            "detections_per_image": af.DETECTIONS_PER_IMAGE,
+        }
+
+    # ------------------------------------------------------------------------------ views
+    def views_for_chips(self, image_index: int, scale: int, chips: torch.Tensor, zoom: float) -> List[View]:
+        """Views of original-frame integer ``chips`` (N, 4) at ``scale``/``zoom``; a chip longer than
+        ``max_chip_side`` pixels at that scale becomes overlapping tiles."""
+        views = []
+        for box in chips.round().long().tolist():
+            out_hw = zoomed_hw(box, zoom)
+            if max(out_hw) <= self.max_chip_side:
+                views.append(View(image_index, scale, tuple(box), out_hw))
+                continue
+            tile = int(self.max_chip_side / zoom)
+            overlap = int(round(self.tile_overlap / zoom))
+            for sub in tile_box(box, tile, overlap):
+                views.append(View(image_index, scale, sub, zoomed_hw(sub, zoom)))
+        return views
+
+    def first_views(self, image_index: int, image_hw: Tuple[int, int]) -> List[View]:
+        h, w = image_hw
+        out_hw = first_scale_hw(image_hw, *self.first_scale)
+        zoom = 0.5 * (out_hw[0] / h + out_hw[1] / w)
+        if max(out_hw) <= self.max_chip_side:
+            return [View(image_index, 0, (0, 0, w, h), out_hw)]
+        return self.views_for_chips(image_index, 0, torch.tensor([[0, 0, w, h]]), zoom)
+
+    def pyramid_pixels(self, image_hw: Tuple[int, int]) -> List[int]:
+        """Pixels the full pyramid (every configured scale on the whole image) processes, per scale."""
+        h, w = image_hw
+        whole = torch.tensor([[0, 0, w, h]])
+        per_scale = [sum(v.pixels for v in self.first_views(0, image_hw))]
+        for k, zoom in enumerate(self.zooms, start=1):
+            per_scale.append(sum(v.pixels for v in self.views_for_chips(0, k, whole, zoom)))
+        return per_scale
+
+    # ------------------------------------------------------------------------------ running
+    def run_views(
+        self, model, images: List[torch.Tensor], views: List[View], with_focus: bool
+    ) -> Tuple[List[Instances], List[Optional[torch.Tensor]]]:
+        """Run the detector on ``views`` in padded batches (largest first, to limit padding).
+
+        Returns, aligned with ``views``: Instances with boxes in the ORIGINAL image frame, and the
+        FocusPixel map (h, w) of each view in its own frame (None without focus).
+        """
+        results: List[Optional[Instances]] = [None] * len(views)
+        focus_maps: List[Optional[torch.Tensor]] = [None] * len(views)
+        order = sorted(range(len(views)), key=lambda i: -views[i].pixels)
+        for start in range(0, len(order), self.chip_batch_size):
+            batch = order[start : start + self.chip_batch_size]
+            tensors = [
+                (crop_and_resize(images[views[i].image_index], views[i].box, views[i].out_hw)
+                 - model.pixel_mean) / model.pixel_std
+                for i in batch
+            ]
+            image_list = ImageList.from_tensors(tensors, model.backbone.size_divisibility)
+            instances, focus = model.detect(image_list, with_focus=with_focus)
+            for j, i in enumerate(batch):
+                inst = instances[j]
+                inst.pred_boxes = Boxes(views[i].to_original(inst.pred_boxes.tensor))
+                results[i] = inst
+                if focus is not None:
+                    focus_maps[i] = focus[j]
+        return results, focus_maps
+
+    def __call__(self, model, batched_inputs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        device = model.pixel_mean.device
+        channels = model.pixel_mean.shape[0]
+        images = [
+            prepare_image(x["image"], channels, i).to(device) for i, x in enumerate(batched_inputs)
+        ]
+        sizes = [tuple(img.shape[-2:]) for img in images]
+        num_scales = self.policy.num_scales(1 + len(self.zooms))
+
+        views_per_scale = [[v for i, hw in enumerate(sizes) for v in self.first_views(i, hw)]]
+        dets_per_scale = []
+        for k in range(num_scales):
+            views = views_per_scale[k]
+            last = k + 1 == num_scales
+            with_focus = self.policy.needs_focus and not last
+            dets, focus_maps = self.run_views(model, images, views, with_focus)
+            dets_per_scale.append(dets)
+            if last:
+                break
+            next_views = []
+            for i, hw in enumerate(sizes):
+                idx = [j for j, v in enumerate(views) if v.image_index == i]
+                chips = self.policy.chips(
+                    next_scale=k + 1,
+                    zoom=self.zooms[k],
+                    image_hw=hw,
+                    parents=[views[j] for j in idx],
+                    focus_maps=[focus_maps[j] for j in idx],
+                    focus_stride=model.focus_stride,
+                )
+                next_views.extend(self.views_for_chips(i, k + 1, chips, self.zooms[k]))
+            views_per_scale.append(next_views)
+
+        outputs = []
+        for i, (x, hw) in enumerate(zip(batched_inputs, sizes)):
+            instances = self.stack(i, hw, views_per_scale, dets_per_scale)
+            height, width = x.get("height", hw[0]), x.get("width", hw[1])
+            outputs.append(
+                {
+                    "instances": detector_postprocess(instances, height, width),
+                    "autofocus": self.image_stats(i, hw, views_per_scale),
+                }
+            )
+        return outputs
+
+    # ------------------------------------------------------------------------------ stacking
+    def stack(
+        self,
+        image_index: int,
+        image_hw: Tuple[int, int],
+        views_per_scale: List[List[View]],
+        dets_per_scale: List[List[Instances]],
+    ) -> Instances:
+        """Focus stacking of one image: border rule, valid ranges, small-and-covered rule, then
+        class-wise NMS / Soft-NMS. Returns Instances in the original image frame."""
+        num_scales = len(views_per_scale)
+        boxes, scores, classes = [], [], []
+        for k in range(num_scales):
+            finer = [
+                v.box_tensor() for v in (views_per_scale[k + 1] if k + 1 < num_scales else [])
+                if v.image_index == image_index
+            ]
+            for view, inst in zip(views_per_scale[k], dets_per_scale[k]):
+                if view.image_index != image_index:
+                    continue
+                b = inst.pred_boxes.tensor
+                keep = torch.ones(len(b), dtype=torch.bool, device=b.device)
+                if not view.covers_image(image_hw):
+                    keep &= drop_border_cut(b, view.box_tensor(b.device), image_hw, self.border_margin)
+                if num_scales > 1:
+                    keep &= in_size_range(b, *self.valid_ranges[k])
+                if finer:
+                    chips = torch.stack(finer).to(b.device)
+                    keep &= drop_small_covered(b, chips, self.small_drop_size / view.zoom)
+                boxes.append(b[keep])
+                scores.append(inst.scores[keep])
+                classes.append(inst.pred_classes[keep])
+        b, s, c = merge_detections(
+            torch.cat(boxes),
+            torch.cat(scores),
+            torch.cat(classes),
+            nms_thresh=self.nms_thresh,
+            max_det=self.detections_per_image,
+            method=self.nms_method,
+            soft_nms_sigma=self.soft_nms_sigma,
+        )
+        result = Instances(image_hw)
+        result.pred_boxes = Boxes(b)
+        result.scores = s
+        result.pred_classes = c
+        return result
+
+    def image_stats(
+        self, image_index: int, image_hw: Tuple[int, int], views_per_scale: List[List[View]]
+    ) -> Dict[str, Any]:
+        """What the pipeline did for one image (all plain Python numbers)."""
+        pixels, chips = defaultdict(int), defaultdict(list)
+        for k, views in enumerate(views_per_scale):
+            for v in views:
+                if v.image_index == image_index:
+                    pixels[k] += v.pixels
+                    chips[k].append(list(v.box))
+        num = len(views_per_scale)
+        return {
+            "pixels_per_scale": [pixels[k] for k in range(num)],
+            "chips_per_scale": [len(chips[k]) for k in range(num)],
+            "chip_boxes_per_scale": [chips[k] for k in range(num)],
+            "pyramid_pixels_per_scale": self.pyramid_pixels(image_hw),
+        }
+
+
+def build_autofocus_pipeline(cfg):
+    """The pipeline named by ``MODEL.AUTOFOCUS.PIPELINE`` in AUTOFOCUS_PIPELINE_REGISTRY."""
+    name = cfg.MODEL.AUTOFOCUS.PIPELINE
+    try:
+        cls = AUTOFOCUS_PIPELINE_REGISTRY.get(name)
+    except KeyError:
+        raise ValueError(
+            f"Invalid config MODEL.AUTOFOCUS.PIPELINE: {name!r} is not in AUTOFOCUS_PIPELINE_REGISTRY "
+            f"({sorted(k for k, _ in AUTOFOCUS_PIPELINE_REGISTRY)})"
+        ) from None
+    return cls(cfg)

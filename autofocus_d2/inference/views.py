@@ -1,0 +1,123 @@
+"""Views: the regions of an original image that the detector sees, and how they are made.
+
+A :class:`View` is a box of the ORIGINAL image (integer pixels) resized to ``out_hw`` pixels of
+one scale. Scale 0 views are whole images; finer views are chips (or tiles). Everything here is
+device-agnostic tensor code.
+"""
+import math
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "View",
+    "first_scale_hw",
+    "zoomed_hw",
+    "tile_intervals",
+    "tile_box",
+    "snap_to_pixels",
+    "crop_and_resize",
+]
+
+Box = Tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class View:
+    """Region ``box`` (x0, y0, x1, y1; integer pixels of original image ``image_index``) seen by
+    the detector at ``scale`` as an image of ``out_hw`` = (h, w) pixels."""
+
+    image_index: int
+    scale: int
+    box: Box
+    out_hw: Tuple[int, int]
+
+    @property
+    def factors(self) -> Tuple[float, float]:
+        """(sx, sy): view pixels per original pixel along x and y."""
+        x0, y0, x1, y1 = self.box
+        return self.out_hw[1] / (x1 - x0), self.out_hw[0] / (y1 - y0)
+
+    @property
+    def zoom(self) -> float:
+        """Mean of the two factors (they differ only by rounding)."""
+        sx, sy = self.factors
+        return 0.5 * (sx + sy)
+
+    @property
+    def pixels(self) -> int:
+        return self.out_hw[0] * self.out_hw[1]
+
+    def to_original(self, boxes: torch.Tensor) -> torch.Tensor:
+        """(R, 4) XYXY boxes in the view's frame -> (R, 4) in the original image frame."""
+        sx, sy = self.factors
+        scale = boxes.new_tensor([sx, sy, sx, sy])
+        offset = boxes.new_tensor([self.box[0], self.box[1], self.box[0], self.box[1]])
+        return boxes / scale + offset
+
+    def box_tensor(self, device=None) -> torch.Tensor:
+        return torch.tensor(self.box, dtype=torch.float32, device=device)
+
+    def covers_image(self, image_hw: Tuple[int, int]) -> bool:
+        return self.box == (0, 0, image_hw[1], image_hw[0])
+
+
+def first_scale_hw(image_hw: Tuple[int, int], short: float, cap: float) -> Tuple[int, int]:
+    """Size of the whole image at scale 0: shorter side ``short``, longer side at most ``cap``
+    (Detectron2's ResizeShortestEdge rule and rounding)."""
+    h, w = image_hw
+    scale = short / min(h, w)
+    if max(h, w) * scale > cap:
+        scale = cap / max(h, w)
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+
+
+def zoomed_hw(box: Sequence[int], zoom: float) -> Tuple[int, int]:
+    """Size in pixels of original-frame ``box`` zoomed by ``zoom``."""
+    x0, y0, x1, y1 = box
+    return max(1, int((y1 - y0) * zoom + 0.5)), max(1, int((x1 - x0) * zoom + 0.5))
+
+
+def tile_intervals(length: int, tile: int, overlap: int) -> List[Tuple[int, int]]:
+    """Integer intervals of at most ``tile`` covering [0, length), neighbours overlapping by at
+    least ``overlap`` (evenly spread; a single interval when ``length <= tile``)."""
+    if length <= tile:
+        return [(0, length)]
+    n = math.ceil((length - overlap) / (tile - overlap))
+    step = (length - tile) / (n - 1)
+    return [(int(round(i * step)), int(round(i * step)) + tile) for i in range(n)]
+
+
+def tile_box(box: Sequence[int], tile: int, overlap: int) -> List[Box]:
+    """Split original-frame ``box`` into overlapping tiles of at most ``tile`` x ``tile``
+    original pixels (overlap in original pixels)."""
+    x0, y0, x1, y1 = box
+    xs = tile_intervals(x1 - x0, tile, overlap)
+    ys = tile_intervals(y1 - y0, tile, overlap)
+    return [(x0 + a, y0 + c, x0 + b, y0 + d) for (c, d) in ys for (a, b) in xs]
+
+
+def snap_to_pixels(boxes: torch.Tensor, image_hw: Tuple[int, int]) -> torch.Tensor:
+    """(N, 4) float XYXY boxes -> the enclosing integer-pixel boxes, clipped to the image and at
+    least one pixel wide (float tensor holding integers)."""
+    h, w = image_hw
+    x0 = boxes[:, 0].floor().clamp(0, w - 1)
+    y0 = boxes[:, 1].floor().clamp(0, h - 1)
+    x1 = torch.maximum(boxes[:, 2].ceil().clamp(max=w), x0 + 1)
+    y1 = torch.maximum(boxes[:, 3].ceil().clamp(max=h), y0 + 1)
+    return torch.stack([x0, y0, x1, y1], dim=1)
+
+
+def crop_and_resize(image: torch.Tensor, box: Sequence[int], out_hw: Tuple[int, int]) -> torch.Tensor:
+    """Crop original-frame ``box`` from ``image`` (C, H, W) and resize it to ``out_hw`` with
+    bilinear interpolation (antialiased when shrinking), on the image's device."""
+    x0, y0, x1, y1 = box
+    crop = image[:, y0:y1, x0:x1]
+    if tuple(crop.shape[-2:]) == tuple(out_hw):
+        return crop
+    shrinking = out_hw[0] < crop.shape[-2] or out_hw[1] < crop.shape[-1]
+    return F.interpolate(
+        crop[None], size=tuple(out_hw), mode="bilinear", align_corners=False, antialias=shrinking
+    )[0]

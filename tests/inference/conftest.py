@@ -1,0 +1,75 @@
+"""A model-free stand-in detector for pipeline tests.
+
+Images carry one object per colour channel (value 255 on a black background). The stand-in
+"detects" the object of channel c as the bounding box of the pixels of that channel above 127.5
+in the view it is given (class c, score 0.9 - 0.1 * c), and its FocusPixel map is 1 in every
+stride cell that holds a pixel of a channel listed in ``focus_channels``. So whatever the pipeline
+crops and resizes, the detections it gets back show where the objects really landed.
+"""
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from detectron2.structures import Boxes, Instances
+
+
+class PlantedDetector:
+    def __init__(self, focus_channels=(1, 2), stride=16, focus_value=None):
+        self.pixel_mean = torch.zeros(3, 1, 1)
+        self.pixel_std = torch.ones(3, 1, 1)
+        self.backbone = types.SimpleNamespace(size_divisibility=32)
+        self.focus_stride = stride
+        self.focus_channels = list(focus_channels)
+        self.focus_value = focus_value  # a float: a constant map of that value instead
+        self.batches = []  # (batch size, padded h, padded w) of every call
+
+    def to(self, device):
+        self.pixel_mean = self.pixel_mean.to(device)
+        self.pixel_std = self.pixel_std.to(device)
+        return self
+
+    def detect(self, images, with_focus=True):
+        tensor = images.tensor
+        self.batches.append(tuple([tensor.shape[0], *tensor.shape[-2:]]))
+        results = []
+        for b, (h, w) in enumerate(images.image_sizes):
+            view = tensor[b, :, :h, :w]
+            boxes, classes = [], []
+            for c in range(view.shape[0]):
+                ys, xs = (view[c] > 127.5).nonzero(as_tuple=True)
+                if len(xs):
+                    boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+                    classes.append(c)
+            inst = Instances((h, w))
+            inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32, device=tensor.device).reshape(-1, 4))
+            inst.pred_classes = torch.tensor(classes, dtype=torch.long, device=tensor.device)
+            inst.scores = 0.9 - 0.1 * inst.pred_classes.float()
+            results.append(inst)
+        focus = None
+        if with_focus:
+            if self.focus_value is not None:
+                shape = (tensor.shape[0], -(-tensor.shape[-2] // self.focus_stride), -(-tensor.shape[-1] // self.focus_stride))
+                focus = torch.full(shape, self.focus_value, device=tensor.device)
+            else:
+                marked = (tensor[:, self.focus_channels] > 127.5).float().amax(dim=1, keepdim=True)
+                focus = F.max_pool2d(marked, self.focus_stride, ceil_mode=True)[:, 0]
+        return results, focus
+
+
+@pytest.fixture
+def planted_detector():
+    return PlantedDetector
+
+
+def paint(image_hw, objects):
+    """(3, H, W) float image, black, with each (channel, x0, y0, x1, y1) painted 255."""
+    image = torch.zeros(3, *image_hw)
+    for c, x0, y0, x1, y1 in objects:
+        image[c, y0:y1, x0:x1] = 255.0
+    return image
+
+
+@pytest.fixture
+def paint_image():
+    return paint

@@ -1,0 +1,287 @@
+import math
+
+import pytest
+import torch
+
+from autofocus_d2.inference import (
+    drop_border_cut,
+    drop_small_covered,
+    in_size_range,
+    merge_detections,
+)
+
+
+def _t(rows):
+    return torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# drop_border_cut
+# ---------------------------------------------------------------------------------------------
+
+
+def test_drop_border_cut_inner_chip():
+    chip = torch.tensor([100.0, 100.0, 200.0, 200.0])
+    boxes = _t(
+        [
+            [105.0, 120.0, 150.0, 150.0],  # left distance 5 == margin: dropped
+            [105.5, 120.0, 150.0, 150.0],  # left distance 5.5 > margin: kept
+            [120.0, 120.0, 195.0, 150.0],  # right distance 5: dropped
+            [120.0, 120.0, 194.0, 194.0],  # distances 20, 20, 6, 6: kept
+            [90.0, 120.0, 150.0, 150.0],  # crosses the left edge: dropped
+            [120.0, 96.0, 150.0, 150.0],  # crosses the top edge: dropped
+            [120.0, 120.0, 150.0, 195.0],  # bottom distance 5: dropped
+            [150.0, 104.0, 160.0, 110.0],  # top distance 4: dropped
+        ]
+    )
+    keep = drop_border_cut(boxes, chip, (400, 400), margin=5.0)
+    assert keep.dtype == torch.bool
+    assert keep.tolist() == [False, True, False, True, False, False, False, False]
+
+
+def test_drop_border_cut_chip_on_image_border():
+    # Chip touches the image's left and top borders; its right and bottom edges are inner.
+    chip = torch.tensor([0.0, 0.0, 200.0, 200.0])
+    boxes = _t(
+        [
+            [0.0, 0.0, 50.0, 50.0],  # on the image border: kept
+            [10.0, 10.0, 198.0, 50.0],  # 2 px from the inner right edge: dropped
+            [10.0, 10.0, 50.0, 196.0],  # 4 px from the inner bottom edge: dropped
+            [10.0, 10.0, 194.0, 194.0],  # kept
+        ]
+    )
+    keep = drop_border_cut(boxes, chip, (400, 300), margin=5.0)
+    assert keep.tolist() == [True, False, False, True]
+    # The same chip covering the whole image (H, W) = (200, 200): no inner edge at all.
+    assert drop_border_cut(boxes, chip, (200, 200), margin=5.0).tolist() == [True] * 4
+
+
+def test_drop_border_cut_image_border_tolerance():
+    boxes = _t([[1.0, 1.0, 9.0, 9.0]])
+    # x0 = 0.5 and x1 = W - 0.5 count as image borders; 0.6 and W - 0.6 do not.
+    def keep(chip):
+        return drop_border_cut(boxes, torch.tensor(chip), (10, 10), 2.0).tolist()
+
+    assert keep([0.5, 0.5, 9.5, 9.5]) == [True]
+    assert keep([0.6, 0.0, 10.0, 10.0]) == [False]
+    assert keep([0.0, 0.6, 10.0, 10.0]) == [False]
+    assert keep([0.0, 0.0, 9.4, 10.0]) == [False]
+    assert keep([0.0, 0.0, 10.0, 9.4]) == [False]
+
+
+def test_drop_border_cut_zero_margin():
+    chip = torch.tensor([100.0, 100.0, 200.0, 200.0])
+    boxes = _t([[100.0, 120.0, 150.0, 150.0], [100.1, 120.0, 150.0, 150.0]])
+    assert drop_border_cut(boxes, chip, (400, 400), margin=0.0).tolist() == [False, True]
+
+
+def test_drop_border_cut_empty_and_errors():
+    chip = torch.tensor([100.0, 100.0, 200.0, 200.0])
+    keep = drop_border_cut(torch.zeros(0, 4), chip, (400, 400), margin=5.0)
+    assert keep.shape == (0,) and keep.dtype == torch.bool
+    with pytest.raises(ValueError, match="margin must be finite and >= 0, got -1.0"):
+        drop_border_cut(torch.zeros(0, 4), chip, (400, 400), margin=-1.0)
+    with pytest.raises(ValueError, match=r"chip must have shape \(4,\), got \(1, 4\)"):
+        drop_border_cut(torch.zeros(0, 4), chip[None], (400, 400), margin=5.0)
+    with pytest.raises(ValueError, match=r"boxes must have shape \(R, 4\), got \(4,\)"):
+        drop_border_cut(chip, chip, (400, 400), margin=5.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# drop_small_covered
+# ---------------------------------------------------------------------------------------------
+
+
+def test_drop_small_covered():
+    chips = _t([[0.0, 0.0, 100.0, 100.0]])
+    boxes = _t(
+        [
+            [10.0, 10.0, 40.0, 40.0],  # inside, size 30 < 50: dropped
+            [10.0, 10.0, 70.0, 70.0],  # inside, size 60: kept
+            [10.0, 10.0, 60.0, 60.0],  # inside, size exactly 50 (not < 50): kept
+            [90.0, 90.0, 100.0005, 100.0],  # inside within the 1e-3 tolerance, small: dropped
+            [90.0, 90.0, 100.01, 100.0],  # sticks out by 0.01: kept
+            [150.0, 150.0, 160.0, 160.0],  # outside: kept
+        ]
+    )
+    keep = drop_small_covered(boxes, chips, max_size=50.0)
+    assert keep.tolist() == [False, True, True, False, True, True]
+
+
+def test_drop_small_covered_needs_a_single_chip():
+    # Inside the union of two chips but inside neither: kept.
+    chips = _t([[0.0, 0.0, 50.0, 50.0], [50.0, 0.0, 100.0, 50.0]])
+    boxes = _t([[40.0, 10.0, 60.0, 20.0], [55.0, 10.0, 60.0, 20.0]])
+    assert drop_small_covered(boxes, chips, max_size=50.0).tolist() == [True, False]
+
+
+def test_drop_small_covered_empty():
+    boxes = _t([[10.0, 10.0, 20.0, 20.0]])
+    assert drop_small_covered(boxes, torch.zeros(0, 4), max_size=1e9).tolist() == [True]
+    keep = drop_small_covered(torch.zeros(0, 4), _t([[0.0, 0.0, 1.0, 1.0]]), max_size=10.0)
+    assert keep.shape == (0,) and keep.dtype == torch.bool
+    with pytest.raises(ValueError, match=r"finer_chips must have shape \(R, 4\)"):
+        drop_small_covered(boxes, torch.zeros(4), max_size=10.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# in_size_range
+# ---------------------------------------------------------------------------------------------
+
+
+def test_in_size_range():
+    boxes = _t(
+        [
+            [0.0, 0.0, 4.0, 4.0],  # 4
+            [0.0, 0.0, 8.0, 8.0],  # 8
+            [0.0, 0.0, 2.0, 8.0],  # 4
+            [10.0, 10.0, 26.0, 26.0],  # 16
+            [0.0, 0.0, 32.0, 32.0],  # 32
+            [5.0, 5.0, 5.0, 9.0],  # 0 (degenerate)
+        ]
+    )
+    assert in_size_range(boxes, 4.0, 16.0).tolist() == [True, True, True, True, False, False]
+    assert in_size_range(boxes, 8.0, -1.0).tolist() == [False, True, False, True, True, False]
+    assert in_size_range(boxes, 0.0, -1.0).tolist() == [True] * 6
+    assert in_size_range(boxes, 4.5, 7.99).tolist() == [False] * 6
+    keep = in_size_range(torch.zeros(0, 4), 0.0, 10.0)
+    assert keep.shape == (0,) and keep.dtype == torch.bool
+    with pytest.raises(ValueError, match="must not contain NaN"):
+        in_size_range(boxes, float("nan"), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# merge_detections
+# ---------------------------------------------------------------------------------------------
+
+# IoU([0, 0, 10, 10], [1, 1, 11, 11]) = 81 / 119
+_IOU = 81.0 / 119.0
+
+
+def _dets():
+    boxes = _t(
+        [
+            [0.0, 0.0, 10.0, 10.0],
+            [1.0, 1.0, 11.0, 11.0],
+            [50.0, 50.0, 60.0, 60.0],
+            [1.0, 1.0, 11.0, 11.0],
+        ]
+    )
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    classes = torch.tensor([0, 0, 0, 1])
+    return boxes, scores, classes
+
+
+def test_nms_classwise():
+    boxes, scores, classes = _dets()
+    out_boxes, out_scores, out_classes = merge_detections(
+        boxes, scores, classes, nms_thresh=0.5, max_det=100
+    )
+    # box 1 is suppressed by box 0 (same class, IoU 0.68); box 3 is of another class.
+    assert torch.equal(out_boxes, boxes[[0, 2, 3]])
+    assert torch.equal(out_scores, torch.tensor([0.9, 0.7, 0.6]))
+    assert torch.equal(out_classes, torch.tensor([0, 0, 1]))
+    # IoU 0.68 < 0.7: nothing suppressed
+    _, out_scores, _ = merge_detections(boxes, scores, classes, nms_thresh=0.7, max_det=100)
+    assert torch.equal(out_scores, torch.tensor([0.9, 0.8, 0.7, 0.6]))
+
+
+def test_nms_max_det_and_score_thresh():
+    boxes, scores, classes = _dets()
+    out = merge_detections(boxes, scores, classes, nms_thresh=0.5, max_det=2)
+    assert torch.equal(out[1], torch.tensor([0.9, 0.7]))
+    out = merge_detections(boxes, scores, classes, nms_thresh=0.5, max_det=-1, score_thresh=0.65)
+    assert torch.equal(out[1], torch.tensor([0.9, 0.7]))
+    # A box below score_thresh does not suppress anything.
+    out = merge_detections(boxes, scores, classes, nms_thresh=0.5, max_det=-1, score_thresh=0.95)
+    assert out[0].shape == (0, 4) and out[1].shape == (0,) and out[2].shape == (0,)
+
+
+def test_soft_nms_exact_decay():
+    boxes, scores, classes = _dets()
+    out_boxes, out_scores, out_classes = merge_detections(
+        boxes, scores, classes, nms_thresh=0.5, max_det=100, method="soft_nms", soft_nms_sigma=0.5
+    )
+    decayed = 0.8 * math.exp(-(_IOU**2) / 0.5)  # 0.3167086
+    # box 1 decays below box 2 (no overlap) and box 3 (other class, no decay).
+    assert torch.equal(out_boxes, boxes[[0, 2, 3, 1]])
+    assert torch.equal(out_classes, torch.tensor([0, 0, 1, 0]))
+    assert torch.allclose(out_scores, torch.tensor([0.9, 0.7, 0.6, decayed]), rtol=0, atol=1e-6)
+    assert abs(decayed - 0.3167086) < 1e-6
+
+
+def test_soft_nms_sigma_and_repeated_decay():
+    # Two identical boxes (IoU 1) and one overlapping both: scores decay cumulatively.
+    boxes = _t([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 20.0]])
+    scores = torch.tensor([0.9, 0.85, 0.8])
+    classes = torch.zeros(3, dtype=torch.int64)
+    sigma = 0.3
+    _, out_scores, _ = merge_detections(
+        boxes, scores, classes, nms_thresh=0.5, max_det=10, method="soft_nms", soft_nms_sigma=sigma
+    )
+    # Box 0 selected: box 1 -> 0.85 e^{-1/0.3}, box 2 (IoU 0.5) -> 0.8 e^{-0.25/0.3} = 0.3478.
+    # Box 2 is now the highest; selecting it decays box 1 once more by e^{-0.25/0.3}.
+    s2 = 0.8 * math.exp(-0.25 / sigma)
+    s1 = 0.85 * math.exp(-1.0 / sigma) * math.exp(-0.25 / sigma)
+    assert torch.allclose(out_scores, torch.tensor([0.9, s2, s1]), rtol=0, atol=1e-6)
+
+
+def test_soft_nms_score_thresh_and_max_det():
+    boxes, scores, classes = _dets()
+    kwargs = dict(nms_thresh=0.5, method="soft_nms", soft_nms_sigma=0.5)
+    # decayed 0.3167 < 0.4: dropped
+    out = merge_detections(boxes, scores, classes, max_det=100, score_thresh=0.4, **kwargs)
+    assert torch.equal(out[0], boxes[[0, 2, 3]])
+    assert torch.allclose(out[1], torch.tensor([0.9, 0.7, 0.6]))
+    out = merge_detections(boxes, scores, classes, max_det=2, **kwargs)
+    assert torch.equal(out[0], boxes[[0, 2]])
+    out = merge_detections(boxes, scores, classes, max_det=0, **kwargs)
+    assert out[0].shape == (0, 4)
+
+
+@pytest.mark.parametrize("method", ["nms", "soft_nms"])
+def test_merge_detections_empty(method):
+    boxes, scores, classes = merge_detections(
+        torch.zeros(0, 4),
+        torch.zeros(0),
+        torch.zeros(0, dtype=torch.int64),
+        nms_thresh=0.5,
+        max_det=100,
+        method=method,
+    )
+    assert boxes.shape == (0, 4) and scores.shape == (0,) and classes.shape == (0,)
+    assert classes.dtype == torch.int64
+
+
+def test_merge_detections_errors():
+    boxes, scores, classes = _dets()
+    with pytest.raises(ValueError, match="Unknown merge method 'wbf'"):
+        merge_detections(boxes, scores, classes, nms_thresh=0.5, max_det=10, method="wbf")
+    with pytest.raises(ValueError, match="soft_nms_sigma must be > 0, got 0.0"):
+        merge_detections(
+            boxes,
+            scores,
+            classes,
+            nms_thresh=0.5,
+            max_det=10,
+            method="soft_nms",
+            soft_nms_sigma=0.0,
+        )
+    with pytest.raises(ValueError, match=r"must have shape \(4,\)"):
+        merge_detections(boxes, scores[:3], classes, nms_thresh=0.5, max_det=10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+@pytest.mark.parametrize("method", ["nms", "soft_nms"])
+def test_merge_detections_cuda(method):
+    boxes, scores, classes = _dets()
+    cpu = merge_detections(boxes, scores, classes, nms_thresh=0.5, max_det=10, method=method)
+    gpu = merge_detections(
+        boxes.cuda(), scores.cuda(), classes.cuda(), nms_thresh=0.5, max_det=10, method=method
+    )
+    for a, b in zip(cpu, gpu):
+        assert b.device.type == "cuda"
+        assert torch.allclose(a.float(), b.cpu().float(), atol=1e-6)
+    chip = torch.tensor([0.0, 0.0, 30.0, 30.0], device="cuda")
+    keep = drop_border_cut(boxes.cuda(), chip, (100, 100), 2.0)
+    assert keep.tolist() == [True, True, False, True]

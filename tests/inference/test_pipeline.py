@@ -1,0 +1,201 @@
+"""The coarse-to-fine pipeline with a model-free planted detector (see conftest.py)."""
+import logging
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+
+from autofocus_d2 import add_autofocus_config
+from autofocus_d2.inference.pipeline import build_autofocus_pipeline
+from autofocus_d2.inference.views import first_scale_hw
+
+A = (0, 100, 100, 400, 300)  # channel 0: large object, not a FocusPixel
+B = (1, 600, 200, 616, 216)  # channel 1: 16 px
+C = (2, 900, 600, 908, 608)  # channel 2: 8 px
+
+
+def pipeline_cfg(policy="autofocus", **overrides):
+    cfg = get_cfg()
+    add_autofocus_config(cfg)
+    af = cfg.MODEL.AUTOFOCUS
+    af.CHIP_POLICY = policy
+    af.FIRST_SCALE = [400, 600]
+    af.ZOOMS = [1.0, 2.0]
+    af.FOCUS_THRESHOLD = [0.5]
+    af.DILATION = [1]
+    af.MIN_CHIP_SIZE = [64.0]
+    af.VALID_RANGES = [[-1.0, -1.0]] * 3
+    af.SMALL_DROP_SIZE = 64.0
+    af.GRID_TILE_SIZE = 256
+    af.MAX_CHIP_SIDE = 4096  # no tiling unless a test asks for it
+    for key, value in overrides.items():
+        setattr(af, key, value)
+    return cfg
+
+
+def run(cfg, model, images, **extra):
+    pipeline = build_autofocus_pipeline(cfg)
+    inputs = [{"image": img, **extra} for img in images]
+    with torch.no_grad():
+        return pipeline(model, inputs)
+
+
+def boxes_by_class(instances):
+    return {int(c): b.tolist() for c, b in zip(instances.pred_classes, instances.pred_boxes.tensor)}
+
+
+def test_planted_objects_come_back_to_the_original_frame_across_two_zooms(planted_detector, paint_image):
+    model = planted_detector()
+    out = run(pipeline_cfg(), model, [paint_image((800, 1200), [A, B, C])])[0]
+    found = boxes_by_class(out["instances"])
+    assert found == {0: [100, 100, 400, 300], 1: [600, 200, 616, 216], 2: [900, 600, 908, 608]}
+    stats = out["autofocus"]
+    assert stats["chips_per_scale"] == [1, 2, 2]
+    # Scale-0 FocusChips: the 64 px (scale 0) minimum around the focus cells (B spans two cell
+    # columns at scale 0: x in [300, 308) crosses 304), in original pixels.
+    assert stats["chip_boxes_per_scale"][1] == [[544, 144, 672, 272], [848, 528, 976, 656]]
+    assert stats["pixels_per_scale"][0] == 400 * 600
+    assert stats["pixels_per_scale"][1] == 2 * 128 * 128
+    assert stats["pyramid_pixels_per_scale"] == [400 * 600, 800 * 1200, 1600 * 2400]
+
+
+def test_small_coarse_detections_inside_finer_chips_are_replaced_not_duplicated(planted_detector, paint_image):
+    model = planted_detector()
+    out = run(pipeline_cfg(NMS_THRESH=0.99), model, [paint_image((800, 1200), [A, B, C])])[0]
+    # Without the small-and-covered rule, B and C would come back from up to three scales; the
+    # NMS threshold of 0.99 would not merge the slightly different coarse copies.
+    assert sorted(out["instances"].pred_classes.tolist()) == [0, 1, 2]
+
+
+def test_output_is_scaled_to_the_requested_height_and_width(planted_detector, paint_image):
+    model = planted_detector()
+    out = run(pipeline_cfg(), model, [paint_image((800, 1200), [A, B, C])], height=400, width=600)[0]
+    assert out["instances"].image_size == (400, 600)
+    assert boxes_by_class(out["instances"])[0] == [50, 50, 200, 150]
+
+
+def test_batched_inputs_give_the_same_result_as_one_by_one(planted_detector, paint_image):
+    img1 = paint_image((800, 1200), [A, B, C])
+    img2 = paint_image((700, 900), [(1, 50, 60, 74, 84), (0, 300, 300, 600, 500)])
+    model = planted_detector()
+    both = run(pipeline_cfg(CHIP_BATCH_SIZE=3), model, [img1, img2])
+    alone = [run(pipeline_cfg(), planted_detector(), [img])[0] for img in (img1, img2)]
+    for b, a in zip(both, alone):
+        assert boxes_by_class(b["instances"]) == boxes_by_class(a["instances"])
+        assert b["autofocus"] == a["autofocus"]
+    assert max(batch[0] for batch in model.batches) <= 3
+
+
+def test_pyramid_processes_exactly_the_pyramid_pixels(planted_detector, paint_image):
+    out = run(pipeline_cfg("pyramid"), planted_detector(), [paint_image((750, 1130), [A])])[0]
+    h0, w0 = first_scale_hw((750, 1130), 400, 600)
+    expected = [h0 * w0, 750 * 1130, 1500 * 2260]
+    assert out["autofocus"]["pixels_per_scale"] == expected
+    assert out["autofocus"]["pyramid_pixels_per_scale"] == expected
+    assert out["autofocus"]["chips_per_scale"] == [1, 1, 1]
+
+
+def test_single_processes_only_the_first_scale(planted_detector, paint_image):
+    out = run(pipeline_cfg("single"), planted_detector(), [paint_image((800, 1200), [A, B])])[0]
+    assert out["autofocus"]["pixels_per_scale"] == [400 * 600]
+    assert boxes_by_class(out["instances"])[0] == [100, 100, 400, 300]
+
+
+def test_grid_tiles_cover_the_image_with_overlap(planted_detector, paint_image):
+    out = run(pipeline_cfg("grid", ZOOMS=[1.0]), planted_detector(), [paint_image((800, 1200), [A, B])])[0]
+    tiles = torch.tensor(out["autofocus"]["chip_boxes_per_scale"][1], dtype=torch.float32)
+    assert len(tiles) == 4 * 6  # 256 px tiles with 20% overlap over 800 x 1200
+    assert tiles[:, 0].min() == 0 and tiles[:, 1].min() == 0
+    assert tiles[:, 2].max() == 1200 and tiles[:, 3].max() == 800
+    assert ((tiles[:, 2] - tiles[:, 0]) == 256).all()
+    assert boxes_by_class(out["instances"])[1] == [600, 200, 616, 216]
+
+
+def test_no_focus_above_threshold_gives_no_chips_and_the_coarse_detections(planted_detector, paint_image):
+    img = paint_image((800, 1200), [A, B])
+    out = run(pipeline_cfg(), planted_detector(focus_value=0.1), [img])[0]
+    single = run(pipeline_cfg("single"), planted_detector(), [img])[0]
+    assert out["autofocus"]["chips_per_scale"] == [1, 0, 0]
+    assert boxes_by_class(out["instances"]) == boxes_by_class(single["instances"])
+    assert torch.equal(out["instances"].scores, single["instances"].scores)
+
+
+def test_all_focus_merges_to_the_whole_image_and_never_exceeds_the_pyramid(planted_detector, paint_image):
+    img = paint_image((800, 1200), [A, B, C])
+    out = run(pipeline_cfg(), planted_detector(focus_value=1.0), [img])[0]
+    stats = out["autofocus"]
+    assert stats["chip_boxes_per_scale"][1] == [[0, 0, 1200, 800]]
+    assert stats["pixels_per_scale"] == stats["pyramid_pixels_per_scale"]
+
+
+def test_nan_focus_map_is_an_error_naming_the_cause(planted_detector, paint_image):
+    with pytest.raises(ValueError, match="FocusPixel map of image 0 at scale 0.*NaN"):
+        run(pipeline_cfg(), planted_detector(focus_value=float("nan")), [paint_image((300, 400), [A])])
+
+
+def test_grayscale_and_rgba_inputs(planted_detector, paint_image):
+    img = paint_image((800, 1200), [B])
+    gray = img[1:2]
+    out_gray = run(pipeline_cfg(), planted_detector(), [gray])[0]
+    # A grayscale image becomes three identical channels: the object shows up in every channel.
+    assert sorted(out_gray["instances"].pred_classes.tolist()) == [0, 1, 2]
+    assert all(b == [600, 200, 616, 216] for b in boxes_by_class(out_gray["instances"]).values())
+    rgba = torch.cat([img, torch.full((1, 800, 1200), 255.0)])
+    out_rgba = run(pipeline_cfg(), planted_detector(), [rgba])[0]
+    out_rgb = run(pipeline_cfg(), planted_detector(), [img])[0]
+    assert boxes_by_class(out_rgba["instances"]) == boxes_by_class(out_rgb["instances"])
+
+
+@pytest.mark.parametrize(
+    "image, match",
+    [
+        (torch.zeros(800, 1200), r"\(C, H, W\)"),
+        (torch.zeros(3, 0, 50), "empty"),
+        (torch.zeros(5, 40, 50), "5 channels"),
+    ],
+)
+def test_bad_images_are_rejected_with_a_clear_message(planted_detector, image, match):
+    with pytest.raises(ValueError, match=match):
+        run(pipeline_cfg(), planted_detector(), [image])
+
+
+def test_image_smaller_than_the_minimum_chip(planted_detector, paint_image):
+    img = paint_image((40, 50), [(1, 10, 12, 18, 20)])
+    out = run(pipeline_cfg(FIRST_SCALE=[40, 50]), planted_detector(), [img])[0]
+    assert out["autofocus"]["chip_boxes_per_scale"][1] == [[0, 0, 50, 40]]
+    assert boxes_by_class(out["instances"]) == {1: [10, 12, 18, 20]}
+
+
+def test_very_large_image_has_bounded_batches_and_a_capped_chip_count(planted_detector, paint_image, caplog):
+    # 8000 x 8000 with 9 separate small objects: the cap keeps 4 chips and says so; the whole
+    # image at the finer scale would be 8000 px, but no forward pass exceeds MAX_CHIP_SIDE.
+    objects = [(1, 400 + 2600 * i, 400 + 2600 * j, 424 + 2600 * i, 424 + 2600 * j)
+               for i in range(3) for j in range(3)]
+    img = paint_image((8000, 8000), objects)
+    model = planted_detector()
+    cfg = pipeline_cfg(FIRST_SCALE=[800, 800], ZOOMS=[1.0], MAX_CHIPS_PER_IMAGE=4,
+                       MIN_CHIP_SIZE=[100.0], CHIP_BATCH_SIZE=2, MAX_CHIP_SIDE=1024)
+    with caplog.at_level(logging.WARNING):
+        out = run(cfg, model, [img])[0]
+    assert out["autofocus"]["chips_per_scale"] == [1, 4]
+    assert "keeping the 4" in caplog.text
+    assert all(n <= 2 and max(h, w) <= 1024 for n, h, w in model.batches)
+    assert out["autofocus"]["pyramid_pixels_per_scale"][1] >= 8000 * 8000
+
+
+def test_all_focus_on_a_large_image_is_tiled_like_the_pyramid(planted_detector, paint_image):
+    img = paint_image((3000, 2000), [A])
+    cfg = pipeline_cfg(FIRST_SCALE=[400, 600], ZOOMS=[1.0], MAX_CHIP_SIDE=1024)
+    out = run(cfg, planted_detector(focus_value=1.0), [img])[0]
+    stats = out["autofocus"]
+    assert stats["pixels_per_scale"] == stats["pyramid_pixels_per_scale"]
+    assert stats["chips_per_scale"][1] > 1  # tiles
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_planted_objects_on_cuda(planted_detector, paint_image):
+    model = planted_detector().to("cuda")
+    out = run(pipeline_cfg(), model, [paint_image((800, 1200), [A, B, C]).cuda()])[0]
+    assert out["instances"].pred_boxes.tensor.device.type == "cuda"
+    assert boxes_by_class(out["instances"]) == {
+        0: [100, 100, 400, 300], 1: [600, 200, 616, 216], 2: [900, 600, 908, 608]}

@@ -1,0 +1,78 @@
+"""AutoFocusRCNN in eval mode: `single` equals GeneralizedRCNN, outputs and efficiency statistics."""
+import os
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from autofocus_d2 import add_autofocus_config
+from autofocus_d2.evaluation import AutoFocusEfficiencyEvaluator, summarize_efficiency
+from autofocus_d2.inference.views import crop_and_resize, first_scale_hw
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def cfg_for(policy):
+    cfg = get_cfg()
+    add_autofocus_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, "configs/Synthetic/autofocus_compact_fpn.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.AUTOFOCUS.CHIP_POLICY = policy
+    cfg.MODEL.AUTOFOCUS.FIRST_SCALE = [320, 480]
+    return cfg
+
+
+def _sorted(instances):
+    order = torch.argsort(instances.scores, descending=True)
+    return instances.pred_boxes.tensor[order], instances.scores[order], instances.pred_classes[order]
+
+
+def test_single_scale_equals_generalized_rcnn_on_the_same_input():
+    cfg = cfg_for("single")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    reference = build_model(cfg).eval()
+    reference.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("focus_head.")})
+
+    torch.manual_seed(1)
+    image = (torch.rand(3, 500, 700) * 255).round()
+    resized = crop_and_resize(image, (0, 0, 700, 500), first_scale_hw((500, 700), 320, 480))
+    with torch.no_grad():
+        ours = model([{"image": image}])[0]["instances"]
+        theirs = reference.inference([{"image": resized, "height": 500, "width": 700}])[0]["instances"]
+    assert len(ours) == len(theirs) > 0
+    for a, b in zip(_sorted(ours), _sorted(theirs)):
+        assert torch.allclose(a.float(), b.float(), atol=1e-3), (a, b)
+
+
+def test_eval_outputs_carry_instances_and_statistics():
+    cfg = cfg_for("autofocus")
+    cfg.MODEL.AUTOFOCUS.FOCUS_THRESHOLD = [0.0]  # random weights: make every cell focus
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        out = model([{"image": torch.rand(3, 400, 600) * 255, "height": 200, "width": 300}])[0]
+    assert out["instances"].image_size == (200, 300)
+    stats = out["autofocus"]
+    assert stats["chips_per_scale"] == [1, 1]
+    assert stats["pixels_per_scale"] == stats["pyramid_pixels_per_scale"] == [320 * 480, 400 * 600]
+
+
+def test_efficiency_evaluator_aggregates_over_images():
+    outs = [
+        {"autofocus": {"pixels_per_scale": [100, 50], "chips_per_scale": [1, 2],
+                       "pyramid_pixels_per_scale": [100, 400], "chip_boxes_per_scale": [[], []]}},
+        {"autofocus": {"pixels_per_scale": [100, 0], "chips_per_scale": [1, 0],
+                       "pyramid_pixels_per_scale": [100, 400], "chip_boxes_per_scale": [[], []]}},
+    ]
+    evaluator = AutoFocusEfficiencyEvaluator(distributed=False)
+    evaluator.reset()
+    evaluator.process([{}, {}], outs)
+    res = evaluator.evaluate()["autofocus_efficiency"]
+    assert res["pixel_ratio"] == pytest.approx(250 / 1000)
+    assert res["pixels_per_image"] == 125 and res["pyramid_pixels_per_image"] == 500
+    assert res["chips_per_image"] == 1.0 and res["chips_scale1"] == 1.0
+    assert res["pixel_ratio_scale1"] == pytest.approx(50 / 800)
+    assert summarize_efficiency([]) == {}
