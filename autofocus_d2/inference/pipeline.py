@@ -173,7 +173,13 @@ class CoarseToFinePipeline:
                     focus_maps[i] = focus[j]
         return results, focus_maps
 
-    def __call__(self, model, batched_inputs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    def __call__(
+        self, model, batched_inputs: List[Dict[str, Any]], *, with_details: bool = False
+    ) -> List[Dict[str, Any]]:
+        """Run the pipeline; see AutoFocusRCNN.forward for the outputs. With ``with_details``,
+        each output also has ``autofocus_details``: ``views_per_scale`` (the :class:`View` s of
+        that image per scale) and ``focus_maps_per_scale`` (per view, its FocusPixel map (h, w)
+        at ``model.focus_stride`` in the view's frame, on the CPU; None where not computed)."""
         device = model.pixel_mean.device
         channels = model.pixel_mean.shape[0]
         images = [
@@ -183,13 +189,15 @@ class CoarseToFinePipeline:
         num_scales = self.policy.num_scales(1 + len(self.zooms))
 
         views_per_scale = [[v for i, hw in enumerate(sizes) for v in self.first_views(i, hw)]]
-        dets_per_scale = []
+        dets_per_scale, maps_per_scale = [], []
         for k in range(num_scales):
             views = views_per_scale[k]
             last = k + 1 == num_scales
             with_focus = self.policy.needs_focus and not last
             dets, focus_maps = self.run_views(model, images, views, with_focus)
             dets_per_scale.append(dets)
+            if with_details:
+                maps_per_scale.append([None if m is None else m.cpu() for m in focus_maps])
             if last:
                 break
             next_views = []
@@ -216,6 +224,14 @@ class CoarseToFinePipeline:
                     "autofocus": self.image_stats(i, hw, views_per_scale),
                 }
             )
+            if with_details:
+                outputs[-1]["autofocus_details"] = {
+                    "views_per_scale": [[v for v in vs if v.image_index == i] for vs in views_per_scale],
+                    "focus_maps_per_scale": [
+                        [m for v, m in zip(vs, ms) if v.image_index == i]
+                        for vs, ms in zip(views_per_scale, maps_per_scale)
+                    ],
+                }
         return outputs
 
     # ------------------------------------------------------------------------------ stacking

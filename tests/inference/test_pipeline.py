@@ -199,3 +199,15 @@ def test_planted_objects_on_cuda(planted_detector, paint_image):
     assert out["instances"].pred_boxes.tensor.device.type == "cuda"
     assert boxes_by_class(out["instances"]) == {
         0: [100, 100, 400, 300], 1: [600, 200, 616, 216], 2: [900, 600, 908, 608]}
+
+
+def test_details_expose_views_and_focus_maps_per_scale(planted_detector, paint_image):
+    pipeline = build_autofocus_pipeline(pipeline_cfg())
+    with torch.no_grad():
+        out = pipeline(planted_detector(), [{"image": paint_image((800, 1200), [A, B, C])}], with_details=True)[0]
+    details = out["autofocus_details"]
+    assert [len(v) for v in details["views_per_scale"]] == out["autofocus"]["chips_per_scale"]
+    maps0 = details["focus_maps_per_scale"][0]
+    assert maps0[0].shape == (416 // 16, 608 // 16)  # padded to the size divisibility of 32
+    assert maps0[0].sum().item() == 3  # B spans two cells, C one
+    assert details["focus_maps_per_scale"][2] == [None, None]  # the last scale predicts no chips
