@@ -4,8 +4,7 @@
 VENV         := .venv
 PYTHON       ?= $(VENV)/bin/python
 TORCH_PINS   := torch==2.14.1 torchvision==0.29.1
-EXTRAS       := test
-DEMO_CONFIG  := configs/Synthetic/autofocus_compact_fpn.yaml
+EXTRAS       := test,bench
 DEMO_OUTPUT  := output/demo
 
 ifeq ($(PYTHON),$(VENV)/bin/python)
@@ -34,7 +33,7 @@ test: $(ENV_READY)
 	$(PYTHON) -m pytest tests -q
 
 demo: $(ENV_READY)
-	$(PYTHON) train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_OUTPUT)
+	$(PYTHON) tools/run_demo.py --output $(DEMO_OUTPUT)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -13,8 +13,16 @@ setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    packages=find_packages(include=["autofocus_d2", "autofocus_d2.*"]),
-    package_data={"autofocus_d2": ["model_zoo/*.json"]},
+    # The configs ship inside the package, as autofocus_d2/model_zoo/configs, mapped from the
+    # top-level configs/ directory (no copy or symlink in the source tree); a source checkout or an
+    # editable install reads configs/ itself (autofocus_d2/model_zoo/model_zoo.py: configs_dir).
+    packages=find_packages(include=["autofocus_d2", "autofocus_d2.*"])
+    + ["autofocus_d2.model_zoo.configs"],
+    package_dir={"autofocus_d2.model_zoo.configs": "configs"},
+    package_data={
+        "autofocus_d2": ["model_zoo/*.json"],
+        "autofocus_d2.model_zoo.configs": ["*.yaml", "*/*.yaml"],
+    },
     python_requires=">=3.8",
     install_requires=[
         "torch>=1.10",

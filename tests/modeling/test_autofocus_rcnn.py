@@ -68,6 +68,7 @@ def test_focus_loss_weight_scales_the_loss():
     cfg = compact_fpn_cfg()
     torch.manual_seed(1)
     model = build_model(cfg).train()
+    model.focus_loss_weight = 1.0
     with EventStorage():
         base = model(_inputs())["loss_focus"].item()
         model.focus_loss_weight = 2.5

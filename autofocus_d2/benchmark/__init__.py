@@ -1,0 +1,5 @@
+"""Side-by-side benchmark of single / pyramid / grid / AutoFocus / SAHI on one set of weights."""
+from .report import check_targets, headline_table, write_report
+from .suite import DEFAULT_METHODS, run_benchmark
+
+__all__ = ["DEFAULT_METHODS", "check_targets", "headline_table", "run_benchmark", "write_report"]

@@ -1,0 +1,183 @@
+#!/usr/bin/env python
+"""Run an AutoFocus model on images and draw what it found and where it looked.
+
+Like Detectron2's demo/demo.py:
+
+    python demo.py --config-file configs/Synthetic/autofocus_compact_fpn.yaml \\
+        --input datasets/autofocus_synth/val/images/ --output output/demo_pictures \\
+        --show-chips --opts MODEL.WEIGHTS output/demo/model_final.pth
+
+For each image it prints the detections, the chips per scale, the pixels processed (and their
+share of the full image pyramid's) and the time, and with --output writes to that folder:
+
+    <name>_detections.jpg    detections with score >= --confidence-threshold
+    <name>_chips.jpg         (--show-chips) the regions processed at every scale, one colour each
+    <name>_focus_s<k>.jpg    (--show-chips) the FocusPixel map predicted at scale k, for every scale
+                             that predicted one
+
+CPU or CUDA: the config's MODEL.DEVICE, e.g. --opts MODEL.DEVICE cuda.
+"""
+import argparse
+import glob
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.data.detection_utils import read_image
+from detectron2.modeling import build_model
+from PIL import Image
+
+import autofocus_d2
+from autofocus_d2.utils import draw_chips, draw_detections, focus_heatmap
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True, metavar="FILE", help="path to the config file")
+    p.add_argument("--input", nargs="+", required=True,
+                   help="image files, glob patterns ('imgs/*.jpg') or folders")
+    p.add_argument("--output", help="folder for the pictures (created); without it only prints")
+    p.add_argument("--confidence-threshold", type=float, default=0.5,
+                   help="minimum score of the detections kept and drawn")
+    p.add_argument("--show-chips", action="store_true",
+                   help="also draw the chips of every scale and the FocusPixel maps")
+    p.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
+                   help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS x.pth MODEL.DEVICE cuda")
+    return p
+
+
+def setup_cfg(args):
+    cfg = get_cfg()
+    autofocus_d2.add_autofocus_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    # As Detectron2's demo: the threshold is applied by the ROI heads (to every view, before focus
+    # stacking; with hard NMS the detections kept above it are the same as thresholding after).
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
+    cfg.freeze()
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"error: MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available; "
+                         "run on the CPU with --opts MODEL.DEVICE cpu")
+    return cfg
+
+
+def expand_inputs(patterns):
+    """Image paths of the --input arguments: files, glob patterns and folders (their images)."""
+    paths = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = sorted(os.path.join(pattern, f) for f in os.listdir(pattern)
+                           if f.lower().endswith(IMAGE_EXTENSIONS))
+        elif any(c in pattern for c in "*?["):
+            found = sorted(glob.glob(os.path.expanduser(pattern)))
+        elif os.path.isfile(pattern):
+            found = [pattern]
+        else:
+            raise SystemExit(f"error: --input {pattern!r} is not a file, folder or glob pattern")
+        if not found:
+            raise SystemExit(f"error: --input {pattern!r} matches no image")
+        paths.extend(found)
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    duplicates = sorted({s for s in stems if stems.count(s) > 1})
+    if duplicates:
+        raise SystemExit(f"error: several inputs are named {duplicates}: their pictures would "
+                         "overwrite each other in --output; pass them in separate runs")
+    return paths
+
+
+class AutoFocusPredictor:
+    """DefaultPredictor for AutoFocusRCNN that also returns the pipeline's details: takes one
+    image (H, W, C) in cfg.INPUT.FORMAT and returns the model's output dict for it, with
+    ``autofocus`` and ``autofocus_details``, every box in the frame of the test-resized image
+    (the image itself when INPUT.MIN_SIZE_TEST is 0, as in the AutoFocus configs)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.model = build_model(cfg)
+        if getattr(self.model, "pipeline", None) is None:
+            raise SystemExit(f"error: {cfg.MODEL.META_ARCHITECTURE} has no AutoFocus pipeline; "
+                             "use a config with META_ARCHITECTURE AutoFocusRCNN")
+        self.model.eval()
+        if cfg.MODEL.WEIGHTS:
+            DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        else:
+            print("warning: MODEL.WEIGHTS is empty: the model has random weights", file=sys.stderr)
+        self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        return self.aug.get_transform(image).apply_image(image)
+
+    def __call__(self, image: np.ndarray):
+        tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)).astype("float32"))
+        with torch.no_grad():
+            return self.model.pipeline(self.model, [{"image": tensor}], with_details=True)[0]
+
+
+def to_rgb(image: np.ndarray, fmt: str) -> np.ndarray:
+    if fmt == "BGR":
+        return np.ascontiguousarray(image[:, :, ::-1])
+    if fmt == "RGB":
+        return image
+    raise SystemExit(f"error: demo.py draws INPUT.FORMAT BGR or RGB images, not {fmt!r}")
+
+
+def save(rgb: np.ndarray, path: str) -> None:
+    Image.fromarray(rgb).save(path, quality=90)
+
+
+def megapixels(n: float) -> str:
+    return f"{n / 1e6:.2f} MP"
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    cfg = setup_cfg(args)
+    paths = expand_inputs(args.input)
+    predictor = AutoFocusPredictor(cfg)
+    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+    if args.output:
+        os.makedirs(args.output, exist_ok=True)
+    device = torch.device(cfg.MODEL.DEVICE)
+
+    for path in paths:
+        image = predictor.resize(read_image(path, format=cfg.INPUT.FORMAT))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        output = predictor(image)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+
+        instances = output["instances"].to("cpu")
+        instances = instances[instances.scores >= args.confidence_threshold]
+        stats = output["autofocus"]
+        pixels, pyramid = sum(stats["pixels_per_scale"]), sum(stats["pyramid_pixels_per_scale"])
+        print(f"{path}: {len(instances)} detections in {seconds:.2f} s; chips per scale "
+              f"{stats['chips_per_scale']}; pixels {megapixels(pixels)} = {pixels / pyramid:.2f} "
+              f"of the pyramid's {megapixels(pyramid)}")
+        if not args.output:
+            continue
+        rgb = to_rgb(image, cfg.INPUT.FORMAT)
+        stem = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0])
+        save(draw_detections(rgb, instances, metadata, args.confidence_threshold), stem + "_detections.jpg")
+        if args.show_chips:
+            save(draw_chips(rgb, stats["chip_boxes_per_scale"]), stem + "_chips.jpg")
+            details = output["autofocus_details"]
+            for k, (views, maps) in enumerate(zip(details["views_per_scale"],
+                                                  details["focus_maps_per_scale"])):
+                if any(m is not None for m in maps):
+                    save(focus_heatmap(rgb, views, maps, predictor.model.focus_stride),
+                         f"{stem}_focus_s{k}.jpg")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Every config under configs/ builds an AutoFocusRCNN that trains one step (and, but for the
+_BASE_ files, runs the AutoFocus pipeline) on CPU; the COCO configs are Detectron2's detectors with
+the paper's AutoFocus settings."""
+import os
+
+import pytest
+import torch
+from detectron2 import model_zoo as d2_model_zoo
+from detectron2.config import CfgNode, get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+import autofocus_d2
+from autofocus_d2 import model_zoo
+from autofocus_d2.modeling import AutoFocusRCNN
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COCO = [
+    "COCO-Detection/autofocus_R_50_FPN_1x.yaml",
+    "COCO-Detection/autofocus_R_101_FPN_3x.yaml",
+    "COCO-Detection/autofocus_R_50_C4_1x.yaml",
+]
+# Each COCO config and the Detectron2 config of the same detector.
+DETECTRON2_TWINS = {
+    "COCO-Detection/autofocus_R_50_FPN_1x.yaml": "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml",
+    "COCO-Detection/autofocus_R_101_FPN_3x.yaml": "COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml",
+    "COCO-Detection/autofocus_R_50_C4_1x.yaml": "COCO-Detection/faster_rcnn_R_50_C4_1x.yaml",
+}
+# Keys of ours that Detectron2's Faster R-CNN does not have or sets otherwise on purpose.
+AUTOFOCUS_ONLY = ("MODEL.META_ARCHITECTURE", "MODEL.FOCUS_HEAD.", "MODEL.AUTOFOCUS.",
+                  "MODEL.COMPACT_RESNET.", "MODEL.ROI_MASK_HEAD.")
+
+
+def all_config_names():
+    names = []
+    for dirpath, _, files in os.walk(os.path.join(REPO, "configs")):
+        for f in files:
+            if f.endswith(".yaml"):
+                names.append(os.path.relpath(os.path.join(dirpath, f), os.path.join(REPO, "configs")))
+    return sorted(n.replace(os.sep, "/") for n in names)
+
+
+def cpu_cfg(name):
+    cfg = model_zoo.get_config(name)
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def tiny_input():
+    """A 64x96 image with two ground-truth boxes (one FocusPixel-sized, one larger)."""
+    g = torch.Generator().manual_seed(0)
+    inst = Instances((64, 96))
+    inst.gt_boxes = Boxes(torch.tensor([[10.0, 10.0, 30.0, 40.0], [40.0, 5.0, 90.0, 60.0]]))
+    inst.gt_classes = torch.tensor([0, 1])
+    image = torch.randint(0, 256, (3, 64, 96), generator=g).float()
+    return {"image": image, "instances": inst, "height": 64, "width": 96}
+
+
+def flat(cfg, prefix=""):
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, CfgNode):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def test_model_zoo_lists_every_config():
+    assert model_zoo.list_configs() == all_config_names()
+    assert set(COCO) | {"Synthetic/autofocus_compact_fpn.yaml", "Base-AutoFocus.yaml",
+                        "Base-AutoFocus-C4.yaml"} <= set(all_config_names())
+
+
+@pytest.mark.parametrize("name", all_config_names())
+def test_config_builds_and_runs_on_cpu(name):
+    cfg = cpu_cfg(name)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert isinstance(model, AutoFocusRCNN)
+    assert model.focus_stride == 16
+
+    x = tiny_input()
+    with EventStorage():
+        losses = model([x])
+    assert {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc", "loss_focus"} <= set(losses)
+    total = sum(losses.values())
+    assert torch.isfinite(total), losses
+    total.backward()
+    grads = [p.grad for p in model.focus_head.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+    if os.path.basename(name).startswith("Base-"):
+        return  # the bases run through the configs that inherit them
+    model.eval()
+    with torch.no_grad():
+        (out,) = model([{"image": x["image"]}])
+    assert out["instances"].image_size == (64, 96)
+    stats = out["autofocus"]
+    assert len(stats["pixels_per_scale"]) == 1 + len(cfg.MODEL.AUTOFOCUS.ZOOMS)
+    assert stats["chips_per_scale"][0] == 1
+
+
+@pytest.mark.parametrize("name", COCO)
+def test_coco_configs_have_the_papers_settings(name):
+    cfg = cpu_cfg(name)
+    af = cfg.MODEL.AUTOFOCUS
+    assert cfg.MODEL.META_ARCHITECTURE == "AutoFocusRCNN"
+    assert list(af.FIRST_SCALE) == [480, 512]
+    assert list(af.ZOOMS) == [1.667, 2.917]
+    assert list(af.FOCUS_THRESHOLD) == [0.02, 0.2]
+    assert list(af.DILATION) == [3]
+    assert list(af.MIN_CHIP_SIZE) == [256.0, 320.0]
+    assert [list(r) for r in af.VALID_RANGES] == [[75.0, -1.0], [32.0, 180.0], [-1.0, 75.0]]
+    assert af.CHIP_POLICY == "autofocus"
+    assert cfg.INPUT.MIN_SIZE_TEST == 0  # the pipeline resizes
+    assert cfg.DATASETS.TRAIN == ("coco_2017_train",) and cfg.DATASETS.TEST == ("coco_2017_val",)
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 80
+    depth = cfg.MODEL.RESNETS.DEPTH
+    assert model_zoo.get_config(name).MODEL.WEIGHTS == f"detectron2://ImageNetPretrained/MSRA/R-{depth}.pkl"
+    # Multi-scale training spanning the chain's zooms.
+    assert cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "choice" and len(cfg.INPUT.MIN_SIZE_TRAIN) > 5
+    assert min(cfg.INPUT.MIN_SIZE_TRAIN) <= 480 <= 800 <= max(cfg.INPUT.MIN_SIZE_TRAIN)
+    assert cfg.INPUT.CROP.ENABLED
+    schedule = {"1x": ((60000, 80000), 90000), "3x": ((210000, 250000), 270000)}
+    steps, max_iter = schedule[name.rsplit("_", 1)[1][: -len(".yaml")]]
+    assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR) == (16, 0.02)
+    assert (tuple(cfg.SOLVER.STEPS), cfg.SOLVER.MAX_ITER) == (steps, max_iter)
+
+
+@pytest.mark.parametrize("name", COCO)
+def test_coco_detector_is_detectron2s(name):
+    """Apart from the AutoFocus keys, MODEL and SOLVER are those of Detectron2's own config."""
+    ours = flat(model_zoo.get_config(name))
+    theirs_cfg = get_cfg()
+    autofocus_d2.add_autofocus_config(theirs_cfg)
+    theirs_cfg.merge_from_file(d2_model_zoo.get_config_file(DETECTRON2_TWINS[name]))
+    theirs = flat(theirs_cfg)
+    diff = {k: (ours[k], theirs[k]) for k in ours
+            if k.startswith(("MODEL.", "SOLVER.")) and not k.startswith(AUTOFOCUS_ONLY)
+            and ours[k] != theirs[k]}
+    assert diff == {}
+
+
+def test_c4_base_puts_the_focus_head_on_res4():
+    cfg = cpu_cfg("Base-AutoFocus-C4.yaml")
+    assert cfg.MODEL.BACKBONE.NAME == "build_resnet_backbone"
+    assert list(cfg.MODEL.RESNETS.OUT_FEATURES) == ["res4"]
+    assert list(cfg.MODEL.RPN.IN_FEATURES) == ["res4"]
+    assert cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeads"
+    assert cfg.MODEL.FOCUS_HEAD.IN_FEATURE == "res4"
+    assert cfg.INPUT.MIN_SIZE_TEST == 0

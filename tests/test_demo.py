@@ -1,0 +1,130 @@
+"""demo.py writes the pictures it promises, and the drawing helpers keep their contract: an
+(H, W, 3) uint8 RGB array of the input's size, the input untouched."""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import Boxes, Instances
+from PIL import Image
+
+from autofocus_d2 import model_zoo
+from autofocus_d2.inference.views import View
+from autofocus_d2.utils import draw_chips, draw_detections, focus_heatmap
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "Synthetic", "autofocus_compact_fpn.yaml")
+sys.path.insert(0, REPO)
+import demo  # noqa: E402
+
+
+def image(h=60, w=80, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------------- helpers
+def test_draw_detections_draws_only_above_the_threshold():
+    img = image(300, 400)
+    inst = Instances((300, 400))
+    inst.pred_boxes = Boxes(torch.tensor([[20.0, 20.0, 120.0, 120.0], [200.0, 150.0, 350.0, 280.0]]))
+    inst.scores = torch.tensor([0.9, 0.2])
+    inst.pred_classes = torch.tensor([0, 1])
+    meta = MetadataCatalog.get("autofocus_synth_tiny")
+    out = draw_detections(img, inst, meta, threshold=0.5)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert (img == image(300, 400)).all()  # input untouched
+    changed = (out != img).any(axis=2)
+    assert changed[20:121, 20:121].any()
+    assert not changed[140:, 140:].any()  # the box below the threshold is not drawn
+
+
+def test_draw_chips_marks_each_scales_boxes():
+    img = np.zeros((60, 80, 3), dtype=np.uint8)
+    out = draw_chips(img, [[[0, 0, 80, 60]], [[10, 10, 40, 40], [50, 5, 75, 30]]])
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert out[10:41, 10].any() and out[5:31, 75].any()  # the chips' left / right edges
+    assert not out[45:55, 45:55].any()  # inside no chip, away from every edge and label
+
+
+def test_focus_heatmap_pastes_each_views_map_into_the_original_frame():
+    img = image()
+    # A view of the right half (x 40..80), seen at twice the size: (60, 40) -> (120, 80) pixels,
+    # with a stride-16 map of 8 x 5 cells (the last row and column lie in the batch padding).
+    view = View(0, 1, (40, 0, 80, 60), (120, 80))
+    fmap = torch.zeros(8, 5)
+    fmap[:4, :] = 1.0  # view rows 0..63 -> original rows 0..31
+    out = focus_heatmap(img, [view, View(0, 1, (0, 0, 10, 10), (10, 10))], [fmap, None], stride=16)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert (out[:, :40] == img[:, :40]).all()  # outside every map: unchanged
+    hot, cold = out[:32, 40:].astype(int), out[32:, 40:].astype(int)
+    # jet(1) is red, jet(0) is blue, blended at 0.5.
+    assert (hot[..., 0] - img[:32, 40:, 0] // 2 >= 60).all()
+    assert (cold[..., 2] - img[32:, 40:, 2] // 2 >= 60).all()
+    with pytest.raises(ValueError, match="1 views but 2 focus maps"):
+        focus_heatmap(img, [view], [fmap, fmap], stride=16)
+
+
+def test_expand_inputs(tmp_path):
+    for name in ("a.jpg", "b.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert demo.expand_inputs([str(tmp_path)]) == [str(tmp_path / "a.jpg"), str(tmp_path / "b.png")]
+    assert demo.expand_inputs([str(tmp_path / "*.png")]) == [str(tmp_path / "b.png")]
+    with pytest.raises(SystemExit, match="is not a file, folder or glob"):
+        demo.expand_inputs([str(tmp_path / "missing.jpg")])
+    with pytest.raises(SystemExit, match="matches no image"):
+        demo.expand_inputs([str(tmp_path / "*.bmp")])
+    (tmp_path / "sub").mkdir()
+    shutil.copy(tmp_path / "a.jpg", tmp_path / "sub" / "a.jpg")
+    with pytest.raises(SystemExit, match=r"several inputs are named \['a'\]"):
+        demo.expand_inputs([str(tmp_path / "a.jpg"), str(tmp_path / "sub")])
+
+
+# ---------------------------------------------------------------------------------- end to end
+def run_demo(tmp_path, device):
+    """demo.py on two images of the tiny split (one given as a folder, one as a glob) with a
+    random-init checkpoint."""
+    torch.manual_seed(0)
+    model = model_zoo.get("Synthetic/autofocus_compact_fpn.yaml", device="cpu")
+    model.focus_head.predictor.bias.data = torch.tensor([2.0, -2.0])  # few FocusPixels: chips
+    DetectionCheckpointer(model, str(tmp_path)).save("random_init")
+    files = [d["file_name"] for d in DatasetCatalog.get("autofocus_synth_tiny")[:2]]
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "globbed").mkdir()
+    shutil.copy(files[0], tmp_path / "folder" / "first.jpg")
+    shutil.copy(files[1], tmp_path / "globbed" / "second.jpg")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "demo.py"), "--config-file", CONFIG,
+         "--input", str(tmp_path / "folder"), str(tmp_path / "globbed" / "*.jpg"),
+         "--output", str(out), "--show-chips", "--confidence-threshold", "0.2",
+         "--opts", "MODEL.WEIGHTS", str(tmp_path / "random_init.pth"), "MODEL.DEVICE", device],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc, out, files
+
+
+@pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")),
+])
+def test_demo_writes_detections_chips_and_focus_maps(tmp_path, device):
+    proc, out, files = run_demo(tmp_path, device)
+    expected = {f"{stem}_{kind}.jpg" for stem in ("first", "second")
+                for kind in ("detections", "chips", "focus_s0")}
+    assert set(os.listdir(out)) == expected
+    for stem, src in zip(("first", "second"), files):
+        size = Image.open(src).size
+        for kind in ("detections", "chips", "focus_s0"):
+            picture = Image.open(out / f"{stem}_{kind}.jpg")
+            assert picture.size == size and picture.mode == "RGB"
+    lines = [line for line in proc.stdout.splitlines() if "detections in" in line]
+    assert len(lines) == 2
+    for line, stem in zip(lines, ("first", "second")):
+        assert f"{stem}.jpg: " in line
+        assert "chips per scale [1, " in line and "of the pyramid's" in line and " s;" in line

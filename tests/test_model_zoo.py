@@ -1,0 +1,391 @@
+"""autofocus_d2.model_zoo and the release tool: release a model from a (fake) training run, load it
+back through a manifest, and get the same weights and the same AP; every failure names the file and
+the fix."""
+import json
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog, build_detection_test_loader
+from detectron2.data.detection_utils import read_image
+from detectron2.evaluation import DatasetEvaluators, inference_on_dataset
+from detectron2.evaluation.testing import flatten_results_dict
+from detectron2.modeling import build_model
+
+from autofocus_d2 import model_zoo
+from autofocus_d2.data import ensure_split
+from autofocus_d2.evaluation import AutoFocusEfficiencyEvaluator, build_coco_evaluator
+from autofocus_d2.model_zoo import model_zoo as zoo_impl
+from autofocus_d2.model_zoo import release as rel
+from autofocus_d2.modeling import AutoFocusRCNN
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAME = "Synthetic/autofocus_compact_fpn.yaml"
+DATASET = "autofocus_synth_tiny"
+SPEED_LINE = ("[11/23 07:19:01 d2.evaluation.evaluator]: Total inference pure compute time: "
+              "0:00:01 (0.250000 s / iter per device, on 1 devices)\n")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Downloads and verification markers go to a fresh cache; the manifest is never the env's."""
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "iopath_cache"))
+    monkeypatch.delenv(model_zoo.MANIFEST_ENV, raising=False)
+
+
+def evaluate(model):
+    """AP and AutoFocus efficiency of ``model`` on the tiny split, as train_net.py evaluates."""
+    cfg = model_zoo.get_config(NAME)
+    ensure_split(DATASET)
+    loader = build_detection_test_loader(cfg, DATASET, num_workers=0)
+    evaluator = DatasetEvaluators([build_coco_evaluator(DATASET), AutoFocusEfficiencyEvaluator()])
+    model.eval()
+    return inference_on_dataset(model, loader, evaluator)
+
+
+def same_results(a, b):
+    """Equal evaluation results, NaN (the AP of a class absent from the split) equal to NaN."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def make_training_dir(path, seed=0):
+    """What DefaultTrainer leaves in OUTPUT_DIR: model_final.pth (with optimizer, scheduler and
+    iteration), config.yaml, metrics.json with the final evaluation, and log.txt."""
+    os.makedirs(path, exist_ok=True)
+    cfg = model_zoo.get_config(NAME)
+    cfg.OUTPUT_DIR = str(path)
+    cfg.DATASETS.TEST = (DATASET,)
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    # Like a trained head, mark few cells as FocusPixels: scale 1 then runs on FocusChips.
+    torch.nn.init.constant_(model.focus_head.predictor.bias, 0.0)
+    model.focus_head.predictor.bias.data += torch.tensor([2.0, -2.0])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()  # fills the momentum buffers; zero gradients leave the weights as they are
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=400)
+    DetectionCheckpointer(model, str(path), optimizer=optimizer, scheduler=scheduler).save(
+        "model_final", iteration=cfg.SOLVER.MAX_ITER - 1)
+    with open(os.path.join(path, "config.yaml"), "w") as f:
+        f.write(cfg.dump())
+    results = evaluate(model)
+    with open(os.path.join(path, "metrics.json"), "w") as f:
+        f.write(json.dumps({"iteration": 498, "total_loss": 1.5, "lr": 0.005}) + "\n")
+        f.write(json.dumps({"iteration": 499, **flatten_results_dict(results)}) + "\n")
+    with open(os.path.join(path, "log.txt"), "w") as f:
+        f.write(SPEED_LINE)
+    return model, results
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    """A fake training run released into a folder published as file:// URLs."""
+    root = tmp_path_factory.mktemp("zoo")
+    model, results = make_training_dir(root / "train")
+    md = root / "MODEL_ZOO.md"
+    shutil.copyfile(os.path.join(REPO, "MODEL_ZOO.md"), md)
+    release_dir = root / "release"
+    info = rel.release_checkpoint(
+        str(root / "train"), NAME, str(release_dir), manifest=str(root / "manifest.json"),
+        url_prefix=release_dir.as_uri(), model_zoo_md=str(md), date="2025-01-31",
+    )
+    return {"root": root, "model": model, "results": results, "info": info, "md": md}
+
+
+# ---------------------------------------------------------------------------------- configs
+def test_config_files_resolve_from_the_source_tree():
+    path = model_zoo.get_config_file(NAME)
+    assert path == os.path.join(REPO, "configs", "Synthetic", "autofocus_compact_fpn.yaml")
+    assert model_zoo.get_config_file("Synthetic/autofocus_compact_fpn") == path  # .yaml optional
+    cfg = model_zoo.get_config(NAME)
+    assert cfg.MODEL.META_ARCHITECTURE == "AutoFocusRCNN" and cfg.MODEL.WEIGHTS == ""
+    model = model_zoo.get(NAME, device="cpu")
+    assert isinstance(model, AutoFocusRCNN) and model.training  # as detectron2.model_zoo.get
+    assert model.device.type == "cpu"
+
+
+def test_unknown_config_name(tmp_path):
+    with pytest.raises(model_zoo.UnknownModelError, match=r"'COCO-Detection/nope.yaml' is not a config.*"
+                       r"Available: .*COCO-Detection/autofocus_R_50_FPN_1x.yaml"):
+        model_zoo.get_config_file("COCO-Detection/nope.yaml")
+    for bad in ("../setup.py", "/etc/passwd", ""):
+        with pytest.raises(model_zoo.UnknownModelError):
+            model_zoo.get_config_file(bad)
+
+
+def test_installed_package_ships_the_configs(tmp_path):
+    """setup.py puts configs/ into the package as autofocus_d2/model_zoo/configs, and the model zoo
+    finds them there when there is no source tree around the package."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in ("setup.py", "README.md"):
+        shutil.copy(os.path.join(REPO, f), src / f)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for d in ("autofocus_d2", "configs"):
+        shutil.copytree(os.path.join(REPO, d), src / d, ignore=ignore)
+    build = tmp_path / "lib"
+    proc = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(build)],
+                          cwd=src, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shipped = sorted(str(p.relative_to(build / "autofocus_d2/model_zoo/configs"))
+                     for p in (build / "autofocus_d2/model_zoo/configs").rglob("*.yaml"))
+    assert shipped == model_zoo.list_configs()
+    assert (build / "autofocus_d2/model_zoo/manifest.json").is_file()
+
+    code = ("from autofocus_d2 import model_zoo; print(model_zoo.configs_dir()); "
+            "print(model_zoo.get_config('COCO-Detection/autofocus_R_50_C4_1x.yaml').MODEL.ROI_HEADS.NAME)")
+    env = {**os.environ, "PYTHONPATH": str(build), "AUTOFOCUS_DATA": str(tmp_path / "data")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.split()
+    assert lines == [str(build / "autofocus_d2" / "model_zoo" / "configs"), "Res5ROIHeads"]
+
+
+# ---------------------------------------------------------------------------------- release
+def test_release_keeps_only_the_weights_named_by_their_hash(released):
+    info = released["info"]
+    ckpt = info.checkpoint
+    assert re.fullmatch(r"model_final_[0-9a-f]{6}\.pkl", os.path.basename(ckpt))
+    assert os.path.basename(ckpt) == f"model_final_{info.sha256[:6]}.pkl"
+    assert model_zoo_sha(ckpt) == info.sha256
+    assert os.path.dirname(ckpt) == str(released["root"] / "release" / "Synthetic" /
+                                        "autofocus_compact_fpn" / info.sha256[:6])
+    with open(ckpt, "rb") as f:
+        data = pickle.load(f)
+    assert set(data) == {"model", "__author__", "matching_heuristics"}
+    assert data["matching_heuristics"] is False
+    assert all(isinstance(v, np.ndarray) for v in data["model"].values())
+    assert set(data["model"]) == set(released["model"].state_dict())
+    train_ckpt = torch.load(released["root"] / "train" / "model_final.pth", weights_only=True)
+    assert {"optimizer", "scheduler", "iteration"} <= set(train_ckpt)  # what was stripped
+
+    # The resolved config and the metrics beside it.
+    with open(info.config) as f, open(released["root"] / "train" / "config.yaml") as g:
+        assert f.read() == g.read()
+    with open(info.metrics_file) as f:
+        assert json.load(f) == info.entry["metrics"]
+
+
+def model_zoo_sha(path):
+    return zoo_impl.sha256_of_file(path)
+
+
+def test_manifest_entry_and_model_zoo_row(released):
+    info, results = released["info"], released["results"]
+    with open(released["root"] / "manifest.json") as f:
+        manifest = json.load(f)
+    entry = manifest[NAME]
+    assert entry == info.entry
+    assert entry["url"] == (released["root"] / "release").as_uri() + "/" + os.path.relpath(
+        info.checkpoint, released["root"] / "release")
+    assert entry["sha256"] == info.sha256
+    assert entry["date"] == "2025-01-31"
+    solver = model_zoo.get_config(NAME).SOLVER
+    schedule = f"{solver.MAX_ITER} it x {solver.IMS_PER_BATCH} img"
+    assert entry["schedule"] == schedule
+    m = entry["metrics"]
+    assert m["AP"] == results["bbox"]["AP"] and m["AP_small"] == results["bbox"]["APs"]
+    assert m["pixel_ratio"] == results["autofocus_efficiency"]["pixel_ratio"]
+    assert m["images_per_s"] == pytest.approx(4.0)  # from the log line
+    assert m["device"] == "cpu"
+
+    md = released["md"].read_text()
+    assert "filled by `make demo`" not in md  # the placeholder row was replaced
+    assert info.row in md.split("\n")
+    cells = [c.strip() for c in info.row.strip("|").split("|")]
+    assert cells[0] == "[Synthetic/autofocus_compact_fpn](configs/Synthetic/autofocus_compact_fpn.yaml)"
+    assert cells[1:5] == [schedule, f"{m['AP']:.1f}", f"{m['AP_small']:.1f}", f"{m['pixel_ratio']:.2f}"]
+    assert cells[5] == "4.00 (cpu)"
+    assert cells[6] == f"[model]({entry['url']})" and cells[7] == f"`{info.sha256[:12]}`"
+    # Releasing again replaces the row instead of adding one.
+    rel.update_model_zoo_md(str(released["md"]), NAME, info.row)
+    assert released["md"].read_text().count("| [Synthetic/autofocus_compact_fpn](") == 1
+
+
+def test_round_trip_same_weights_and_same_ap(released):
+    manifest = str(released["root"] / "manifest.json")
+    assert model_zoo.get_checkpoint_url(NAME, manifest=manifest).startswith("file://")
+    cfg = model_zoo.get_config(NAME, trained=True, manifest=manifest)
+    assert cfg.MODEL.WEIGHTS == released["info"].checkpoint  # the verified local file
+
+    loaded = model_zoo.get(NAME, trained=True, device="cpu", manifest=manifest)
+    original = released["model"].state_dict()
+    state = loaded.state_dict()
+    assert set(state) == set(original)
+    for k, v in original.items():
+        assert torch.equal(state[k], v), k
+    assert same_results(evaluate(loaded), released["results"])
+    # The same detections, not only the same AP (a random-init model's AP is about 0).
+    image = torch.as_tensor(read_image(DatasetCatalog.get(DATASET)[0]["file_name"], "BGR").copy())
+    inputs = [{"image": image.permute(2, 0, 1).float()}]
+    released["model"].eval()
+    with torch.no_grad():
+        a, b = released["model"](inputs)[0], loaded(inputs)[0]
+    assert len(a["instances"]) > 0
+    for field in ("pred_boxes", "scores", "pred_classes"):
+        x, y = a["instances"].get(field), b["instances"].get(field)
+        x, y = (x.tensor, y.tensor) if field == "pred_boxes" else (x, y)
+        assert torch.equal(x, y), field
+    assert a["autofocus"] == b["autofocus"]
+    assert sum(a["autofocus"]["pixels_per_scale"]) < sum(a["autofocus"]["pyramid_pixels_per_scale"])
+
+
+def test_manifest_from_the_environment_and_relative_urls(released, tmp_path, monkeypatch):
+    """A url without scheme is a path relative to the manifest's folder."""
+    info = released["info"]
+    manifest = tmp_path / "m" / "manifest.json"
+    rel.update_manifest(str(manifest), NAME, {**info.entry, "url": os.path.relpath(
+        info.checkpoint, manifest.parent)})
+    monkeypatch.setenv(model_zoo.MANIFEST_ENV, str(manifest))
+    assert model_zoo.get_checkpoint_url(NAME) == info.checkpoint
+    assert model_zoo.get_checkpoint(NAME) == info.checkpoint
+
+
+def test_checksum_is_verified_once_and_again_when_the_file_changes(released, tmp_path, monkeypatch):
+    info = released["info"]
+    ckpt = tmp_path / "copy" / os.path.basename(info.checkpoint)
+    ckpt.parent.mkdir()
+    shutil.copy(info.checkpoint, ckpt)
+    manifest = tmp_path / "manifest.json"
+    rel.update_manifest(str(manifest), NAME, {**info.entry, "url": ckpt.as_uri()})
+
+    calls = []
+    real = zoo_impl.sha256_of_file
+    monkeypatch.setattr(zoo_impl, "sha256_of_file", lambda p: calls.append(p) or real(p))
+    assert model_zoo.get_checkpoint(NAME, manifest=str(manifest)) == str(ckpt)
+    assert model_zoo.get_checkpoint(NAME, manifest=str(manifest)) == str(ckpt)
+    assert calls == [str(ckpt)]  # the marker spares the second hashing
+    markers = list((tmp_path / "iopath_cache" / "autofocus_d2" / "verified").glob("*.json"))
+    assert len(markers) == 1
+
+    # Alter the file: the marker no longer matches, the sha256 is checked and fails.
+    data = bytearray(ckpt.read_bytes())
+    data[-10] ^= 0xFF
+    ckpt.write_bytes(bytes(data))
+    with pytest.raises(model_zoo.ChecksumMismatchError) as e:
+        model_zoo.get(NAME, trained=True, device="cpu", manifest=str(manifest))
+    msg = str(e.value)
+    assert str(ckpt) in msg and info.sha256 in msg and "Fix:" in msg
+    assert "tools/release_checkpoint.py" in msg
+
+
+def test_checksum_mismatch_of_the_manifest(released, tmp_path):
+    manifest = tmp_path / "manifest.json"
+    rel.update_manifest(str(manifest), NAME, {**released["info"].entry, "sha256": "0" * 64})
+    with pytest.raises(model_zoo.ChecksumMismatchError, match="Checksum mismatch for checkpoint .*"
+                       r"model_final_[0-9a-f]{6}\.pkl.*expects 0{64}\. Fix:"):
+        model_zoo.get_config(NAME, trained=True, manifest=str(manifest))
+
+
+def test_unknown_name_in_the_manifest(released):
+    manifest = str(released["root"] / "manifest.json")
+    with pytest.raises(model_zoo.UnknownModelError) as e:
+        model_zoo.get("COCO-Detection/autofocus_R_50_FPN_1x.yaml", trained=True, manifest=manifest)
+    msg = str(e.value)
+    assert manifest in msg and f"released: {NAME}" in msg and "tools/release_checkpoint.py" in msg
+
+
+def test_missing_file_and_missing_network(released, tmp_path):
+    entry = released["info"].entry
+    manifest = tmp_path / "manifest.json"
+    missing = tmp_path / "gone" / "model_final_abcdef.pkl"
+    rel.update_manifest(str(manifest), NAME, {**entry, "url": missing.as_uri()})
+    with pytest.raises(model_zoo.CheckpointFetchError, match=re.escape(str(missing)) +
+                       r" .*does not exist\. Fix: release it with tools/release_checkpoint.py"):
+        model_zoo.get(NAME, trained=True, device="cpu", manifest=str(manifest))
+
+    # Nothing listens on port 9 of this machine: the download fails as without a network.
+    url = "http://127.0.0.1:9/zoo/model_final_abcdef.pkl"
+    rel.update_manifest(str(manifest), NAME, {**entry, "url": url})
+    with pytest.raises(model_zoo.CheckpointFetchError) as e:
+        model_zoo.get_checkpoint(NAME, manifest=str(manifest))
+    msg = str(e.value)
+    assert f"Could not download the checkpoint of {NAME!r} from {url}" in msg
+    assert "Fix: check the network connection" in msg and "local copy" in msg
+
+
+def test_malformed_manifest(tmp_path):
+    bad = tmp_path / "manifest.json"
+    bad.write_text(json.dumps({NAME: {"url": "x.pkl", "sha256": "abc"}}))
+    with pytest.raises(model_zoo.ModelZooError, match="'sha256' of 64 hex digits"):
+        model_zoo.get_checkpoint_url(NAME, manifest=str(bad))
+    with pytest.raises(model_zoo.ModelZooError, match="does not exist"):
+        model_zoo.get_checkpoint_url(NAME, manifest=str(tmp_path / "none.json"))
+
+
+def test_checked_in_manifest_is_valid():
+    manifest = model_zoo.load_manifest(zoo_impl.DEFAULT_MANIFEST)
+    assert all(name in model_zoo.list_configs() for name in manifest)
+
+
+def test_release_refuses_a_run_of_another_config(released, tmp_path):
+    with pytest.raises(model_zoo.ModelZooError, match=r"differs from configs/COCO-Detection/"
+                       r"autofocus_R_50_FPN_1x.yaml in keys .*MODEL\.BACKBONE\.NAME"):
+        rel.release_checkpoint(str(released["root"] / "train"), "COCO-Detection/autofocus_R_50_FPN_1x.yaml",
+                               str(tmp_path / "r"))
+
+
+def test_release_needs_the_metrics(released, tmp_path):
+    train = tmp_path / "train"
+    shutil.copytree(released["root"] / "train", train)
+    os.remove(train / "log.txt")
+    with pytest.raises(model_zoo.ModelZooError, match="images_per_s .*--images-per-s"):
+        rel.release_checkpoint(str(train), NAME, str(tmp_path / "r"))
+    os.remove(train / "metrics.json")
+    with pytest.raises(model_zoo.ModelZooError, match=r"metrics.json does not exist.*--metrics"):
+        rel.release_checkpoint(str(train), NAME, str(tmp_path / "r"), images_per_s=2.0)
+    # Nested results (what DefaultTrainer.test returns) given with --metrics work too.
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(released["results"]))
+    info = rel.release_checkpoint(str(train), NAME, str(tmp_path / "r"), metrics_file=str(results),
+                                  images_per_s=2.0, device="2-core CPU")
+    assert info.sha256 == released["info"].sha256  # same weights, same file
+    assert info.entry["metrics"]["images_per_s"] == 2.0
+    assert info.entry["metrics"]["device"] == "2-core CPU"
+    assert info.manifest is None and info.entry["url"] == info.checkpoint
+
+
+def test_release_cli_and_verification(released, tmp_path):
+    manifest = tmp_path / "manifest.json"
+    cmd = [sys.executable, os.path.join(REPO, "tools", "release_checkpoint.py"),
+           "--train-dir", str(released["root"] / "train"), "--config-name", NAME,
+           "--release-dir", str(tmp_path / "release"), "--manifest", str(manifest),
+           "--verify-on", DATASET]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    sha = released["info"].sha256
+    assert f"sha256:     {sha}" in out
+    assert "| [Synthetic/autofocus_compact_fpn](configs/Synthetic/autofocus_compact_fpn.yaml) |" in out
+    assert f"verified: model_zoo.get({NAME!r}, trained=True) gives AP" in out and "pixel ratio" in out
+    entry = json.loads(manifest.read_text())[NAME]
+    assert entry["url"] == f"release/Synthetic/autofocus_compact_fpn/{sha[:6]}/model_final_{sha[:6]}.pkl"
+
+    bad = subprocess.run(cmd[:5] + ["COCO-Detection/nope.yaml"] + cmd[6:8], capture_output=True,
+                         text=True, cwd=REPO, timeout=300)
+    assert bad.returncode == 1 and "error: 'COCO-Detection/nope.yaml' is not a config" in bad.stderr
+
+
+def test_verification_names_the_metrics_not_reproduced(released, monkeypatch):
+    results = released["results"]
+    monkeypatch.setattr(rel, "evaluate_zoo_model", lambda *a, **k: results)
+    expected = dict(released["info"].entry["metrics"])
+    assert rel.verify_release(NAME, manifest="m.json", dataset=DATASET, expected=expected) is results
+    expected["pixel_ratio"] += 0.1
+    with pytest.raises(model_zoo.ModelZooError, match=r"does not reproduce its metrics on "
+                       r"autofocus_synth_tiny: pixel_ratio [0-9.]+ \(released [0-9.]+\)\. Fix:"):
+        rel.verify_release(NAME, manifest="m.json", dataset=DATASET, expected=expected)
+
+
+def test_schedule_names_follow_detectron2():
+    assert rel.schedule_name(model_zoo.get_config("COCO-Detection/autofocus_R_50_FPN_1x.yaml")) == "1x"
+    assert rel.schedule_name(model_zoo.get_config("COCO-Detection/autofocus_R_101_FPN_3x.yaml")) == "3x"

@@ -1,0 +1,259 @@
+"""The SAHI baseline: same detector, same views, slices mapped to the original frame, pixel accounting."""
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sahi", reason="sahi is the optional [bench] extra (pip install -e .[bench])")
+
+import torch  # noqa: E402
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.modeling.postprocessing import detector_postprocess  # noqa: E402
+from detectron2.structures import Boxes, Instances  # noqa: E402
+
+from autofocus_d2 import add_autofocus_config  # noqa: E402
+from autofocus_d2.evaluation.sahi_baseline import (  # noqa: E402
+    AutoFocusSahiModel,
+    run_sahi,
+    sahi_available,
+    sahi_pixels,
+    sahi_slice_boxes,
+    sahi_slice_params,
+)
+from autofocus_d2.inference.views import View, first_scale_hw, zoomed_hw  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+H, W = 700, 900
+
+
+def compact_cfg():
+    cfg = get_cfg()
+    add_autofocus_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, "configs/Synthetic/autofocus_compact_fpn.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def compact():
+    cfg = compact_cfg()
+    torch.manual_seed(0)
+    return cfg, build_model(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def bgr_image():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8)
+    image[200:320, 300:480] = (40, 200, 90)  # some structure on the noise
+    return image
+
+
+def _rows(instances):
+    """Detections as sorted rows (score, x0, y0, x1, y1, class): comparable whatever the order."""
+    rows = torch.cat(
+        [instances.scores[:, None], instances.pred_boxes.tensor, instances.pred_classes[:, None].float()], dim=1
+    )
+    return sorted(rows.tolist())
+
+
+def test_sahi_is_available():
+    assert sahi_available() == (True, "")
+
+
+# ------------------------------------------------------------- (a) the same detector, exactly
+def test_one_slice_at_zoom_1_equals_the_models_single_pass(compact, bgr_image):
+    cfg, model = compact
+    assert model.input_format == "BGR"
+    env_before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    sahi_model = AutoFocusSahiModel(cfg, model=model)
+    assert sahi_model.detector is model  # the very module, not a copy of its weights
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == env_before  # no process-wide device change
+
+    # SAHI's NMS (class-wise, IoU 0.5) after the detector's own class-wise NMS at 0.5 keeps all;
+    # confidence = the detector's score threshold (which already dropped everything below it).
+    kwargs = dict(
+        slice_size=max(H, W), overlap=0.2, zoom=1.0, confidence=cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
+        postprocess_type="NMS", postprocess_match_metric="IOU", postprocess_match_threshold=0.5,
+    )
+    out = run_sahi(sahi_model, bgr_image, image_format="BGR", **kwargs)
+    with torch.no_grad():
+        tensor = torch.as_tensor(np.ascontiguousarray(bgr_image.transpose(2, 0, 1)))
+        expected = model.inference([{"image": tensor}])[0]["instances"]
+    assert len(expected) > 0
+    assert out.instances.image_size == (H, W)
+    assert _rows(out.instances) == _rows(expected)  # exact: boxes, scores, classes
+    assert (out.num_slices, out.pixels, out.slice_pixels, out.standard_pixels) == (1, H * W, H * W, 0)
+    assert out.slice_boxes == [(0, 0, W, H)]
+
+    # The same image given as RGB reaches the detector in the same (BGR) order ...
+    rgb = run_sahi(sahi_model, np.ascontiguousarray(bgr_image[:, :, ::-1]), image_format="RGB", **kwargs)
+    assert _rows(rgb.instances) == _rows(expected)
+    # ... and the test would see a channel swap.
+    swapped = run_sahi(sahi_model, bgr_image, image_format="RGB", **kwargs)
+    assert _rows(swapped.instances) != _rows(expected)
+
+
+def test_a_zoomed_slice_is_the_pipelines_view_of_that_box(compact, bgr_image):
+    cfg, model = compact
+    zoom = 0.5
+    out = run_sahi(
+        model, bgr_image, slice_size=max(H, W), overlap=0.2, zoom=zoom, confidence=0.05, image_format="BGR",
+        postprocess_type="NMS", postprocess_match_metric="IOU", postprocess_match_threshold=0.5,
+    )
+    view = View(0, 1, (0, 0, W, H), zoomed_hw((0, 0, W, H), zoom))
+    with torch.no_grad():
+        tensor = torch.as_tensor(np.ascontiguousarray(bgr_image.transpose(2, 0, 1))).float()
+        (expected,), _ = model.pipeline.run_views(model, [tensor], [view], with_focus=False)
+    assert out.pixels == view.pixels == 350 * 450
+    ours, theirs = torch.tensor(_rows(out.instances)), torch.tensor(_rows(expected))
+    assert ours.shape == theirs.shape and len(ours) > 0
+    # Same detections; boxes differ only by float rounding (x * (w/w') vs x / (w'/w)).
+    assert torch.allclose(ours, theirs, atol=1e-3)
+
+
+def test_built_from_cfg_and_a_checkpoint_it_is_the_same_detector(compact, bgr_image, tmp_path):
+    cfg, model = compact
+    with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty"):
+        AutoFocusSahiModel(cfg)
+    path = str(tmp_path / "model.pth")
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
+    kwargs = dict(slice_size=max(H, W), overlap=0.2, zoom=0.5, confidence=0.05, image_format="BGR")
+    loaded = run_sahi(AutoFocusSahiModel(cfg, model_path=path), bgr_image, **kwargs)
+    live = run_sahi(model, bgr_image, **kwargs)
+    assert len(live.instances) > 0
+    assert _rows(loaded.instances) == _rows(live.instances)
+
+
+# ------------------------------------------------------------- (b) slices -> original frame
+class PlantedDetector:
+    """Stand-in Detectron2 model (BGR input). In the image it is given it "detects" the pixels above
+    127.5 of each colour channel as one box of class 0 (red), 1 (green) or 2 (blue), scored by
+    the box's area (so a whole object outranks its cut parts), in the frame of that image; boxes are
+    mapped to ``height``/``width`` by Detectron2's detector_postprocess, like GeneralizedRCNN."""
+
+    input_format = "BGR"
+    device = torch.device("cpu")
+
+    def __init__(self):
+        self.inputs = []
+
+    def inference(self, batched_inputs):
+        outputs = []
+        for x in batched_inputs:
+            image = x["image"]
+            self.inputs.append(tuple(image.shape[-2:]))
+            boxes, classes = [], []
+            for channel, cls in ((2, 0), (1, 1), (0, 2)):  # BGR channel -> RGB class
+                ys, xs = (image[channel] > 127.5).nonzero(as_tuple=True)
+                if len(xs):
+                    boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+                    classes.append(cls)
+            inst = Instances(tuple(image.shape[-2:]))
+            inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+            area = inst.pred_boxes.area()
+            inst.scores = area / (area + 1000.0)
+            inst.pred_classes = torch.tensor(classes, dtype=torch.int64)
+            outputs.append({"instances": detector_postprocess(inst, x["height"], x["width"])})
+        return outputs
+
+
+# Original-frame objects of a 700 x 900 RGB image, one per colour (= class). With 400 px slices and
+# overlap 0.2 the slices start at x 0, 320, 500 and y 0, 300: red lies whole in two slices, green is
+# cut by x = 400 and blue by x = 720 and y = 400 (its parts appear in four slices).
+PLANTED = {0: (610, 450, 650, 490), 1: (380, 100, 420, 140), 2: (700, 250, 760, 330)}
+
+
+def planted_rgb():
+    image = np.zeros((H, W, 3), dtype=np.uint8)
+    for cls, (x0, y0, x1, y1) in PLANTED.items():
+        image[y0:y1, x0:x1, cls] = 255
+    return image
+
+
+def planted_sahi_model(detector):
+    return AutoFocusSahiModel(model=detector, first_scale=(512, 768), category_mapping={"0": "r", "1": "g", "2": "b"})
+
+
+def _by_class(instances):
+    order = torch.argsort(instances.pred_classes)
+    return instances.pred_classes[order].tolist(), instances.pred_boxes.tensor[order]
+
+
+@pytest.mark.parametrize("zoom", [2.0, 1.0])
+def test_slice_detections_land_on_the_objects_in_the_original_frame(zoom):
+    detector = PlantedDetector()
+    sahi_model = planted_sahi_model(detector)
+    # SAHI's default merge (GREEDYNMM, IOS 0.5) joins each object's cut parts to the whole.
+    out = run_sahi(sahi_model, planted_rgb(), slice_size=400, overlap=0.2, zoom=zoom, confidence=0.3,
+                   image_format="RGB", perform_standard_pred=False)
+    classes, boxes = _by_class(out.instances)
+    assert classes == [0, 1, 2]
+    expected = torch.tensor([PLANTED[c] for c in classes], dtype=torch.float32)
+    # Exact: a hard edge upsampled 2x by bilinear interpolation crosses 127.5 exactly at the edge.
+    assert torch.equal(boxes, expected), boxes
+    assert detector.inputs == [zoomed_hw(b, zoom) for b in out.slice_boxes]
+
+
+def test_the_standard_prediction_runs_on_the_whole_image_at_the_first_scale():
+    detector = PlantedDetector()
+    sahi_model = planted_sahi_model(detector)
+    out = run_sahi(sahi_model, planted_rgb(), slice_size=400, overlap=0.2, zoom=2.0, confidence=0.3, image_format="RGB")
+    assert detector.inputs[-1] == first_scale_hw((H, W), 512, 768) == (512, 658)
+    assert out.standard_pixels == 512 * 658
+    classes, boxes = _by_class(out.instances)
+    assert classes == [0, 1, 2]
+    # Merged with the (downscaled, hence approximate) whole-image box: within about a pixel.
+    expected = torch.tensor([PLANTED[c] for c in classes], dtype=torch.float32)
+    assert (boxes - expected).abs().max() <= 2.0, boxes
+
+
+# ------------------------------------------------------------- (c) slices and pixels
+def test_slice_count_and_pixel_accounting_of_a_known_size():
+    # 700 x 900, 400 px slices, overlap int(0.2 * 400) = 80: x starts 0, 320, then the last slice is
+    # shifted in to end at 900 (500); y starts 0, then 300 (ends at 700).
+    slices = [(0, 0, 400, 400), (320, 0, 720, 400), (500, 0, 900, 400),
+              (0, 300, 400, 700), (320, 300, 720, 700), (500, 300, 900, 700)]
+    assert sahi_slice_boxes((H, W), 400, 0.2) == slices
+
+    detector = PlantedDetector()
+    sahi_model = planted_sahi_model(detector)
+    image = planted_rgb()
+    for zoom, standard, expected_slice, expected_standard in [
+        (0.75, True, 6 * 300 * 300, 512 * 658),
+        (2.0, False, 6 * 800 * 800, 0),
+    ]:
+        detector.inputs.clear()
+        out = run_sahi(sahi_model, image, slice_size=400, overlap=0.2, zoom=zoom, confidence=0.3,
+                       image_format="RGB", perform_standard_pred=standard)
+        assert out.num_slices == 6 and out.slice_boxes == slices
+        assert (out.slice_pixels, out.standard_pixels) == (expected_slice, expected_standard)
+        assert out.pixels == expected_slice + expected_standard == sum(h * w for h, w in detector.inputs)
+        assert sahi_pixels((H, W), slice_size=400, overlap=0.2, zoom=zoom, first_scale=(512, 768),
+                           perform_standard_pred=standard) == (expected_slice, expected_standard, 6)
+
+    # One slice covering the image: SAHI skips its standard prediction, so it is not counted.
+    out = run_sahi(sahi_model, image, slice_size=1000, overlap=0.2, zoom=1.0, confidence=0.3, image_format="RGB")
+    assert (out.num_slices, out.pixels, out.standard_pixels) == (1, H * W, 0)
+
+
+def test_slice_params_match_the_finest_scales_smallest_chip():
+    cfg = compact_cfg()
+    cfg.MODEL.AUTOFOCUS.ZOOMS = [1.0]
+    cfg.MODEL.AUTOFOCUS.MIN_CHIP_SIZE = [128.0]  # px of scale 0
+    cfg.MODEL.AUTOFOCUS.FIRST_SCALE = [512, 768]
+    # Scale 0 of a 1500 x 1500 image is 512 x 512 (zoom 512 / 1500): 128 px there = 375 px here.
+    assert sahi_slice_params(cfg, (1500, 1500)) == (375, 0.2, 1.0)
+    with pytest.raises(ValueError, match="image_hw"):
+        sahi_slice_params(cfg)
+
+    cfg.MODEL.AUTOFOCUS.ZOOMS = [1.667, 2.917]  # Base-AutoFocus: 320 px of scale 1 (zoom 1.667)
+    cfg.MODEL.AUTOFOCUS.MIN_CHIP_SIZE = [256.0, 320.0]
+    cfg.MODEL.AUTOFOCUS.GRID_OVERLAP = 0.25
+    assert sahi_slice_params(cfg) == (192, 0.25, 2.917)
+
+    cfg.MODEL.AUTOFOCUS.ZOOMS = []
+    with pytest.raises(ValueError, match="ZOOMS is empty"):
+        sahi_slice_params(cfg)

@@ -1,0 +1,60 @@
+#!/usr/bin/env python
+"""Benchmark single / pyramid / grid / AutoFocus / SAHI side by side on one checkpoint.
+
+    python tools/benchmark.py --config-file configs/Synthetic/autofocus_compact_fpn.yaml \
+        --dataset autofocus_synth_val --output output/bench MODEL.WEIGHTS output/model_final.pth
+
+Writes report.json, report.md and PNG plots into --output and prints the table.
+"""
+import argparse
+import os
+import sys
+
+from detectron2.config import get_cfg
+from detectron2.utils.logger import setup_logger
+
+import autofocus_d2
+from autofocus_d2.benchmark import DEFAULT_METHODS, headline_table, run_benchmark, write_report
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config-file", required=True)
+    p.add_argument("--dataset", default=None, help="registered dataset (default: DATASETS.TEST[0])")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=DEFAULT_METHODS)
+    p.add_argument("--sweep", nargs="*", type=float, default=[0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9],
+                   help="FOCUS_THRESHOLD values for the AutoFocus trade-off curve (none: skip)")
+    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=1, help="images run once before timing each method")
+    p.add_argument("--output", default="output/benchmark")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logger(name="autofocus_d2")
+    cfg = get_cfg()
+    autofocus_d2.add_autofocus_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    dataset = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
+    if dataset is None:
+        print("no --dataset given and DATASETS.TEST is empty", file=sys.stderr)
+        return 2
+    report = run_benchmark(cfg, dataset_name=dataset, methods=args.methods, sweep=args.sweep,
+                           max_images=args.max_images, warmup=args.warmup,
+                           progress=not args.no_progress)
+    report["config"] = args.config_file
+    paths = write_report(report, args.output)
+    print(headline_table(report["methods"]))
+    for t in report["targets"]:
+        print(f"[{'ok' if t['holds'] else 'MISSED'}] {t['target']}: {t['measured']}")
+    print(f"report: {os.path.abspath(paths['md'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

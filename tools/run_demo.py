@@ -1,0 +1,162 @@
+#!/usr/bin/env python
+"""`make demo`: the main job on the built-in dataset, in one run on one set of weights.
+
+1. train the small CPU model (or reuse <output>/train/model_final.pth),
+2. benchmark single / pyramid / grid / AutoFocus / SAHI and the FOCUS_THRESHOLD sweep on val,
+3. the oracle chip analysis on the val annotations,
+4. pictures: input, FocusPixel heat map per scale, chips per scale, final detections,
+5. release the checkpoint model-zoo style into <output>/release,
+then print where the report is and its headline table.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.utils.logger import setup_logger
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import autofocus_d2  # noqa: E402
+from autofocus_d2.analysis import format_report_table, run_oracle_analysis  # noqa: E402
+from autofocus_d2.benchmark import headline_table, run_benchmark, write_report  # noqa: E402
+from autofocus_d2.data import ensure_split  # noqa: E402
+from autofocus_d2.model_zoo.release import release_checkpoint  # noqa: E402
+from autofocus_d2.utils.visualization import draw_chips, draw_detections, focus_heatmap  # noqa: E402
+
+CONFIG = "Synthetic/autofocus_compact_fpn.yaml"
+
+
+def say(msg: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def load_cfg(weights: str, opts):
+    cfg = get_cfg()
+    autofocus_d2.add_autofocus_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, "configs", CONFIG))
+    cfg.merge_from_list(opts)
+    cfg.MODEL.WEIGHTS = weights
+    cfg.freeze()
+    return cfg
+
+
+def train(train_dir: str, opts) -> str:
+    final = os.path.join(train_dir, "model_final.pth")
+    if os.path.isfile(final):
+        say(f"reusing the trained model {final} (delete it to retrain)")
+        return final
+    say(f"training the small CPU model into {train_dir} (progress every 20 iterations)")
+    cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file",
+           os.path.join(REPO, "configs", CONFIG), "OUTPUT_DIR", train_dir, "DATASETS.TEST", "()", *opts]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    for line in proc.stdout:
+        if "iter:" in line or "Error" in line or "Traceback" in line:
+            print("  " + line.rstrip()[:160], flush=True)
+    if proc.wait() != 0 or not os.path.isfile(final):
+        raise SystemExit(f"training failed (exit {proc.returncode}); see {train_dir}/log.txt")
+    return final
+
+
+def pictures(cfg, out_dir: str, num_images: int) -> list:
+    """Input, FocusPixel heat map per scale, chips per scale and detections of a few val images."""
+    from autofocus_d2.benchmark.runner import load_inputs
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    model = build_model(cfg).eval()
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    dataset = cfg.DATASETS.TEST[0]
+    metadata = MetadataCatalog.get(dataset)
+    written = []
+    for x in load_inputs(cfg, dataset, num_images):
+        with torch.no_grad():
+            out = model.pipeline(model, [x], with_details=True)[0]
+        rgb = x["image"].permute(1, 2, 0).numpy()
+        rgb = np.ascontiguousarray(rgb[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else rgb).astype(np.uint8)
+        details = out["autofocus_details"]
+        panels = {"input": rgb,
+                  "chips": draw_chips(rgb, out["autofocus"]["chip_boxes_per_scale"]),
+                  "detections": draw_detections(rgb, out["instances"], metadata, threshold=0.5)}
+        for k, (views, maps) in enumerate(zip(details["views_per_scale"], details["focus_maps_per_scale"])):
+            if any(m is not None for m in maps):
+                panels[f"focus_scale{k}"] = focus_heatmap(rgb, views, maps, model.focus_stride)
+        stem = f"image{x['image_id']}"
+        for name, array in panels.items():
+            path = os.path.join(out_dir, f"{stem}_{name}.jpg")
+            Image.fromarray(array).save(path, quality=88)
+            written.append(path)
+    return written
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--output", default="output/demo")
+    p.add_argument("--bench-images", type=int, default=20, help="val images for the benchmark")
+    p.add_argument("--sweep", nargs="*", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9])
+    p.add_argument("--pictures", type=int, default=2)
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs (training too)")
+    args = p.parse_args(argv)
+    start = time.time()
+    out = os.path.abspath(args.output)
+    os.makedirs(out, exist_ok=True)
+    setup_logger(name="autofocus_d2")
+    torch.manual_seed(0)
+
+    weights = train(os.path.join(out, "train"), args.opts)
+    cfg = load_cfg(weights, args.opts)
+    dataset = cfg.DATASETS.TEST[0]
+    val_json = ensure_split(dataset)
+
+    say(f"benchmark on {args.bench_images} images of {dataset} (5 methods + {len(args.sweep)}-point sweep)")
+    report = run_benchmark(cfg, dataset_name=dataset, max_images=args.bench_images, sweep=args.sweep)
+    report["config"] = f"configs/{CONFIG}"
+
+    say("oracle chip analysis (ground-truth FocusPixels) on the val annotations")
+    oracle = run_oracle_analysis(val_json, cfg, dilations=(1, 3, 5), min_chip_sizes=(64, 96, 128, 256),
+                                 progress=False)
+    with open(os.path.join(out, "oracle.json"), "w") as f:
+        json.dump(oracle, f, indent=2)
+    report["oracle_table"] = format_report_table(oracle)
+
+    say("pictures")
+    report["pictures"] = [os.path.basename(q) for q in pictures(cfg, out, args.pictures)]
+
+    say("releasing the checkpoint model-zoo style")
+    af = next(r for r in report["methods"] if r["method"] == "autofocus")
+    metrics_file = os.path.join(out, "release_metrics.json")
+    with open(metrics_file, "w") as f:
+        json.dump({"bbox": {"AP": af["AP"], "APs": af["APs"]},
+                   "autofocus_efficiency": {"pixel_ratio": af["pixel_ratio"]},
+                   "images_per_s": 1.0 / af["median_time_s"], "device": report["device"]}, f)
+    release = release_checkpoint(os.path.join(out, "train"), CONFIG, os.path.join(out, "release"),
+                                 manifest=os.path.join(out, "release", "manifest.json"),
+                                 metrics_file=metrics_file, checkpoint=weights)
+    report["release"] = {"file": os.path.relpath(release.checkpoint, out), "sha256": release.sha256,
+                         "model_zoo_row": release.row}
+    report["wall_time_s"] = time.time() - start
+
+    paths = write_report(report, out)
+    with open(paths["md"], "a") as f:
+        f.write("\n## Oracle chips (ground-truth FocusPixels, val)\n\n```\n" + report["oracle_table"] + "\n```\n")
+        f.write("\n## Pictures\n\n" + "\n".join(f"![{q}]({q})" for q in report["pictures"]) + "\n")
+        f.write(f"\n## Release\n\n{report['release']['model_zoo_row']}\n")
+        f.write(f"\nWhole `make demo` run: {report['wall_time_s'] / 60:.1f} min.\n")
+    print()
+    print(headline_table(report["methods"]))
+    for t in report["targets"]:
+        print(f"[{'ok' if t['holds'] else 'MISSED'}] {t['target']}: {t['measured']}")
+    say(f"done in {report['wall_time_s'] / 60:.1f} min; report: {paths['md']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
