@@ -4,7 +4,7 @@ from typing import List, Sequence
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_autofocus_config", "validate_autofocus_config", "per_transition"]
+__all__ = ["add_autofocus_config", "validate_autofocus_config", "per_transition", "lookup_registry"]
 
 
 def add_autofocus_config(cfg: CN) -> None:
@@ -102,6 +102,17 @@ def per_transition(values: Sequence, num_transitions: int, key: str) -> List:
             f"({num_transitions}, from MODEL.AUTOFOCUS.ZOOMS)"
         )
     return values
+
+
+def lookup_registry(registry, name: str, key: str):
+    """``registry.get(name)``, or a ValueError naming the config ``key`` and the registered names."""
+    try:
+        return registry.get(name)
+    except KeyError:
+        raise ValueError(
+            f"Invalid config {key}: {name!r} is not in {registry._name}_REGISTRY "
+            f"(registered: {sorted(k for k, _ in registry)})"
+        ) from None
 
 
 def _check(cond: bool, key: str, msg: str) -> None:

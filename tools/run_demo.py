@@ -57,7 +57,9 @@ def train(train_dir: str, opts) -> str:
     say(f"training the small CPU model into {train_dir} (progress every 20 iterations)")
     cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file",
            os.path.join(REPO, "configs", CONFIG), "OUTPUT_DIR", train_dir, "DATASETS.TEST", "()", *opts]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # stream the progress lines as they come
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            env=env)
     for line in proc.stdout:
         if "iter:" in line or "Error" in line or "Traceback" in line:
             print("  " + line.rstrip()[:160], flush=True)

@@ -35,8 +35,6 @@ __all__ = [
     "ChipSetting",
     "oracle_focus_map",
     "oracle_views",
-    "pyramid_views",
-    "scale_zooms",
     "detectable_at_scale",
     "inside_any_view",
     "recoverable_per_scale",
@@ -139,22 +137,6 @@ def oracle_views(
                              focus_maps=maps, focus_stride=stride)
         views_per_scale.append(pipeline.views_for_chips(0, k, chips, zoom))
     return views_per_scale
-
-
-def pyramid_views(image_hw: Tuple[int, int], pipeline: CoarseToFinePipeline) -> List[List[View]]:
-    """The views of the full pyramid: the whole image (tiled where too long) at every scale."""
-    whole = torch.tensor([[0, 0, image_hw[1], image_hw[0]]])
-    return [pipeline.first_views(0, image_hw)] + [
-        pipeline.views_for_chips(0, k, whole, zoom) for k, zoom in enumerate(pipeline.zooms, start=1)
-    ]
-
-
-def scale_zooms(image_hw: Tuple[int, int], pipeline: CoarseToFinePipeline) -> List[float]:
-    """Nominal zoom of every scale: scale 0's as in ``pipeline.first_views`` (mean of the two
-    resize factors of the whole image), then ``pipeline.zooms``."""
-    h, w = image_hw
-    out_h, out_w = first_scale_hw(image_hw, *pipeline.first_scale)
-    return [0.5 * (out_h / h + out_w / w)] + list(pipeline.zooms)
 
 
 def detectable_at_scale(
@@ -329,9 +311,9 @@ def analyze_oracle_chips(
     counts = torch.zeros(len(SIZE_CLASSES), dtype=torch.long)
     for image in tqdm(images, desc="oracle chips", unit="image", disable=not progress):
         counts += torch.bincount(image.size_class, minlength=len(SIZE_CLASSES))
-        detectable = detectable_at_scale(image.boxes, scale_zooms(image.image_hw, pipeline),
+        detectable = detectable_at_scale(image.boxes, pipeline.scale_zooms(image.image_hw),
                                          small_range=small_range, valid_ranges=pipeline.valid_ranges)
-        pyramid.add(image, pyramid_views(image.image_hw, pipeline), detectable, pipeline)
+        pyramid.add(image, pipeline.pyramid_views(image.image_hw), detectable, pipeline)
         cache: Dict = {}
         for policy, tally in zip(policies, tallies):
             views = oracle_views(image, pipeline, policy, stride=stride, small_range=small_range,

@@ -11,7 +11,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 
-from ..config import per_transition
+from ..config import lookup_registry, per_transition
 from .focus_chips import generate_focus_chips, merge_overlapping_boxes
 from .views import View, snap_to_pixels, tile_box
 
@@ -204,14 +204,8 @@ def build_chip_policy(cfg) -> ChipPolicy:
     """The policy named by ``MODEL.AUTOFOCUS.CHIP_POLICY``: a short name (autofocus, pyramid,
     single, grid) or any class name registered in CHIP_POLICY_REGISTRY."""
     name = cfg.MODEL.AUTOFOCUS.CHIP_POLICY
-    try:
-        cls = CHIP_POLICY_REGISTRY.get(_POLICY_NAMES.get(name, name))
-    except KeyError:
-        raise ValueError(
-            f"Invalid config MODEL.AUTOFOCUS.CHIP_POLICY: {name!r}; use one of {sorted(_POLICY_NAMES)} "
-            f"or a name registered in CHIP_POLICY_REGISTRY ({sorted(k for k, _ in CHIP_POLICY_REGISTRY)})"
-        ) from None
-    return cls(cfg)
+    key = f"MODEL.AUTOFOCUS.CHIP_POLICY (short names: {sorted(_POLICY_NAMES)})"
+    return lookup_registry(CHIP_POLICY_REGISTRY, _POLICY_NAMES.get(name, name), key)(cfg)
 
 
 def policy_names() -> List[str]:

@@ -10,6 +10,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.registry import Registry
 
+from ..config import lookup_registry
 from .chip_policies import ChipPolicy, build_chip_policy
 from .focus_stacking import drop_border_cut, drop_small_covered, in_size_range, merge_detections
 from .views import View, crop_and_resize, first_scale_hw, tile_box, zoomed_hw
@@ -127,22 +128,31 @@ class CoarseToFinePipeline:
                 views.append(View(image_index, scale, sub, zoomed_hw(sub, zoom)))
         return views
 
+    def scale_zooms(self, image_hw: Tuple[int, int]) -> List[float]:
+        """Zoom of every scale for an image: scale 0's (mean of the two resize factors of the whole
+        image), then ``self.zooms``."""
+        h, w = image_hw
+        out_h, out_w = first_scale_hw(image_hw, *self.first_scale)
+        return [0.5 * (out_h / h + out_w / w)] + list(self.zooms)
+
     def first_views(self, image_index: int, image_hw: Tuple[int, int]) -> List[View]:
         h, w = image_hw
         out_hw = first_scale_hw(image_hw, *self.first_scale)
-        zoom = 0.5 * (out_hw[0] / h + out_hw[1] / w)
         if max(out_hw) <= self.max_chip_side:
             return [View(image_index, 0, (0, 0, w, h), out_hw)]
+        zoom = self.scale_zooms(image_hw)[0]
         return self.views_for_chips(image_index, 0, torch.tensor([[0, 0, w, h]]), zoom)
+
+    def pyramid_views(self, image_hw: Tuple[int, int]) -> List[List[View]]:
+        """The views of the full pyramid: the whole image (tiled where too long) at every scale."""
+        whole = torch.tensor([[0, 0, image_hw[1], image_hw[0]]])
+        return [self.first_views(0, image_hw)] + [
+            self.views_for_chips(0, k, whole, zoom) for k, zoom in enumerate(self.zooms, start=1)
+        ]
 
     def pyramid_pixels(self, image_hw: Tuple[int, int]) -> List[int]:
         """Pixels the full pyramid (every configured scale on the whole image) processes, per scale."""
-        h, w = image_hw
-        whole = torch.tensor([[0, 0, w, h]])
-        per_scale = [sum(v.pixels for v in self.first_views(0, image_hw))]
-        for k, zoom in enumerate(self.zooms, start=1):
-            per_scale.append(sum(v.pixels for v in self.views_for_chips(0, k, whole, zoom)))
-        return per_scale
+        return [sum(v.pixels for v in views) for views in self.pyramid_views(image_hw)]
 
     # ------------------------------------------------------------------------------ running
     def run_views(
@@ -303,11 +313,4 @@ class CoarseToFinePipeline:
 def build_autofocus_pipeline(cfg):
     """The pipeline named by ``MODEL.AUTOFOCUS.PIPELINE`` in AUTOFOCUS_PIPELINE_REGISTRY."""
     name = cfg.MODEL.AUTOFOCUS.PIPELINE
-    try:
-        cls = AUTOFOCUS_PIPELINE_REGISTRY.get(name)
-    except KeyError:
-        raise ValueError(
-            f"Invalid config MODEL.AUTOFOCUS.PIPELINE: {name!r} is not in AUTOFOCUS_PIPELINE_REGISTRY "
-            f"({sorted(k for k, _ in AUTOFOCUS_PIPELINE_REGISTRY)})"
-        ) from None
-    return cls(cfg)
+    return lookup_registry(AUTOFOCUS_PIPELINE_REGISTRY, name, "MODEL.AUTOFOCUS.PIPELINE")(cfg)

@@ -9,6 +9,8 @@ from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.utils.registry import Registry
 from torch import nn
 
+from ..config import lookup_registry
+
 __all__ = [
     "FOCUS_HEAD_REGISTRY",
     "StandardFocusHead",
@@ -70,14 +72,7 @@ class StandardFocusHead(nn.Module):
 
 def build_focus_head(cfg, input_shape: ShapeSpec) -> nn.Module:
     """Build the head named by ``cfg.MODEL.FOCUS_HEAD.NAME`` from FOCUS_HEAD_REGISTRY."""
-    name = cfg.MODEL.FOCUS_HEAD.NAME
-    try:
-        head_cls = FOCUS_HEAD_REGISTRY.get(name)
-    except KeyError:
-        raise ValueError(
-            f"Invalid config MODEL.FOCUS_HEAD.NAME: {name!r} is not in FOCUS_HEAD_REGISTRY "
-            f"(registered: {sorted(k for k, _ in FOCUS_HEAD_REGISTRY)})"
-        ) from None
+    head_cls = lookup_registry(FOCUS_HEAD_REGISTRY, cfg.MODEL.FOCUS_HEAD.NAME, "MODEL.FOCUS_HEAD.NAME")
     return head_cls(cfg, input_shape)
 
 
