@@ -2,7 +2,7 @@
 """Benchmark single / pyramid / grid / AutoFocus / SAHI side by side on one checkpoint.
 
     python tools/benchmark.py --config-file configs/Synthetic/autofocus_compact_fpn.yaml \
-        --dataset autofocus_synth_val --output output/bench MODEL.WEIGHTS output/model_final.pth
+        --dataset autofocus_synth_val --output output/bench --opts MODEL.WEIGHTS output/model_final.pth
 
 Writes report.json, report.md and PNG plots into --output and prints the table.
 """
@@ -28,7 +28,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1, help="images run once before timing each method")
     p.add_argument("--output", default="output/benchmark")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
+                   help="config KEY VALUE pairs (last on the command line)")
     return p.parse_args(argv)
 
 

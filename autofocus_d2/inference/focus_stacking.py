@@ -14,7 +14,13 @@ from torch import Tensor
 from detectron2.layers import batched_nms
 from detectron2.structures import Boxes, pairwise_iou
 
-__all__ = ["drop_border_cut", "drop_small_covered", "in_size_range", "merge_detections"]
+__all__ = [
+    "drop_border_cut",
+    "drop_small_covered",
+    "in_size_range",
+    "merge_detections",
+    "trusted_chip_area",
+]
 
 # A chip edge this close to the image border (in original-frame pixels) is an image border.
 _IMAGE_BORDER_TOL = 0.5
@@ -71,6 +77,36 @@ def drop_border_cut(
     )
     inward = torch.cat([boxes[:, :2] - chip[:2], chip[2:] - boxes[:, 2:]], dim=1)  # (R, 4)
     return ~((inward <= margin) & inner_edge).any(dim=1)
+
+
+def trusted_chip_area(chips: Tensor, image_hw: Tuple[int, int], margin: float) -> Tensor:
+    """
+    The part of each chip whose detections survive :func:`drop_border_cut`: every chip edge that
+    is not an image border moved inward by ``margin``. A coarser detection is only "covered" by a
+    finer chip (:func:`drop_small_covered`) when it lies in this area; otherwise the finer scale
+    would drop its copy at the chip border and the object would be lost at both scales.
+
+    Args:
+        chips (Tensor): (C, 4) XYXY chips in the original image frame.
+        image_hw: (H, W) of the original image.
+        margin (float): the border margin of :func:`drop_border_cut`, original-frame pixels.
+
+    Returns:
+        Tensor: (C, 4) XYXY, same frame (a chip thinner than twice the margin may come out empty,
+        x0 >= x1, which then covers nothing).
+    """
+    _check_boxes(chips, "chips")
+    height, width = image_hw
+    inner = torch.stack(
+        [
+            chips[:, 0] > _IMAGE_BORDER_TOL,
+            chips[:, 1] > _IMAGE_BORDER_TOL,
+            chips[:, 2] < width - _IMAGE_BORDER_TOL,
+            chips[:, 3] < height - _IMAGE_BORDER_TOL,
+        ],
+        dim=1,
+    ).to(chips.dtype)
+    return chips + margin * inner * chips.new_tensor([1.0, 1.0, -1.0, -1.0])
 
 
 def drop_small_covered(boxes: Tensor, finer_chips: Tensor, max_size: float) -> Tensor:

@@ -12,7 +12,13 @@ from detectron2.utils.registry import Registry
 
 from ..config import lookup_registry
 from .chip_policies import ChipPolicy, build_chip_policy
-from .focus_stacking import drop_border_cut, drop_small_covered, in_size_range, merge_detections
+from .focus_stacking import (
+    drop_border_cut,
+    drop_small_covered,
+    in_size_range,
+    merge_detections,
+    trusted_chip_area,
+)
 from .views import View, crop_and_resize, first_scale_hw, tile_box, zoomed_hw
 
 __all__ = ["AUTOFOCUS_PIPELINE_REGISTRY", "CoarseToFinePipeline", "build_autofocus_pipeline"]
@@ -252,8 +258,9 @@ class CoarseToFinePipeline:
         views_per_scale: List[List[View]],
         dets_per_scale: List[List[Instances]],
     ) -> Instances:
-        """Focus stacking of one image: border rule, valid ranges, small-and-covered rule, then
-        class-wise NMS / Soft-NMS. Returns Instances in the original image frame."""
+        """Focus stacking of one image: border rule, valid ranges, small-and-covered rule (covered =
+        inside the part of a finer chip that the border rule trusts), then class-wise NMS /
+        Soft-NMS. Returns Instances in the original image frame."""
         num_scales = len(views_per_scale)
         boxes, scores, classes = [], [], []
         for k in range(num_scales):
@@ -271,7 +278,7 @@ class CoarseToFinePipeline:
                 if num_scales > 1:
                     keep &= in_size_range(b, *self.valid_ranges[k])
                 if finer:
-                    chips = torch.stack(finer).to(b.device)
+                    chips = trusted_chip_area(torch.stack(finer).to(b.device), image_hw, self.border_margin)
                     keep &= drop_small_covered(b, chips, self.small_drop_size / view.zoom)
                 boxes.append(b[keep])
                 scores.append(inst.scores[keep])

@@ -285,3 +285,22 @@ def test_merge_detections_cuda(method):
     chip = torch.tensor([0.0, 0.0, 30.0, 30.0], device="cuda")
     keep = drop_border_cut(boxes.cuda(), chip, (100, 100), 2.0)
     assert keep.tolist() == [True, True, False, True]
+
+
+def test_trusted_chip_area_moves_only_inner_edges():
+    from autofocus_d2.inference.focus_stacking import trusted_chip_area
+
+    chips = torch.tensor([[0.0, 100.0, 300.0, 800.0], [500.0, 0.0, 1200.0, 400.0]])
+    out = trusted_chip_area(chips, (800, 1200), 10.0)
+    # Chip 0 touches the left and bottom image borders, chip 1 the top and right ones.
+    assert out.tolist() == [[0.0, 110.0, 290.0, 800.0], [510.0, 0.0, 1200.0, 390.0]]
+
+
+def test_a_coarse_box_near_an_inner_chip_edge_is_not_covered():
+    from autofocus_d2.inference.focus_stacking import trusted_chip_area
+
+    chip = torch.tensor([[100.0, 100.0, 300.0, 300.0]])
+    boxes = torch.tensor([[105.0, 150.0, 125.0, 170.0], [150.0, 150.0, 170.0, 170.0]])
+    keep = drop_small_covered(boxes, trusted_chip_area(chip, (1000, 1000), 10.0), 64.0)
+    # The first box would be dropped at the finer scale by the border rule, so it stays here.
+    assert keep.tolist() == [True, False]
