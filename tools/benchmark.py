@@ -14,7 +14,7 @@ from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
 import autofocus_d2
-from autofocus_d2.benchmark import DEFAULT_METHODS, headline_table, run_benchmark, write_report
+from autofocus_d2.benchmark import DEFAULT_METHODS, run_benchmark, summary_text, write_report
 
 
 def parse_args(argv=None):
@@ -50,9 +50,7 @@ def main(argv=None) -> int:
                            progress=not args.no_progress)
     report["config"] = args.config_file
     paths = write_report(report, args.output)
-    print(headline_table(report["methods"]))
-    for t in report["targets"]:
-        print(f"[{'ok' if t['holds'] else 'MISSED'}] {t['target']}: {t['measured']}")
+    print(summary_text(report))
     print(f"report: {os.path.abspath(paths['md'])}")
     return 0
 

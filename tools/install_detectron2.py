@@ -15,7 +15,6 @@ The last line printed is ``detectron2 install path: <kept|official|sdist>``.
 """
 import argparse
 import hashlib
-import os
 import re
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence
 
 OFFICIAL_SPEC = "git+https://github.com/facebookresearch/detectron2.git"
 SDIST_REQUIREMENT = "pb1-detectron2==0.6"

@@ -27,7 +27,7 @@ sys.path.insert(0, REPO)
 
 import autofocus_d2  # noqa: E402
 from autofocus_d2.analysis import format_report_table, run_oracle_analysis  # noqa: E402
-from autofocus_d2.benchmark import headline_table, run_benchmark, write_report  # noqa: E402
+from autofocus_d2.benchmark import run_benchmark, summary_text, write_report  # noqa: E402
 from autofocus_d2.data import ensure_split  # noqa: E402
 from autofocus_d2.model_zoo.release import release_checkpoint  # noqa: E402
 from autofocus_d2.utils.visualization import draw_chips, draw_detections, focus_heatmap  # noqa: E402
@@ -153,9 +153,7 @@ def main(argv=None) -> int:
         f.write(f"\n## Release\n\n{report['release']['model_zoo_row']}\n")
         f.write(f"\nWhole `make demo` run: {report['wall_time_s'] / 60:.1f} min.\n")
     print()
-    print(headline_table(report["methods"]))
-    for t in report["targets"]:
-        print(f"[{'ok' if t['holds'] else 'MISSED'}] {t['target']}: {t['measured']}")
+    print(summary_text(report))
     say(f"done in {report['wall_time_s'] / 60:.1f} min; report: {paths['md']}")
     return 0
 

@@ -26,7 +26,7 @@ from ..evaluation.efficiency import summarize_efficiency
 from ..inference.chip_policies import AutoFocusChipPolicy
 from ..inference.focus_stacking import in_size_range
 from ..inference.pipeline import CoarseToFinePipeline
-from ..inference.views import View, first_scale_hw
+from ..inference.views import View
 from ..modeling.focus_labels import FOCUS_POSITIVE, focus_pixel_targets
 from .ground_truth import SIZE_CLASSES, GroundTruthImage, load_coco_ground_truth
 

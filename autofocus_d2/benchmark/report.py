@@ -6,7 +6,7 @@ from typing import Any, Dict, List
 
 from tabulate import tabulate
 
-__all__ = ["add_ratios", "check_targets", "headline_table", "write_report"]
+__all__ = ["add_ratios", "check_targets", "headline_table", "summary_text", "write_report"]
 
 # Targets of the built-in dataset (issue 4): AutoFocus vs the other methods on the same weights.
 TARGETS = {
@@ -75,6 +75,13 @@ def headline_table(rows: List[Dict[str, Any]], fmt: str = "pipe") -> str:
         for r in rows
     ]
     return tabulate(body, headers=headers, tablefmt=fmt)
+
+
+def summary_text(report: Dict[str, Any]) -> str:
+    """The headline table followed by one line per target (what both CLIs print at the end)."""
+    lines = [headline_table(report["methods"])]
+    lines += [f"[{'ok' if t['holds'] else 'MISSED'}] {t['target']}: {t['measured']}" for t in report["targets"]]
+    return "\n".join(lines)
 
 
 def sweep_table(sweep: List[Dict[str, Any]], fmt: str = "pipe") -> str:

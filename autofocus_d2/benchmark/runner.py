@@ -16,8 +16,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
-from detectron2.structures import Instances
+from detectron2.data import DatasetCatalog, DatasetMapper
 
 from ..evaluation import build_coco_evaluator
 from ..inference.pipeline import build_autofocus_pipeline

@@ -175,6 +175,19 @@ def manifest_path(manifest: Optional[str] = None) -> str:
     return DEFAULT_MANIFEST
 
 
+def read_manifest_file(path: str) -> Dict[str, Dict]:
+    """The JSON object in manifest file ``path``; ModelZooError if it is not valid JSON or not an
+    object."""
+    with open(path) as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ModelZooError(f"Model zoo manifest {path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ModelZooError(f"Model zoo manifest {path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
 def load_manifest(manifest: Optional[str] = None) -> Dict[str, Dict]:
     """The manifest's entries (name -> entry), each checked to have a ``url`` and a ``sha256``."""
     path = manifest_path(manifest)
@@ -183,13 +196,7 @@ def load_manifest(manifest: Optional[str] = None) -> Dict[str, Dict]:
             f"Model zoo manifest {path} does not exist. Fix: point ${MANIFEST_ENV} (or the "
             "manifest argument) at the manifest.json that tools/release_checkpoint.py wrote."
         )
-    with open(path) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ModelZooError(f"Model zoo manifest {path} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ModelZooError(f"Model zoo manifest {path} must hold a JSON object, got {type(data).__name__}")
+    data = read_manifest_file(path)
     for name, entry in data.items():
         sha = entry.get("sha256") if isinstance(entry, dict) else None
         if not isinstance(entry, dict) or not isinstance(entry.get("url"), str) or not _is_sha256(sha):

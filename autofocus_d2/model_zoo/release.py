@@ -40,6 +40,7 @@ from .model_zoo import (
     get_config,
     get_config_file,
     manifest_path,
+    read_manifest_file,
     sha256_of_file,
 )
 from .release_metrics import inference_speed_from_log, read_metrics, release_metrics
@@ -191,15 +192,7 @@ def _write_json(path: str, data: Any) -> None:
 
 def update_manifest(manifest_file: str, name: str, entry: Dict[str, Any]) -> None:
     """Add or replace ``name``'s entry in ``manifest_file`` (created if missing)."""
-    data = {}
-    if os.path.isfile(manifest_file):
-        with open(manifest_file) as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ModelZooError(f"Manifest {manifest_file} is not valid JSON: {e}") from e
-        if not isinstance(data, dict):
-            raise ModelZooError(f"Manifest {manifest_file} must hold a JSON object")
+    data = read_manifest_file(manifest_file) if os.path.isfile(manifest_file) else {}
     data[_canonical_name(name)] = entry
     _write_json(manifest_file, data)
 
