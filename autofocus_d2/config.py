@@ -59,6 +59,11 @@ def add_autofocus_config(cfg: CN) -> None:
     cfg.MODEL.AUTOFOCUS.MAX_CHIP_SIDE = 2048
     # Overlap of those tiles, in pixels of the scale.
     cfg.MODEL.AUTOFOCUS.TILE_OVERLAP = 128
+    # RPN proposal budget per detector pass, proportional to the largest view of the batch:
+    # this many proposals per megapixel (0 = off: always MODEL.RPN.PRE/POST_NMS_TOPK_TEST) ...
+    cfg.MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX = 0.0
+    # ... but at least this many, and never more than MODEL.RPN.PRE/POST_NMS_TOPK_TEST.
+    cfg.MODEL.AUTOFOCUS.MIN_PROPOSALS = 300
     # Focus stacking 1: drop a chip detection with an edge within this many ORIGINAL-image pixels of
     # a chip border that is not an image border (the object was cut by the chip). Paper code: 10.
     cfg.MODEL.AUTOFOCUS.BORDER_MARGIN = 10.0
@@ -165,6 +170,9 @@ def validate_autofocus_config(cfg: CN) -> None:
     _check(af.MAX_CHIP_SIDE >= 32, "MODEL.AUTOFOCUS.MAX_CHIP_SIDE", f"must be >= 32, got {af.MAX_CHIP_SIDE}")
     _check(0 <= af.TILE_OVERLAP < af.MAX_CHIP_SIDE / 2, "MODEL.AUTOFOCUS.TILE_OVERLAP",
            f"must be in [0, MAX_CHIP_SIDE / 2), got {af.TILE_OVERLAP}")
+    _check(af.PROPOSALS_PER_MPIX >= 0, "MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX",
+           f"must be >= 0, got {af.PROPOSALS_PER_MPIX}")
+    _check(af.MIN_PROPOSALS >= 1, "MODEL.AUTOFOCUS.MIN_PROPOSALS", f"must be >= 1, got {af.MIN_PROPOSALS}")
     _check(af.BORDER_MARGIN >= 0, "MODEL.AUTOFOCUS.BORDER_MARGIN", f"got {af.BORDER_MARGIN}")
     _check(af.SMALL_DROP_SIZE >= 0, "MODEL.AUTOFOCUS.SMALL_DROP_SIZE", f"got {af.SMALL_DROP_SIZE}")
     _check(af.NMS_METHOD in ("nms", "soft_nms"), "MODEL.AUTOFOCUS.NMS_METHOD",

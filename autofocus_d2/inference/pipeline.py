@@ -1,6 +1,7 @@
 """The coarse-to-fine chip pipeline: scale 0 on whole images, then chips at each finer scale,
 then focus stacking. Returns ordinary Detectron2 outputs (plus what the pipeline did)."""
 import logging
+import math
 from collections import defaultdict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -81,6 +82,8 @@ class CoarseToFinePipeline:
         valid_ranges: Sequence[Tuple[float, float]],
         nms_method: str,
         nms_thresh: float,
+        proposals_per_mpix: float = 0.0,
+        min_proposals: int = 300,
         soft_nms_sigma: float,
         detections_per_image: int,
     ):
@@ -94,6 +97,8 @@ class CoarseToFinePipeline:
         self.border_margin = border_margin
         self.small_drop_size = small_drop_size
         self.valid_ranges = [tuple(r) for r in valid_ranges]
+        self.proposals_per_mpix = proposals_per_mpix
+        self.min_proposals = min_proposals
         self.nms_method = nms_method
         self.nms_thresh = nms_thresh
         self.soft_nms_sigma = soft_nms_sigma
@@ -112,6 +117,8 @@ class CoarseToFinePipeline:
             "border_margin": af.BORDER_MARGIN,
             "small_drop_size": af.SMALL_DROP_SIZE,
             "valid_ranges": af.VALID_RANGES,
+            "proposals_per_mpix": af.PROPOSALS_PER_MPIX,
+            "min_proposals": af.MIN_PROPOSALS,
             "nms_method": af.NMS_METHOD,
             "nms_thresh": af.NMS_THRESH,
             "soft_nms_sigma": af.SOFT_NMS_SIGMA,
@@ -180,7 +187,12 @@ class CoarseToFinePipeline:
                 for i in batch
             ]
             image_list = ImageList.from_tensors(tensors, model.backbone.size_divisibility)
-            instances, focus = model.detect(image_list, with_focus=with_focus)
+            if self.proposals_per_mpix > 0:
+                largest = max(views[i].pixels for i in batch) / 1e6
+                budget = max(self.min_proposals, math.ceil(self.proposals_per_mpix * largest))
+                instances, focus = model.detect(image_list, with_focus=with_focus, max_proposals=budget)
+            else:
+                instances, focus = model.detect(image_list, with_focus=with_focus)
             for j, i in enumerate(batch):
                 inst = instances[j]
                 inst.pred_boxes = Boxes(views[i].to_original(inst.pred_boxes.tensor))

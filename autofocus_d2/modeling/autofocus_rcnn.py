@@ -1,4 +1,5 @@
 """``AutoFocusRCNN``: Detectron2's GeneralizedRCNN with a FocusPixel head."""
+import contextlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -15,6 +16,26 @@ from .focus_head import build_focus_head, focus_pixel_loss, resolve_focus_featur
 from .focus_labels import focus_pixel_targets
 
 __all__ = ["AutoFocusRCNN"]
+
+
+@contextlib.contextmanager
+def _capped_topk(generator: nn.Module, cap: int):
+    """Temporarily cap the test-time ``pre_nms_topk``/``post_nms_topk`` of Detectron2's RPN."""
+    saved = {}
+    for attr in ("pre_nms_topk", "post_nms_topk"):
+        table = getattr(generator, attr, None)
+        if not isinstance(table, dict) or False not in table:
+            raise ValueError(
+                "MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX needs a proposal generator with Detectron2 RPN's "
+                f"{attr} table; {type(generator).__name__} has none (set PROPOSALS_PER_MPIX to 0)"
+            )
+        saved[attr] = table[False]
+        table[False] = min(table[False], cap)
+    try:
+        yield
+    finally:
+        for attr, value in saved.items():
+            getattr(generator, attr)[False] = value
 
 
 @META_ARCH_REGISTRY.register()
@@ -134,11 +155,17 @@ class AutoFocusRCNN(GeneralizedRCNN):
         ]
         return focus_pixel_loss(logits, targets)
 
+    def _proposal_budget(self, max_proposals: Optional[int]):
+        if max_proposals is None:
+            return contextlib.nullcontext()
+        return _capped_topk(self.proposal_generator, int(max_proposals))
+
     def detect(
-        self, images: ImageList, with_focus: bool = True
+        self, images: ImageList, with_focus: bool = True, max_proposals: Optional[int] = None
     ) -> Tuple[List[Instances], Optional[torch.Tensor]]:
         """
-        One detector pass over a normalized, padded batch.
+        One detector pass over a normalized, padded batch. ``max_proposals``, if given, caps the
+        RPN's test-time pre- and post-NMS top-k for this pass (never raises them).
 
         Returns:
             per-image Instances with boxes in the frame of each (unpadded) input image of
@@ -148,7 +175,8 @@ class AutoFocusRCNN(GeneralizedRCNN):
         if self.proposal_generator is None:
             raise ValueError("AutoFocus inference needs a proposal generator (MODEL.PROPOSAL_GENERATOR)")
         features = self.backbone(images.tensor)
-        proposals, _ = self.proposal_generator(images, features, None)
+        with self._proposal_budget(max_proposals):
+            proposals, _ = self.proposal_generator(images, features, None)
         results, _ = self.roi_heads(images, features, proposals, None)
         focus = None
         if with_focus:

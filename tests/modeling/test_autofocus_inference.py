@@ -76,3 +76,26 @@ def test_efficiency_evaluator_aggregates_over_images():
     assert res["chips_per_image"] == 1.0 and res["chips_scale1"] == 1.0
     assert res["pixel_ratio_scale1"] == pytest.approx(50 / 800)
     assert summarize_efficiency([]) == {}
+
+
+def test_proposal_budget_scales_with_the_view_and_is_restored():
+    cfg = cfg_for("single")
+    cfg.MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX = 200.0  # 320 x 480 px = 0.154 Mpix -> 31 -> at least 50
+    cfg.MODEL.AUTOFOCUS.MIN_PROPOSALS = 50
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    rpn = model.proposal_generator
+    seen = []
+    forward = rpn.forward
+
+    def spy(*args, **kwargs):
+        seen.append((rpn.pre_nms_topk[False], rpn.post_nms_topk[False]))
+        proposals, losses = forward(*args, **kwargs)
+        seen.append(len(proposals[0]))
+        return proposals, losses
+
+    rpn.forward = spy
+    with torch.no_grad():
+        model([{"image": torch.rand(3, 500, 750) * 255}])
+    assert seen[0] == (50, 50) and seen[1] <= 50
+    assert (rpn.pre_nms_topk[False], rpn.post_nms_topk[False]) == (1000, 1000)  # restored
