@@ -165,8 +165,9 @@ def _check_config_matches(trained: CfgNode, zoo: CfgNode, name: str, trained_fil
     if keys:
         diffs = "; ".join(f"{k}: trained {a.get(k)!r}, config {b.get(k)!r}" for k in keys[:8])
         raise ModelZooError(
-            f"The run's config {trained_file} differs from configs/{name} in keys that change the "
-            f"model or its results ({diffs}{' ...' if len(keys) > 8 else ''}). Fix: release under "
+            f"The run's config {trained_file} differs from configs/{name} in {len(keys)} keys that "
+            f"change the model or its results: {', '.join(keys)} "
+            f"({diffs}{' ...' if len(keys) > 8 else ''}). Fix: release under "
             "the config the model was trained with, or put these values in that config."
         )
 

@@ -30,6 +30,7 @@ def _sorted(instances):
 
 def test_single_scale_equals_generalized_rcnn_on_the_same_input():
     cfg = cfg_for("single")
+    cfg.MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX = 0.0  # the RPN's own top-k, as GeneralizedRCNN uses
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
