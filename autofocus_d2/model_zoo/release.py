@@ -43,7 +43,7 @@ from .model_zoo import (
     read_manifest_file,
     sha256_of_file,
 )
-from .release_metrics import inference_speed_from_log, read_metrics, release_metrics
+from .release_metrics import flatten_mapping, inference_speed_from_log, read_metrics, release_metrics
 
 __all__ = [
     "Release",
@@ -144,15 +144,9 @@ def _as_lists(value):
     return value
 
 
-def _flat_config(cfg: CfgNode, prefix: str = "") -> Dict[str, Any]:
-    out = {}
-    for k, v in cfg.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, CfgNode):
-            out.update(_flat_config(v, key + "."))
-        else:
-            out[key] = _as_lists(v)
-    return out
+def _flat_config(cfg: CfgNode) -> Dict[str, Any]:
+    """{"MODEL.WEIGHTS": ..., ...} with tuples as lists."""
+    return {k: _as_lists(v) for k, v in flatten_mapping(cfg, sep=".").items()}
 
 
 def _check_config_matches(trained: CfgNode, zoo: CfgNode, name: str, trained_file: str) -> None:

@@ -12,12 +12,13 @@ from .model_zoo import ModelZooError
 __all__ = ["read_metrics", "inference_speed_from_log", "release_metrics"]
 
 
-def _flatten(d: Mapping, prefix: str = "") -> Dict[str, Any]:
+def flatten_mapping(d: Mapping, prefix: str = "", sep: str = "/") -> Dict[str, Any]:
+    """Nested mappings (a CfgNode too) as one level: {"a": {"b": 1}} -> {"a/b": 1} (with ``sep``)."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping):
-            out.update(_flatten(v, key + "/"))
+            out.update(flatten_mapping(v, key + sep, sep))
         else:
             out[key] = v
     return out
@@ -43,7 +44,7 @@ def read_metrics(path: str) -> Dict[str, Any]:
     except json.JSONDecodeError:
         whole = None
     if isinstance(whole, dict):
-        return _flatten(whole)
+        return flatten_mapping(whole)
     found = None
     for i, line in enumerate(text.splitlines()):
         if not line.strip():
@@ -52,7 +53,7 @@ def read_metrics(path: str) -> Dict[str, Any]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise ModelZooError(f"Metrics file {path}, line {i + 1}: not JSON ({e})") from e
-        flat = _flatten(record) if isinstance(record, dict) else {}
+        flat = flatten_mapping(record) if isinstance(record, dict) else {}
         if "bbox/AP" in flat:
             found = flat
     if found is None:
