@@ -1,6 +1,6 @@
 """Oracle FocusChip analysis (autofocus_d2.analysis.oracle) and its CLI tools/analyze_chips.py.
 
-Hand-made COCO files on 512 x 512 images with FIRST_SCALE [256, 256]: scale 0 is the image at zoom
+Hand-made COCO files on 512 x 512 images with scale 0 [256, 256]: scale 0 is the image at zoom
 0.5, so a box [x0, y0, x1, y1] is [x0/2, y0/2, x1/2, y1/2] at scale 0, and the focus stride is 16.
 """
 import importlib.util
@@ -38,11 +38,11 @@ PYRAMID_2 = PYRAMID_1 + 1024 * 1024  # with a second finer scale at zoom 2
 
 
 def make_cfg(zooms=(1.0,), **overrides):
+    """Scale 0 [256, 256], then finer scales whose zoom on the 512 x 512 test images is ``zooms``."""
     cfg = get_cfg()
     add_autofocus_config(cfg)
     af = cfg.MODEL.AUTOFOCUS
-    af.FIRST_SCALE = [256, 256]
-    af.ZOOMS = list(zooms)
+    af.SCALES = [[256, 256]] + [[512 * z, -1] for z in zooms]
     af.FOCUS_THRESHOLD = [0.5]
     af.DILATION = [1]
     af.MIN_CHIP_SIZE = [64.0]
@@ -149,7 +149,7 @@ def test_two_finer_scales_delegate_small_objects(tmp_path):
     assert [p["recoverable"]["medium"] for p in s["per_scale"]] == [0, 1, 0]
     assert [p["chips_per_image"] for p in s["per_scale"]] == [1.0, 2.0, 1.0]
     assert s["pixel_ratio"] == pytest.approx((256 * 256 + 2 * 128 * 128 + 128 * 128) / PYRAMID_2)
-    assert [p["zoom"] for p in s["per_scale"]] == [None, 1.0, 2.0]
+    assert [p["resolution"] for p in s["per_scale"]] == [[256, 256], [512, -1], [1024, -1]]
 
 
 def test_detectable_at_scale():
@@ -196,7 +196,7 @@ def tiny_json(tmp_path_factory):
     [
         {},
         # Two finer scales, tiles at every scale (the first scale is 512 x 7xx > 400).
-        {"ZOOMS": [1.0, 1.5], "VALID_RANGES": [[-1.0, -1.0]] * 3, "MAX_CHIP_SIDE": 400,
+        {"SCALES": [[512, 768], [-1, -1], [1000, -1]], "VALID_RANGES": [[-1.0, -1.0]] * 3, "MAX_CHIP_SIDE": 400,
          "TILE_OVERLAP": 128},
     ],
 )
@@ -284,7 +284,7 @@ def test_cli_end_to_end(tiny_json, tmp_path):
         assert len(s["per_scale"]) == 2
         for p in s["per_scale"]:
             assert 0.0 <= p["pixel_ratio"] <= 1.0
-            assert set(p) == {"scale", "zoom", "chips_per_image", "pixels_per_image",
+            assert set(p) == {"scale", "resolution", "chips_per_image", "pixels_per_image",
                               "pyramid_pixels_per_image", "pixel_ratio", "recoverable"}
         total = sum(p["pixels_per_image"] for p in s["per_scale"])
         assert total == pytest.approx(s["pixels_per_image"])

@@ -22,7 +22,8 @@ from autofocus_d2.evaluation.sahi_baseline import (  # noqa: E402
     sahi_slice_boxes,
     sahi_slice_params,
 )
-from autofocus_d2.inference.views import View, first_scale_hw, zoomed_hw  # noqa: E402
+from autofocus_d2.inference import ScaleChain  # noqa: E402
+from autofocus_d2.inference.views import View, zoomed_hw  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W = 700, 900
@@ -104,13 +105,16 @@ def test_a_zoomed_slice_is_the_pipelines_view_of_that_box(compact, bgr_image):
         postprocess_type="NMS", postprocess_match_metric="IOU", postprocess_match_threshold=0.5,
     )
     view = View(0, 1, (0, 0, W, H), zoomed_hw((0, 0, W, H), zoom))
-    budget, model.pipeline.proposals_per_mpix = model.pipeline.proposals_per_mpix, 0.0
-    try:  # SAHI runs the plain detector, with the RPN's own top-k: compare with that
+    pipeline = model.pipeline
+    saved = pipeline.proposals_per_mpix, pipeline.raw_score_thresh
+    # SAHI runs the plain detector (the RPN's own top-k, Detectron2's filtered output): compare with that.
+    pipeline.proposals_per_mpix, pipeline.raw_score_thresh = 0.0, None
+    try:
         with torch.no_grad():
             tensor = torch.as_tensor(np.ascontiguousarray(bgr_image.transpose(2, 0, 1))).float()
-            (expected,), _ = model.pipeline.run_views(model, [tensor], [view], with_focus=False)
+            (expected,), _ = pipeline.run_views(model, [tensor], [view], with_focus=False)
     finally:
-        model.pipeline.proposals_per_mpix = budget
+        pipeline.proposals_per_mpix, pipeline.raw_score_thresh = saved
     assert out.pixels == view.pixels == 350 * 450
     ours, theirs = torch.tensor(_rows(out.instances)), torch.tensor(_rows(expected))
     assert ours.shape == theirs.shape and len(ours) > 0
@@ -205,7 +209,7 @@ def test_the_standard_prediction_runs_on_the_whole_image_at_the_first_scale():
     detector = PlantedDetector()
     sahi_model = planted_sahi_model(detector)
     out = run_sahi(sahi_model, planted_rgb(), slice_size=400, overlap=0.2, zoom=2.0, confidence=0.3, image_format="RGB")
-    assert detector.inputs[-1] == first_scale_hw((H, W), 512, 768) == (512, 658)
+    assert detector.inputs[-1] == ScaleChain(scales=[[512, 768]]).image_hw((H, W), 0) == (512, 658)
     assert out.standard_pixels == 512 * 658
     classes, boxes = _by_class(out.instances)
     assert classes == [0, 1, 2]
@@ -245,19 +249,21 @@ def test_slice_count_and_pixel_accounting_of_a_known_size():
 
 def test_slice_params_match_the_finest_scales_smallest_chip():
     cfg = compact_cfg()
-    cfg.MODEL.AUTOFOCUS.ZOOMS = [1.0]
+    cfg.MODEL.AUTOFOCUS.SCALES = [[512, 768], [-1, -1]]
     cfg.MODEL.AUTOFOCUS.MIN_CHIP_SIZE = [128.0]  # px of scale 0
-    cfg.MODEL.AUTOFOCUS.FIRST_SCALE = [512, 768]
     # Scale 0 of a 1500 x 1500 image is 512 x 512 (zoom 512 / 1500): 128 px there = 375 px here.
     assert sahi_slice_params(cfg, (1500, 1500)) == (375, 0.2, 1.0)
-    with pytest.raises(ValueError, match="image_hw"):
-        sahi_slice_params(cfg)
 
-    cfg.MODEL.AUTOFOCUS.ZOOMS = [1.667, 2.917]  # Base-AutoFocus: 320 px of scale 1 (zoom 1.667)
+    # The paper's chain on a 480 x 640 image: zooms 0.8, 1.667, 2.917; the smallest chip of the
+    # finest scale is 320 px of scale 1, i.e. 192 original px, seen at zoom 1400 / 480.
+    cfg.MODEL.AUTOFOCUS.SCALES = [[480, 512], [800, 1280], [1400, 2000]]
     cfg.MODEL.AUTOFOCUS.MIN_CHIP_SIZE = [256.0, 320.0]
     cfg.MODEL.AUTOFOCUS.GRID_OVERLAP = 0.25
-    assert sahi_slice_params(cfg) == (192, 0.25, 2.917)
+    size, overlap, zoom = sahi_slice_params(cfg, (480, 640))
+    assert (size, overlap) == (192, 0.25) and zoom == pytest.approx(1400 / 480)
+    # On a 427 x 640 image scale 1 zooms by 800 / 427: 320 px there are 171 original px.
+    assert sahi_slice_params(cfg, (427, 640))[0] == 171
 
-    cfg.MODEL.AUTOFOCUS.ZOOMS = []
-    with pytest.raises(ValueError, match="ZOOMS is empty"):
-        sahi_slice_params(cfg)
+    cfg.MODEL.AUTOFOCUS.SCALES = [[512, 768]]
+    with pytest.raises(ValueError, match="one scale"):
+        sahi_slice_params(cfg, (480, 640))

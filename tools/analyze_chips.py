@@ -3,7 +3,7 @@
 
     python tools/analyze_chips.py datasets/autofocus_synth/train/instances_train.json \
         --dilations 1 3 5 --min-chip-sizes 64 128 256 --output output/oracle.json \
-        --opts MODEL.AUTOFOCUS.ZOOMS "[1.0, 2.0]"
+        --opts MODEL.AUTOFOCUS.SCALES "[[512, 768], [-1, -1], [2000, -1]]"
 
 The FocusPixel map of every view is built from the ground truth; the chips follow from it over
 the config's scale chain exactly as in the inference pipeline. For each (dilation, min chip size)

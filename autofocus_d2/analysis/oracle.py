@@ -55,7 +55,7 @@ RECOVERABLE_DEFINITION = (
     "objects are FocusPixels or too small: delegated to a finer scale), at least SMALL_RANGE min "
     "at the last scale, and (3) with more than one scale, r lies in VALID_RANGES[k] (focus "
     "stacking drops the other detections of scale k). It is recoverable when it is recoverable at "
-    "some scale. zoom_0 is the image's first-scale zoom, zoom_k = ZOOMS[k-1]. Size classes use the "
+    "some scale. zoom_k is the image's zoom at scale k of MODEL.AUTOFOCUS.SCALES (ScaleChain). Size classes use the "
     "COCO 'area' field: small < 32^2 <= medium < 96^2 <= large."
 )
 
@@ -119,11 +119,13 @@ def oracle_views(
     maps of the previous scale's views and ``pipeline.views_for_chips``.
 
     ``map_cache`` (a dict kept per image) reuses oracle maps across calls with other policies.
-    Returns one list of views per scale (``1 + len(pipeline.zooms)``).
+    Returns one list of views per scale (``len(pipeline.scale_chain)``).
     """
     cache = {} if map_cache is None else map_cache
     views_per_scale = [pipeline.first_views(0, image.image_hw)]
-    for k, zoom in enumerate(pipeline.zooms, start=1):
+    zooms = pipeline.scale_chain.zooms(image.image_hw)
+    for k in range(1, len(zooms)):
+        zoom = zooms[k]
         parents = views_per_scale[-1]
         maps = []
         for view in parents:
@@ -187,7 +189,7 @@ def chip_settings(cfg, dilations: Sequence[int], min_chip_sizes: Sequence[float]
     transition) first, then the sweep: every (dilation, min chip size) pair, each value applied
     to every transition. A sweep pair equal to the config's setting is not repeated."""
     af = cfg.MODEL.AUTOFOCUS
-    n = max(1, len(af.ZOOMS))
+    n = max(1, len(af.SCALES) - 1)
     for d in dilations:
         if int(d) != d or d < 1:
             raise ValueError(f"dilation {d} is not an integer >= 1")
@@ -226,7 +228,7 @@ class _Tally:
         stats.pop("chip_boxes_per_scale")
         self.stats.append(stats)
 
-    def summary(self, counts: Tensor, zooms: Sequence[float]) -> Dict:
+    def summary(self, counts: Tensor, scales: Sequence[Sequence[float]]) -> Dict:
         eff = summarize_efficiency(self.stats)
 
         def by_class(row: Tensor) -> Dict[str, int]:
@@ -245,7 +247,7 @@ class _Tally:
             "per_scale": [
                 {
                     "scale": k,
-                    "zoom": None if k == 0 else zooms[k - 1],
+                    "resolution": list(scales[k]),
                     "chips_per_image": eff[f"chips_scale{k}"],
                     "pixels_per_image": eff[f"pixels_scale{k}"],
                     "pyramid_pixels_per_image": eff[f"pyramid_pixels_scale{k}"],
@@ -287,7 +289,7 @@ def analyze_oracle_chips(
     head = cfg.MODEL.FOCUS_HEAD
     small_range, ignore_max = tuple(head.SMALL_RANGE), float(head.IGNORE_MAX)
     pipeline = CoarseToFinePipeline(cfg)
-    num_scales = 1 + len(pipeline.zooms)
+    num_scales = len(pipeline.scale_chain)
     n = max(1, num_scales - 1)
     settings = [  # a single value applies to every transition, as in the config
         ChipSetting(
@@ -311,7 +313,7 @@ def analyze_oracle_chips(
     counts = torch.zeros(len(SIZE_CLASSES), dtype=torch.long)
     for image in tqdm(images, desc="oracle chips", unit="image", disable=not progress):
         counts += torch.bincount(image.size_class, minlength=len(SIZE_CLASSES))
-        detectable = detectable_at_scale(image.boxes, pipeline.scale_zooms(image.image_hw),
+        detectable = detectable_at_scale(image.boxes, pipeline.scale_chain.zooms(image.image_hw),
                                          small_range=small_range, valid_ranges=pipeline.valid_ranges)
         pyramid.add(image, pipeline.pyramid_views(image.image_hw), detectable, pipeline)
         cache: Dict = {}
@@ -325,9 +327,9 @@ def analyze_oracle_chips(
     for s, tally in zip(settings, tallies):
         entry = {"dilation": list(s.dilation), "min_chip_size": list(s.min_chip_size),
                  "from_config": s.from_config}
-        entry.update(tally.summary(counts, pipeline.zooms))
+        entry.update(tally.summary(counts, pipeline.scale_chain.scales))
         results.append(entry)
-    pyramid_figures = pyramid.summary(counts, pipeline.zooms)
+    pyramid_figures = pyramid.summary(counts, pipeline.scale_chain.scales)
     return {"objects": objects, "settings": results, "pyramid": pyramid_figures}
 
 
@@ -356,8 +358,7 @@ def run_oracle_analysis(
         "skipped_annotations": skipped,
         "recoverable_definition": RECOVERABLE_DEFINITION,
         "scale_chain": {
-            "first_scale": list(af.FIRST_SCALE),
-            "zooms": list(af.ZOOMS),
+            "scales": [list(sc) for sc in af.SCALES],
             "max_chip_side": af.MAX_CHIP_SIDE,
             "tile_overlap": af.TILE_OVERLAP,
             "max_chips_per_image": af.MAX_CHIPS_PER_IMAGE,

@@ -85,8 +85,9 @@ def run_benchmark(
         "date": datetime.date.today().isoformat(),
         "warmup": warmup,
         "autofocus": {
-            "first_scale": list(cfg.MODEL.AUTOFOCUS.FIRST_SCALE),
-            "zooms": list(cfg.MODEL.AUTOFOCUS.ZOOMS),
+            "scales": [list(sc) for sc in cfg.MODEL.AUTOFOCUS.SCALES],
+            "view_detections": cfg.MODEL.AUTOFOCUS.VIEW_DETECTIONS,
+            "nms_method": cfg.MODEL.AUTOFOCUS.NMS_METHOD,
             "focus_threshold": list(cfg.MODEL.AUTOFOCUS.FOCUS_THRESHOLD),
         },
         "methods": rows,

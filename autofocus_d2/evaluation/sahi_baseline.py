@@ -21,7 +21,7 @@ wrapper builds its model is replaced (:class:`AutoFocusSahiModel`):
   crops and resizes a chip of its finest scale (``views.crop_and_resize`` to ``views.zoomed_hw``) and
   its boxes come back through Detectron2's ``detector_postprocess`` (scaled by slice size / input size,
   clipped to the slice); SAHI then adds the slice's integer offset, so boxes land in the original frame.
-  SAHI's standard prediction (the whole image) is resized to ``MODEL.AUTOFOCUS.FIRST_SCALE``: the size
+  SAHI's standard prediction (the whole image) is resized to scale 0 of ``MODEL.AUTOFOCUS.SCALES``: the size
   at which the detector sees whole images (``single`` and AutoFocus's scale 0), the role
   INPUT.MIN_SIZE_TEST plays for the ``DefaultPredictor`` of SAHI's own wrapper.
 * **Channel order.** SAHI's arrays are RGB; its wrapper flips them to BGR when the model's INPUT.FORMAT
@@ -39,7 +39,8 @@ import torch
 from detectron2.structures import Boxes, Instances
 
 from ..config import per_transition
-from ..inference.views import crop_and_resize, first_scale_hw, zoomed_hw
+from ..inference.scale_chain import ScaleChain
+from ..inference.views import crop_and_resize, zoomed_hw
 
 __all__ = [
     "sahi_available",
@@ -112,7 +113,8 @@ class SliceDetector:
         Args:
             detector: a GeneralizedRCNN (AutoFocusRCNN included) in eval mode, or any object with
                 ``inference(batched_inputs)``, ``input_format`` and ``device`` alike.
-            first_scale: (shorter side, longer-side cap) in pixels of SAHI's standard prediction.
+            first_scale: (shorter side, longer-side cap) in pixels of SAHI's standard prediction
+                (the rule of :class:`ScaleChain`; -1 = no constraint).
         """
         if detector.input_format not in ("RGB", "BGR"):
             raise ValueError(
@@ -133,9 +135,9 @@ class SliceDetector:
             if self.first_scale is None:
                 raise ValueError(
                     "SAHI's standard (full-image) prediction needs the whole-image size: give "
-                    "first_scale (MODEL.AUTOFOCUS.FIRST_SCALE) or perform_standard_pred=False"
+                    "first_scale (MODEL.AUTOFOCUS.SCALES[0]) or perform_standard_pred=False"
                 )
-            return first_scale_hw((h, w), *self.first_scale), "standard"
+            return ScaleChain(scales=[self.first_scale]).image_hw((h, w), 0), "standard"
         return zoomed_hw((0, 0, w, h), self.zoom), "slice"
 
     @torch.no_grad()
@@ -183,7 +185,7 @@ class AutoFocusSahiModel(Detectron2DetectionModel):
             model: an already loaded detector (AutoFocusRCNN / GeneralizedRCNN), used as is (set to
                 eval mode): the same object, hence the same weights, as the caller's.
             first_scale: whole-image size of SAHI's standard prediction; default
-                ``cfg.MODEL.AUTOFOCUS.FIRST_SCALE``, else ``model.pipeline.first_scale``.
+                scale 0 of ``cfg.MODEL.AUTOFOCUS.SCALES``, else of ``model.pipeline.scale_chain``.
             confidence_threshold: SAHI drops detections with a score below this.
             device: default the model's device, else ``cfg.MODEL.DEVICE``.
             category_mapping: {str(class id): name}; default "0".."K-1" to the dataset's names (or
@@ -195,9 +197,9 @@ class AutoFocusSahiModel(Detectron2DetectionModel):
         self.cfg = cfg
         if first_scale is None:
             if cfg is not None and hasattr(cfg.MODEL, "AUTOFOCUS"):
-                first_scale = cfg.MODEL.AUTOFOCUS.FIRST_SCALE
+                first_scale = cfg.MODEL.AUTOFOCUS.SCALES[0]
             elif model is not None and getattr(model, "pipeline", None) is not None:
-                first_scale = model.pipeline.first_scale
+                first_scale = model.pipeline.scale_chain.scales[0]
         self.first_scale = first_scale
         if model_path is None and cfg is not None:
             model_path = cfg.MODEL.WEIGHTS
@@ -278,38 +280,25 @@ class SahiSliceParams(NamedTuple):
     zoom: float
 
 
-def sahi_slice_params(cfg, image_hw: Optional[Tuple[int, int]] = None) -> SahiSliceParams:
+def sahi_slice_params(cfg, image_hw: Tuple[int, int]) -> SahiSliceParams:
     """
-    SAHI's slices matched to the finest scale's chips.
+    SAHI's slices matched to the finest scale's chips, for an ORIGINAL image of ``image_hw``.
 
-    The finest scale (zoom ``z = ZOOMS[-1]``) processes FocusChips made from the FocusPixel map of
-    the scale before it; a chip is at least ``MIN_CHIP_SIZE`` (of that last transition) pixels of
-    that parent scale, i.e. ``MIN_CHIP_SIZE / z_parent`` ORIGINAL pixels, seen at zoom ``z``. SAHI
-    slices of that side, seen at the same zoom, are the smallest chip the finest scale processes,
-    tiled over the whole image with ``GRID_OVERLAP`` (the overlap of our own ``grid`` policy).
-
-    ``z_parent`` is ``ZOOMS[-2]``; with a single zoom the parent is scale 0, whose zoom depends on the
-    image (FIRST_SCALE resizes to a shorter side), so ``image_hw`` (original (H, W)) is needed then.
+    The finest scale (the image's zoom ``z`` of the last scale of :class:`ScaleChain`) processes
+    FocusChips made from the FocusPixel map of the scale before it (zoom ``z_parent``); a chip is at
+    least ``MIN_CHIP_SIZE`` (of that last transition) pixels of that parent scale, i.e.
+    ``MIN_CHIP_SIZE / z_parent`` ORIGINAL pixels, seen at zoom ``z``. SAHI slices of that side, seen
+    at the same zoom, are the smallest chip the finest scale processes, tiled over the whole image
+    with ``GRID_OVERLAP`` (the overlap of our own ``grid`` policy).
     """
     af = cfg.MODEL.AUTOFOCUS
-    zooms = [float(z) for z in af.ZOOMS]
-    if not zooms:
-        raise ValueError("MODEL.AUTOFOCUS.ZOOMS is empty: there is no finer scale whose chips SAHI could match")
-    min_chip = float(per_transition(af.MIN_CHIP_SIZE, len(zooms), "MODEL.AUTOFOCUS.MIN_CHIP_SIZE")[-1])
+    zooms = ScaleChain(cfg).zooms(tuple(image_hw))
+    if len(zooms) < 2:
+        raise ValueError("MODEL.AUTOFOCUS.SCALES has one scale: there is no finer scale whose chips SAHI could match")
+    min_chip = float(per_transition(af.MIN_CHIP_SIZE, len(zooms) - 1, "MODEL.AUTOFOCUS.MIN_CHIP_SIZE")[-1])
     if min_chip <= 0:
         raise ValueError(f"MODEL.AUTOFOCUS.MIN_CHIP_SIZE of the last transition is {min_chip}: no chip size to match")
-    if len(zooms) >= 2:
-        parent_zoom = zooms[-2]
-    else:
-        if image_hw is None:
-            raise ValueError(
-                "the last scale transition starts at scale 0 (one entry in MODEL.AUTOFOCUS.ZOOMS), whose "
-                "zoom depends on the image size: pass image_hw"
-            )
-        h, w = image_hw
-        out_h, out_w = first_scale_hw((h, w), *af.FIRST_SCALE)
-        parent_zoom = 0.5 * (out_h / h + out_w / w)  # View.zoom of the scale-0 view
-    return SahiSliceParams(max(1, int(round(min_chip / parent_zoom))), float(af.GRID_OVERLAP), zooms[-1])
+    return SahiSliceParams(max(1, int(round(min_chip / zooms[-2]))), float(af.GRID_OVERLAP), zooms[-1])
 
 
 def sahi_slice_boxes(image_hw: Tuple[int, int], slice_size: int, overlap: float) -> List[Tuple[int, int, int, int]]:
@@ -348,7 +337,7 @@ def sahi_pixels(
     if perform_standard_pred and len(boxes) > 1:
         if first_scale is None:
             raise ValueError("first_scale is needed to count the standard prediction's pixels")
-        sh, sw = first_scale_hw(tuple(image_hw), *first_scale)
+        sh, sw = ScaleChain(scales=[first_scale]).image_hw(tuple(image_hw), 0)
         standard = sh * sw
     return slice_pixels, standard, len(boxes)
 
@@ -404,7 +393,7 @@ def run_sahi(
         confidence: SAHI's confidence threshold (scores below it are dropped).
         image_format: channel order of ``image``, "RGB" or "BGR"; default the model's INPUT.FORMAT
             (the array ``detection_utils.read_image(path, format=cfg.INPUT.FORMAT)`` returns).
-        perform_standard_pred: SAHI's extra whole-image pass (at FIRST_SCALE; only run, and counted,
+        perform_standard_pred: SAHI's extra whole-image pass (at scale 0; only run, and counted,
             when there is more than one slice, as SAHI does). Default: SAHI's (True).
         postprocess_*, force_postprocess_type: SAHI's merge of the detections, with SAHI's defaults
             (note SAHI switches to NMS/IOU when ``confidence`` < 0.1 unless forced).

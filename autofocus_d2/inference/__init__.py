@@ -1,8 +1,11 @@
-"""AutoFocus inference: FocusChip generation and focus stacking."""
+"""AutoFocus inference: the scale chain, FocusChip generation and focus stacking."""
 from .focus_chips import chips_from_focus_maps, generate_focus_chips, merge_overlapping_boxes
 from .focus_stacking import drop_border_cut, drop_small_covered, in_size_range, merge_detections
+from .scale_chain import ScaleChain, scale_zoom
 
 __all__ = [
+    "ScaleChain",
+    "scale_zoom",
     "generate_focus_chips",
     "chips_from_focus_maps",
     "merge_overlapping_boxes",

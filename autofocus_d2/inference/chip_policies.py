@@ -94,7 +94,7 @@ class AutoFocusChipPolicy(ChipPolicy):
     @classmethod
     def from_config(cls, cfg):
         af = cfg.MODEL.AUTOFOCUS
-        n = max(1, len(af.ZOOMS))
+        n = max(1, len(af.SCALES) - 1)
         return {
             "thresholds": per_transition(af.FOCUS_THRESHOLD, n, "MODEL.AUTOFOCUS.FOCUS_THRESHOLD"),
             "dilations": per_transition(af.DILATION, n, "MODEL.AUTOFOCUS.DILATION"),

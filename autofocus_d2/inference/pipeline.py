@@ -20,7 +20,8 @@ from .focus_stacking import (
     merge_detections,
     trusted_chip_area,
 )
-from .views import View, crop_and_resize, first_scale_hw, tile_box, zoomed_hw
+from .scale_chain import ScaleChain
+from .views import View, crop_and_resize, tile_box, zoomed_hw
 
 __all__ = ["AUTOFOCUS_PIPELINE_REGISTRY", "CoarseToFinePipeline", "build_autofocus_pipeline"]
 
@@ -61,10 +62,12 @@ def prepare_image(image: torch.Tensor, channels: int, index: int) -> torch.Tenso
 @AUTOFOCUS_PIPELINE_REGISTRY.register()
 class CoarseToFinePipeline:
     """
-    Scale 0: each whole image resized to ``first_scale`` -> detections (+ FocusPixel maps).
-    Scale k >= 1: the policy's chips of scale k-1 (original frame), cropped from the original
-    image and zoomed by ``zooms[k-1]``, run in padded batches of at most ``chip_batch_size``.
-    Detections of every view are mapped to the original frame and focus-stacked.
+    Scale 0: each whole image resized to scale 0 of the ``scale_chain`` -> detections (+ FocusPixel
+    maps). Scale k >= 1: the policy's chips of scale k-1 (original frame), cropped from the original
+    image and zoomed by the image's zoom of scale k, run in padded batches of at most
+    ``chip_batch_size``. Detections of every view are mapped to the original frame and
+    focus-stacked. With ``raw_score_thresh`` set, each view's detections are raw (the detector's
+    per-view NMS and top-k off, score threshold ``raw_score_thresh``): the paper's merge.
     """
 
     @configurable
@@ -72,8 +75,7 @@ class CoarseToFinePipeline:
         self,
         *,
         policy: ChipPolicy,
-        first_scale: Tuple[float, float],
-        zooms: Sequence[float],
+        scale_chain: ScaleChain,
         chip_batch_size: int,
         max_chip_side: int,
         tile_overlap: int,
@@ -86,11 +88,11 @@ class CoarseToFinePipeline:
         min_proposals: int = 300,
         soft_nms_sigma: float,
         detections_per_image: int,
+        raw_score_thresh: Optional[float] = None,
     ):
         """See the MODEL.AUTOFOCUS keys of config.py for each argument's meaning and unit."""
         self.policy = policy
-        self.first_scale = tuple(first_scale)
-        self.zooms = list(zooms)
+        self.scale_chain = scale_chain
         self.chip_batch_size = chip_batch_size
         self.max_chip_side = max_chip_side
         self.tile_overlap = tile_overlap
@@ -103,14 +105,14 @@ class CoarseToFinePipeline:
         self.nms_thresh = nms_thresh
         self.soft_nms_sigma = soft_nms_sigma
         self.detections_per_image = detections_per_image
+        self.raw_score_thresh = raw_score_thresh
 
     @classmethod
     def from_config(cls, cfg):
         af = cfg.MODEL.AUTOFOCUS
         return {
             "policy": build_chip_policy(cfg),
-            "first_scale": af.FIRST_SCALE,
-            "zooms": af.ZOOMS,
+            "scale_chain": ScaleChain(cfg),
             "chip_batch_size": af.CHIP_BATCH_SIZE,
             "max_chip_side": af.MAX_CHIP_SIDE,
             "tile_overlap": af.TILE_OVERLAP,
@@ -123,6 +125,7 @@ class CoarseToFinePipeline:
             "nms_thresh": af.NMS_THRESH,
             "soft_nms_sigma": af.SOFT_NMS_SIGMA,
             "detections_per_image": af.DETECTIONS_PER_IMAGE,
+            "raw_score_thresh": af.RAW_SCORE_THRESH if af.VIEW_DETECTIONS == "raw" else None,
         }
 
     # ------------------------------------------------------------------------------ views
@@ -141,26 +144,21 @@ class CoarseToFinePipeline:
                 views.append(View(image_index, scale, sub, zoomed_hw(sub, zoom)))
         return views
 
-    def scale_zooms(self, image_hw: Tuple[int, int]) -> List[float]:
-        """Zoom of every scale for an image: scale 0's (mean of the two resize factors of the whole
-        image), then ``self.zooms``."""
-        h, w = image_hw
-        out_h, out_w = first_scale_hw(image_hw, *self.first_scale)
-        return [0.5 * (out_h / h + out_w / w)] + list(self.zooms)
-
     def first_views(self, image_index: int, image_hw: Tuple[int, int]) -> List[View]:
+        """The views of scale 0: the whole image at its scale-0 size (tiled where too long)."""
         h, w = image_hw
-        out_hw = first_scale_hw(image_hw, *self.first_scale)
+        out_hw = self.scale_chain.image_hw(image_hw, 0)
         if max(out_hw) <= self.max_chip_side:
             return [View(image_index, 0, (0, 0, w, h), out_hw)]
-        zoom = self.scale_zooms(image_hw)[0]
+        zoom = self.scale_chain.zoom(image_hw, 0)
         return self.views_for_chips(image_index, 0, torch.tensor([[0, 0, w, h]]), zoom)
 
     def pyramid_views(self, image_hw: Tuple[int, int]) -> List[List[View]]:
         """The views of the full pyramid: the whole image (tiled where too long) at every scale."""
         whole = torch.tensor([[0, 0, image_hw[1], image_hw[0]]])
+        zooms = self.scale_chain.zooms(image_hw)
         return [self.first_views(0, image_hw)] + [
-            self.views_for_chips(0, k, whole, zoom) for k, zoom in enumerate(self.zooms, start=1)
+            self.views_for_chips(0, k, whole, zooms[k]) for k in range(1, len(zooms))
         ]
 
     def pyramid_pixels(self, image_hw: Tuple[int, int]) -> List[int]:
@@ -187,12 +185,13 @@ class CoarseToFinePipeline:
                 for i in batch
             ]
             image_list = ImageList.from_tensors(tensors, model.backbone.size_divisibility)
+            options = {}
             if self.proposals_per_mpix > 0:
                 largest = max(views[i].pixels for i in batch) / 1e6
-                budget = max(self.min_proposals, math.ceil(self.proposals_per_mpix * largest))
-                instances, focus = model.detect(image_list, with_focus=with_focus, max_proposals=budget)
-            else:
-                instances, focus = model.detect(image_list, with_focus=with_focus)
+                options["max_proposals"] = max(self.min_proposals, math.ceil(self.proposals_per_mpix * largest))
+            if self.raw_score_thresh is not None:
+                options["raw_score_thresh"] = self.raw_score_thresh
+            instances, focus = model.detect(image_list, with_focus=with_focus, **options)
             for j, i in enumerate(batch):
                 inst = instances[j]
                 inst.pred_boxes = Boxes(views[i].to_original(inst.pred_boxes.tensor))
@@ -214,7 +213,8 @@ class CoarseToFinePipeline:
             prepare_image(x["image"], channels, i).to(device) for i, x in enumerate(batched_inputs)
         ]
         sizes = [tuple(img.shape[-2:]) for img in images]
-        num_scales = self.policy.num_scales(1 + len(self.zooms))
+        zooms = [self.scale_chain.zooms(hw) for hw in sizes]
+        num_scales = self.policy.num_scales(len(self.scale_chain))
 
         views_per_scale = [[v for i, hw in enumerate(sizes) for v in self.first_views(i, hw)]]
         dets_per_scale, maps_per_scale = [], []
@@ -233,13 +233,13 @@ class CoarseToFinePipeline:
                 idx = [j for j, v in enumerate(views) if v.image_index == i]
                 chips = self.policy.chips(
                     next_scale=k + 1,
-                    zoom=self.zooms[k],
+                    zoom=zooms[i][k + 1],
                     image_hw=hw,
                     parents=[views[j] for j in idx],
                     focus_maps=[focus_maps[j] for j in idx],
                     focus_stride=model.focus_stride,
                 )
-                next_views.extend(self.views_for_chips(i, k + 1, chips, self.zooms[k]))
+                next_views.extend(self.views_for_chips(i, k + 1, chips, zooms[i][k + 1]))
             views_per_scale.append(next_views)
 
         outputs = []

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 __all__ = [
     "View",
-    "first_scale_hw",
     "zoomed_hw",
     "tile_intervals",
     "tile_box",
@@ -62,16 +61,6 @@ class View:
 
     def covers_image(self, image_hw: Tuple[int, int]) -> bool:
         return self.box == (0, 0, image_hw[1], image_hw[0])
-
-
-def first_scale_hw(image_hw: Tuple[int, int], short: float, cap: float) -> Tuple[int, int]:
-    """Size of the whole image at scale 0: shorter side ``short``, longer side at most ``cap``
-    (Detectron2's ResizeShortestEdge rule and rounding)."""
-    h, w = image_hw
-    scale = short / min(h, w)
-    if max(h, w) * scale > cap:
-        scale = cap / max(h, w)
-    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
 def zoomed_hw(box: Sequence[int], zoom: float) -> Tuple[int, int]:

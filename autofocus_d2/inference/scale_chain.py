@@ -1,0 +1,83 @@
+"""The scale chain: the resolution at which each scale sees an image.
+
+As in the paper (and SNIPER's code), a scale is a target resolution of the WHOLE image, a pair
+``(short, cap)``: the image is resized so that its shorter side is ``short`` pixels and its longer
+side at most ``cap`` pixels. Each image therefore gets its own zoom per scale. A side of ``-1`` sets
+no constraint: ``(-1, 512)`` resizes the longer side to 512, ``(-1, -1)`` keeps the original
+resolution (zoom 1).
+
+One object owns this rule and everything that needs a zoom asks it: the inference pipeline, the
+oracle chip analysis, the SAHI baseline's slice size, the benchmark and SNIPER chip training.
+"""
+from typing import List, Sequence, Tuple
+
+from detectron2.config import configurable
+
+from ..config import check_scale_chain
+
+__all__ = ["ScaleChain", "scale_zoom", "resized_hw"]
+
+
+def scale_zoom(image_hw: Tuple[int, int], short: float, cap: float) -> float:
+    """
+    Zoom (pixels of the scale per original pixel) of an image of ``image_hw`` = (H, W) original
+    pixels at the scale ``(short, cap)``: ``short / min(H, W)``, lowered to ``cap / max(H, W)`` when
+    the longer side would exceed ``cap`` (SNIPER's rule: the rounded longer side is compared);
+    ``short = -1``: ``cap / max(H, W)``; both ``-1``: 1.
+    """
+    h, w = int(image_hw[0]), int(image_hw[1])
+    if h <= 0 or w <= 0:
+        raise ValueError(f"image size must be positive, got {tuple(image_hw)}")
+    if short > 0:
+        zoom = short / min(h, w)
+        if cap > 0 and round(zoom * max(h, w)) > cap:
+            zoom = cap / max(h, w)
+        return zoom
+    if cap > 0:
+        return cap / max(h, w)
+    return 1.0
+
+
+def resized_hw(image_hw: Tuple[int, int], zoom: float) -> Tuple[int, int]:
+    """(h, w) in pixels of the whole image zoomed by ``zoom`` (rounded, at least 1)."""
+    h, w = image_hw
+    return max(1, int(h * zoom + 0.5)), max(1, int(w * zoom + 0.5))
+
+
+class ScaleChain:
+    """
+    The scales of AutoFocus, coarse to fine: ``ScaleChain(cfg)`` reads ``MODEL.AUTOFOCUS.SCALES``
+    (or ``ScaleChain(scales=[(480, 512), (800, 1280), (1400, 2000)])``).
+
+    Scale 0 runs on the whole image; scale k >= 1 only inside the FocusChips of scale k-1. The zoom
+    of a scale is relative to the original image.
+    """
+
+    @configurable
+    def __init__(self, *, scales: Sequence[Sequence[float]]):
+        """scales: one ``(short, cap)`` pair per scale, in pixels, ``-1`` = no constraint."""
+        check_scale_chain(scales, "scales")
+        self.scales: List[Tuple[float, float]] = [(float(s), float(c)) for s, c in scales]
+
+    @classmethod
+    def from_config(cls, cfg):
+        return {"scales": cfg.MODEL.AUTOFOCUS.SCALES}
+
+    def __len__(self) -> int:
+        return len(self.scales)
+
+    def __repr__(self) -> str:
+        return f"ScaleChain(scales={self.scales})"
+
+    def zooms(self, image_hw: Tuple[int, int]) -> List[float]:
+        """Zoom of every scale for an original image of ``image_hw`` = (H, W) pixels, scale 0
+        first (pixels of the scale per original pixel)."""
+        return [scale_zoom(image_hw, s, c) for s, c in self.scales]
+
+    def zoom(self, image_hw: Tuple[int, int], scale: int) -> float:
+        """Zoom of one scale (see :meth:`zooms`)."""
+        return scale_zoom(image_hw, *self.scales[scale])
+
+    def image_hw(self, image_hw: Tuple[int, int], scale: int) -> Tuple[int, int]:
+        """Size (h, w) in pixels of the whole image at ``scale``."""
+        return resized_hw(image_hw, self.zoom(image_hw, scale))
