@@ -1,3 +1,12 @@
+from .sniper_chips import chip_box_validity, negative_chips, positive_chips
+from .sniper_loader import (
+    ChipEpochSampler,
+    SNIPERDatasetMapper,
+    build_sniper_train_loader,
+    load_negative_chips,
+    sniper_chip_records,
+)
+from .sniper_mining import mine_negative_chips
 from .synthetic import (
     SYNTHETIC_CATEGORIES,
     SYNTHETIC_SPLITS,
@@ -16,4 +25,13 @@ __all__ = [
     "ensure_split",
     "generate_synthetic_split",
     "register_synthetic_datasets",
+    "positive_chips",
+    "negative_chips",
+    "chip_box_validity",
+    "sniper_chip_records",
+    "load_negative_chips",
+    "SNIPERDatasetMapper",
+    "ChipEpochSampler",
+    "build_sniper_train_loader",
+    "mine_negative_chips",
 ]

@@ -1,0 +1,389 @@
+import itertools
+import json
+import os
+import sys
+import uuid
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from detectron2.structures import BoxMode
+from PIL import Image
+
+import autofocus_d2
+from autofocus_d2.data import (
+    ChipEpochSampler,
+    SNIPERDatasetMapper,
+    build_sniper_train_loader,
+    load_negative_chips,
+    mine_negative_chips,
+    positive_chips,
+    sniper_chip_records,
+)
+from autofocus_d2.data import sniper_loader, sniper_mining
+from autofocus_d2.data.sniper_loader import check_negative_chips, chip_transform
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = os.path.join(REPO, "configs", "Synthetic", "autofocus_compact_fpn.yaml")
+SCALES = [[300.0, 500.0], [600.0, 1000.0]]
+MINING_SCALES = [[75.0, 100.0], [150.0, 200.0]]
+
+
+def _anno(xyxy, category=0, **extra):
+    x0, y0, x1, y1 = xyxy
+    return {"bbox": [x0, y0, x1 - x0, y1 - y0], "bbox_mode": BoxMode.XYWH_ABS,
+            "category_id": category, **extra}
+
+
+def _dataset_dict(file_name="a.png", image_id=7):
+    return {
+        "file_name": file_name, "height": 600, "width": 1000, "image_id": image_id,
+        "annotations": [
+            _anno([10, 10, 40, 40], 1),  # size 30
+            _anno([700, 400, 900, 550], 2),  # size 173
+            _anno([300, 300, 500, 500], 3, iscrowd=1),  # crowd: never a chip
+        ],
+    }
+
+
+def _cfg(**sniper):
+    cfg = get_cfg()
+    autofocus_d2.add_autofocus_config(cfg)
+    cfg.INPUT.SNIPER.SCALES = SCALES
+    cfg.INPUT.SNIPER.VALID_RANGES = [[100.0, -1.0], [-1.0, 80.0]]
+    cfg.INPUT.SNIPER.CHIP_SIZE = 256
+    for k, v in sniper.items():
+        setattr(cfg.INPUT.SNIPER, k, v)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Chip records
+# ---------------------------------------------------------------------------------------------
+
+
+def test_chip_records_from_a_dataset_dict():
+    d = _dataset_dict()
+    negatives = {"version": 1, "scales": SCALES,
+                 "chips": {"7": [[500, 0, 756, 256, 1]], "99": [[0, 0, 10, 10, 0]]}}
+    records, num_positive = sniper_chip_records(_cfg(), [d], negative_chips=negatives)
+    assert num_positive == 2 and len(records) == 3
+    # Scale 0 (zoom 0.5, 256-px chips = 512 original px) holds the large box, at the grid
+    # position (224, 32) of the scale; scale 1 (zoom 1) the small one. Crowd boxes make no chip.
+    expected = [
+        ([448.0, 64.0, 960.0, 576.0], 0, 0.5, [100.0, -1.0], False),
+        ([0.0, 0.0, 256.0, 256.0], 1, 1.0, [-1.0, 80.0], False),
+        ([500.0, 0.0, 756.0, 256.0], 1, 1.0, [-1.0, 80.0], True),
+    ]
+    for r, (chip, scale, zoom, vr, neg) in zip(records, expected):
+        assert r["sniper_chip"] == chip and r["sniper_scale"] == scale
+        assert r["sniper_zoom"] == zoom and r["sniper_valid_range"] == vr
+        assert r["sniper_negative"] is neg
+        assert r["file_name"] == "a.png" and r["image_id"] == 7
+        assert r["annotations"] is d["annotations"]  # shallow copy
+    assert not any(k.startswith("sniper_") for k in d)
+
+    same, n = sniper_chip_records(
+        [d], scales=SCALES, valid_ranges=[[100, -1], [-1, 80]], chip_size=256, chip_stride=32
+    )
+    assert n == 2 and same == records[:2]
+
+
+def test_chip_records_reject_bad_input():
+    with pytest.raises(ValueError, match="outside image"):
+        sniper_chip_records(_cfg(), [_dataset_dict()],
+                            negative_chips={"version": 1, "scales": SCALES,
+                                            "chips": {"7": [[900, 0, 1200, 256, 1]]}})
+    with pytest.raises(ValueError, match="training scales"):
+        sniper_chip_records(_cfg(), [_dataset_dict()],
+                            negative_chips={"version": 1, "scales": SCALES[:1], "chips": {}})
+    d = _dataset_dict()
+    del d["height"]
+    with pytest.raises(ValueError, match="height"):
+        sniper_chip_records(_cfg(), [d])
+
+
+# ---------------------------------------------------------------------------------------------
+# Mapper
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def white_box_image(tmp_path):
+    """400 x 600 black PNG with a white rectangle at [150, 100, 190, 160]."""
+    pixels = np.zeros((400, 600, 3), dtype=np.uint8)
+    pixels[100:160, 150:190] = 255
+    path = str(tmp_path / "img.png")
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _mapper_record(path, chip=(100.0, 50.0, 356.0, 306.0), zoom=0.5):
+    return {
+        "file_name": path, "height": 400, "width": 600, "image_id": 3,
+        "annotations": [
+            _anno([150, 100, 190, 160], 1),  # inside the chip, size 49: valid
+            _anno([200, 150, 300, 250], 2),  # inside, size 100: out of the range -> ignored
+            _anno([330, 60, 370, 90], 3),  # size 35 but cut by the chip's right edge -> ignored
+            _anno([500, 300, 550, 350], 4),  # outside the chip: dropped
+        ],
+        "sniper_chip": list(chip), "sniper_scale": 1, "sniper_zoom": zoom,
+        "sniper_valid_range": [-1.0, 50.0], "sniper_negative": False,
+    }
+
+
+def test_mapper_cuts_zooms_and_marks_ignored_boxes(white_box_image):
+    mapper = SNIPERDatasetMapper(is_train=True, image_format="RGB", chip_size=128)
+    record = _mapper_record(white_box_image)
+    out = mapper(record)
+    assert out["image"].shape == (3, 128, 128) and out["image"].dtype == torch.uint8
+    assert (out["height"], out["width"]) == (128, 128)
+    assert out["file_name"] == white_box_image and out["image_id"] == 3 and out["sniper_scale"] == 1
+    inst = out["instances"]
+    # (box - chip origin) * zoom, clipped to the chip.
+    expected = torch.tensor([[25.0, 25, 45, 55], [50, 50, 100, 100], [115, 5, 128, 20]])
+    assert torch.allclose(inst.gt_boxes.tensor, expected, atol=1e-4)
+    assert inst.gt_classes.tolist() == [1, 2, 3]
+    assert inst.gt_ignore.tolist() == [False, True, True]
+    image = out["image"].float()
+    assert image[:, 26:54, 26:44].min() > 200  # the white rectangle landed on its box
+    assert image[:, 60:, :].max() < 30 and image[:, :, 50:].max() < 30
+    assert record["annotations"][0]["bbox_mode"] == BoxMode.XYWH_ABS  # the record is untouched
+
+
+def test_mapper_flip(white_box_image):
+    mapper = SNIPERDatasetMapper(is_train=True, image_format="RGB", chip_size=128,
+                                 augmentations=[T.RandomFlip(prob=1.0)])
+    out = mapper(_mapper_record(white_box_image))
+    assert torch.allclose(out["instances"].gt_boxes.tensor[0], torch.tensor([83.0, 25, 103, 55]))
+    assert out["image"][:, 26:54, 84:102].float().min() > 200
+    # Not in training: no augmentation.
+    eval_mapper = SNIPERDatasetMapper(is_train=False, image_format="RGB", chip_size=128,
+                                      augmentations=[T.RandomFlip(prob=1.0)])
+    box = eval_mapper(_mapper_record(white_box_image))["instances"].gt_boxes.tensor[0]
+    assert torch.allclose(box, torch.tensor([25.0, 25, 45, 55]))
+
+
+def test_mapper_from_config():
+    cfg = _cfg()
+    assert SNIPERDatasetMapper.from_config(cfg)["augmentations"][0].horizontal  # Detectron2 default
+    cfg.INPUT.RANDOM_FLIP = "none"
+    kwargs = SNIPERDatasetMapper.from_config(cfg)
+    assert kwargs["augmentations"] == [] and kwargs["chip_size"] == 256
+    cfg.MODEL.KEYPOINT_ON = True
+    with pytest.raises(ValueError, match="KEYPOINT_ON"):
+        SNIPERDatasetMapper(cfg)
+
+
+@pytest.mark.parametrize("zoom", [3.0, 4 / 3, 0.7])
+def test_mapper_output_never_exceeds_the_chip(white_box_image, zoom):
+    boxes = torch.tensor([[150.0, 100, 190, 160], [583, 390, 599, 399], [3.3, 370.2, 10.1, 399.7]])
+    chips = positive_chips(boxes, image_hw=(400, 600), zoom=zoom, chip_size=128, valid_range=(-1, -1))
+    mapper = SNIPERDatasetMapper(is_train=False, image_format="RGB", chip_size=128)
+    for chip in chips.tolist():
+        out = mapper(_mapper_record(white_box_image, chip=chip, zoom=zoom))
+        full = [min(128, round(600 * zoom)), min(128, round(400 * zoom))]
+        assert [out["width"], out["height"]] == full
+        assert tuple(out["image"].shape[1:]) == (out["height"], out["width"])
+        # The chip maps onto the whole output image (within the rounding of the sizes).
+        mapped = chip_transform(chip, zoom, (400, 600)).apply_box(np.array([chip]))[0]
+        assert np.allclose(mapped, [0, 0, out["width"], out["height"]], atol=1.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampler
+# ---------------------------------------------------------------------------------------------
+
+
+def _epochs(sampler, n):
+    size = sampler.num_positive + sampler.negatives_in_epoch
+    stream = list(itertools.islice(iter(sampler), size * n))
+    return [stream[i * size : (i + 1) * size] for i in range(n)]
+
+
+def test_sampler_epochs():
+    sampler = ChipEpochSampler(10, 7, 0.25, seed=3)
+    assert sampler.negatives_in_epoch == 3  # round(2.5) = 3
+    seen = set()
+    for epoch in _epochs(sampler, 6):
+        assert sorted(i for i in epoch if i < 10) == list(range(10))
+        negatives = [i for i in epoch if i >= 10]
+        assert len(set(negatives)) == 3 and all(10 <= i < 17 for i in negatives)
+        seen |= set(negatives)
+    assert len(seen) > 3  # drawn anew each epoch
+    assert _epochs(ChipEpochSampler(10, 7, 0.25, seed=3), 6) == _epochs(sampler, 6)
+    assert _epochs(ChipEpochSampler(10, 7, 0.25, seed=4), 2) != _epochs(sampler, 2)
+
+    capped = ChipEpochSampler(4, 3, 5.0, seed=0)
+    assert all(sorted(e) == list(range(7)) for e in _epochs(capped, 3))
+    ordered = _epochs(ChipEpochSampler(4, 10, 0.5, shuffle=False, seed=0), 2)
+    for epoch in ordered:
+        assert epoch[:4] == [0, 1, 2, 3] and epoch[4] < epoch[5] and len(epoch) == 6
+    assert _epochs(ChipEpochSampler(3, 0, 1.0, seed=0), 1)[0] != []
+    with pytest.raises(ValueError, match="num_positive"):
+        ChipEpochSampler(0, 5, 0.2)
+
+
+def test_sampler_is_sharded_across_ranks(monkeypatch):
+    whole = list(itertools.islice(iter(ChipEpochSampler(5, 4, 0.4, seed=1)), 40))
+    monkeypatch.setattr(sniper_loader.comm, "get_world_size", lambda: 2)
+    shards = []
+    for rank in (0, 1):
+        monkeypatch.setattr(sniper_loader.comm, "get_rank", lambda r=rank: r)
+        shards.append(list(itertools.islice(iter(ChipEpochSampler(5, 4, 0.4, seed=1)), 20)))
+    assert shards[0] == whole[0::2] and shards[1] == whole[1::2]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loader, negative chips file, mining
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    """Two registered 300 x 400 images with a few boxes; yields the dataset name."""
+    rng = np.random.default_rng(0)
+    dicts = []
+    for i in range(2):
+        path = str(tmp_path / f"tiny_{i}.png")
+        Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(path)
+        annos = [_anno([20 + 100 * i, 30, 60 + 100 * i, 80], 0), _anno([200, 100, 380, 280], 1)]
+        dicts.append({"file_name": path, "height": 300, "width": 400, "image_id": i, "annotations": annos})
+    name = f"sniper_tiny_{uuid.uuid4().hex[:8]}"
+    DatasetCatalog.register(name, lambda: dicts)
+    MetadataCatalog.get(name).thing_classes = ["a", "b"]
+    yield name
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+
+
+def _loader_cfg(name, **sniper):
+    sniper = {"SCALES": [[150, 200], [300, 400]], "VALID_RANGES": [[100, -1], [-1, 100]],
+              "CHIP_SIZE": 128, **sniper}
+    cfg = _cfg(**sniper)
+    cfg.DATASETS.TRAIN = (name,)
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    cfg.DATALOADER.NUM_WORKERS = 0
+    return cfg
+
+
+def test_build_sniper_train_loader_yields_chip_batches(tiny_dataset, tmp_path):
+    path = str(tmp_path / "neg.json")
+    with open(path, "w") as f:
+        json.dump({"version": 1, "scales": [[150, 200], [300, 400]],
+                   "chips": {"0": [[272, 172, 400, 300, 1]]}}, f)
+    cfg = _loader_cfg(tiny_dataset, NEGATIVE_CHIPS_FILE=path, NEGATIVES_PER_EPOCH=1.0)
+    loader = build_sniper_train_loader(cfg)
+    batches = list(itertools.islice(iter(loader), 3))
+    assert [len(b) for b in batches] == [2, 2, 2]
+    for d in itertools.chain(*batches):
+        assert d["image"].shape[0] == 3 and max(d["image"].shape[1:]) <= 128
+        inst = d["instances"]
+        assert len(inst.gt_ignore) == len(inst) and inst.gt_ignore.dtype == torch.bool
+        assert (inst.gt_boxes.tensor[:, 2:] <= torch.tensor([d["width"], d["height"]])).all()
+        assert d["sniper_scale"] in (0, 1)
+
+
+def test_negative_chips_file_errors(tiny_dataset, tmp_path):
+    missing = str(tmp_path / "missing.json")
+    with pytest.raises(FileNotFoundError, match="INPUT.SNIPER.NEGATIVE_CHIPS_FILE"):
+        build_sniper_train_loader(_loader_cfg(tiny_dataset, NEGATIVE_CHIPS_FILE=missing))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="INPUT.SNIPER.NEGATIVE_CHIPS_FILE.*not valid json"):
+        build_sniper_train_loader(_loader_cfg(tiny_dataset, NEGATIVE_CHIPS_FILE=str(bad)))
+    other = tmp_path / "other_scales.json"
+    other.write_text(json.dumps({"version": 1, "scales": [[100, 200]], "chips": {}}))
+    with pytest.raises(ValueError, match="INPUT.SNIPER.NEGATIVE_CHIPS_FILE.*training scales"):
+        build_sniper_train_loader(_loader_cfg(tiny_dataset, NEGATIVE_CHIPS_FILE=str(other)))
+    scales = [[150, 200], [300, 400]]
+    for content, match in [
+        ({"version": 2, "scales": scales, "chips": {}}, "version"),
+        ({"scales": scales, "chips": {}}, "expected a dict"),
+        ({"version": 1, "scales": scales, "chips": {"0": [[0, 0, 10, 10, 2]]}}, "bad chip"),
+        ({"version": 1, "scales": scales, "chips": {"0": [[10, 0, 5, 10, 0]]}}, "bad chip"),
+        ({"version": 1, "scales": scales, "chips": {"0": [[0, 0, 10]]}}, "bad chip"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            check_negative_chips(content, scales, "test")
+    with pytest.raises(ValueError, match="no positive SNIPER chip"):
+        build_sniper_train_loader(_loader_cfg(tiny_dataset, VALID_RANGES=[[500, -1], [500, -1]]))
+
+
+def _tiny_model_cfg(name):
+    """The synthetic CPU model's config on the tiny dataset, at two small training scales (zoom
+    0.25 and 0.5 on its 300 x 400 images) to keep the random-weight forward passes cheap."""
+    cfg = get_cfg()
+    autofocus_d2.add_autofocus_config(cfg)
+    cfg.merge_from_file(CONFIG)
+    cfg.DATASETS.TRAIN = (name,)
+    cfg.INPUT.SNIPER.SCALES = MINING_SCALES
+    cfg.INPUT.SNIPER.VALID_RANGES = [[100, -1], [-1, 100]]
+    cfg.INPUT.SNIPER.CHIP_SIZE = 32
+    cfg.INPUT.SNIPER.CHIP_STRIDE = 16
+    cfg.INPUT.SNIPER.NEGATIVE_MIN_PROPOSALS = 2
+    cfg.INPUT.SNIPER.NEGATIVE_PROPOSALS_PER_IMAGE = 40
+    return cfg
+
+
+def test_mine_negative_chips_structure(tiny_dataset):
+    cfg = _tiny_model_cfg(tiny_dataset)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    dicts = DatasetCatalog.get(tiny_dataset)
+    content = mine_negative_chips(model, dicts, cfg)
+    assert model.training  # put back in its former mode
+    assert set(content) == {"version", "scales", "chips"} and content["version"] == 1
+    assert content["scales"] == MINING_SCALES
+    assert set(content["chips"]) == {"0", "1"}
+    check_negative_chips(content, content["scales"], "mined")
+    all_chips = [c for chips in content["chips"].values() for c in chips]
+    assert all_chips, "a random RPN fires everywhere: some negative chips are expected"
+    for x0, y0, x1, y1, scale in all_chips:
+        zoom = 0.25 if scale == 0 else 0.5
+        assert 0 <= x0 < x1 <= 400 + 1e-3 and 0 <= y0 < y1 <= 300 + 1e-3
+        assert abs((x1 - x0) - 32 / zoom) < 1e-3 and abs((y1 - y0) - 32 / zoom) < 1e-3
+    records, num_positive = sniper_chip_records(cfg, dicts, negative_chips=content)
+    assert len(records) - num_positive == len(all_chips)
+
+
+def test_rpn_proposals_at_zoom_tiles_in_the_original_frame(tiny_dataset, monkeypatch):
+    cfg = _tiny_model_cfg(tiny_dataset)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    image = torch.randint(0, 255, (3, 300, 400), dtype=torch.uint8)
+    whole = sniper_mining.rpn_proposals_at_zoom(model, image, 0.25, 30)
+    monkeypatch.setattr(sniper_mining, "MAX_TILE_SIDE", 48)  # 75 x 100 pixels of the scale: 6 tiles
+    tiled = sniper_mining.rpn_proposals_at_zoom(model, image, 0.25, 30)
+    for boxes in (whole, tiled):
+        assert boxes.shape == (30, 4)
+        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 400).all() and (boxes[:, 3] <= 300).all()
+    # Tiles of 48 px of the scale hold proposals of at most 48 px = 192 original px.
+    assert ((tiled[:, 2:] - tiled[:, :2]) <= 192 + 1e-3).all()
+    assert ((whole[:, 2:] - whole[:, :2]) > 192 + 1e-3).any()
+    assert not torch.equal(whole, tiled)
+
+
+def test_mine_negative_chips_tool(tiny_dataset, tmp_path, capsys):
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    try:
+        import mine_negative_chips as tool
+    finally:
+        sys.path.remove(os.path.join(REPO, "tools"))
+    out = str(tmp_path / "neg" / "chips.json")
+    assert tool.main([
+        "--config-file", CONFIG, "--output", out, "--max-images", "1",
+        "DATASETS.TRAIN", f"('{tiny_dataset}',)", "INPUT.SNIPER.SCALES", str(MINING_SCALES),
+        "INPUT.SNIPER.VALID_RANGES", "[[100, -1], [-1, 100]]", "INPUT.SNIPER.CHIP_SIZE", "32",
+        "INPUT.SNIPER.CHIP_STRIDE", "16", "INPUT.SNIPER.NEGATIVE_MIN_PROPOSALS", "2",
+    ]) == 0
+    content = load_negative_chips(out, MINING_SCALES)
+    assert set(content["chips"]) == {"0"}
+    printed = capsys.readouterr().out
+    counts = [sum(1 for c in content["chips"]["0"] if c[4] == s) for s in (0, 1)]
+    assert f"scale (75, 100): {counts[0]}" in printed and f"scale (150, 200): {counts[1]}" in printed
