@@ -4,7 +4,16 @@ from typing import List, Sequence
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_autofocus_config", "validate_autofocus_config", "per_transition", "lookup_registry"]
+__all__ = [
+    "add_autofocus_config",
+    "validate_autofocus_config",
+    "validate_sniper_config",
+    "sniper_training_scales",
+    "sniper_valid_ranges",
+    "check_scale_chain",
+    "per_transition",
+    "lookup_registry",
+]
 
 
 def add_autofocus_config(cfg: CN) -> None:
@@ -19,7 +28,7 @@ def add_autofocus_config(cfg: CN) -> None:
     cfg.MODEL.FOCUS_HEAD.NAME = "StandardFocusHead"
     # Backbone feature the head reads. "" = the backbone output of stride 16 (res4 for C4, p4 for FPN).
     cfg.MODEL.FOCUS_HEAD.IN_FEATURE = ""
-    # Channels of the head's 3x3 conv.
+    # Channels of the head's 3x3 conv and of its middle 1x1 conv (official head: 256, 256).
     cfg.MODEL.FOCUS_HEAD.CONV_DIM = 256
     # Weight of loss_focus (dimensionless) relative to Detectron2's detection losses.
     cfg.MODEL.FOCUS_HEAD.LOSS_WEIGHT = 1.0
@@ -29,6 +38,10 @@ def add_autofocus_config(cfg: CN) -> None:
     # Cells of objects with r < SMALL_RANGE[0] or SMALL_RANGE[1] < r <= IGNORE_MAX (input-image
     # pixels) are ignored (label -1) unless a FocusPixel; the paper uses 90.
     cfg.MODEL.FOCUS_HEAD.IGNORE_MAX = 90.0
+    # FocusPixel labels of the boxes a SNIPER chip ignores (out of its valid range): "size" labels
+    # them by size like every other box (official code: the coarse scale's chips then teach where
+    # the small objects are); "ignore" ignores their cells (unless a valid box makes them positive).
+    cfg.MODEL.FOCUS_HEAD.IGNORED_BOX_LABELS = "size"
 
     # ------------------------------------------------------------- coarse-to-fine inference
     cfg.MODEL.AUTOFOCUS = CN()
@@ -37,11 +50,13 @@ def add_autofocus_config(cfg: CN) -> None:
     # Chip policy (CHIP_POLICY_REGISTRY): "autofocus" (FocusChips), "pyramid" (whole image at
     # every scale), "single" (first scale only), "grid" (uniform overlapping tiles at finer scales).
     cfg.MODEL.AUTOFOCUS.CHIP_POLICY = "autofocus"
-    # Scale 0: (shorter side, longer-side cap) in pixels of the resized whole image (paper: 480, 512).
-    cfg.MODEL.AUTOFOCUS.FIRST_SCALE = [480, 512]
-    # Scales 1..: zoom factor of each finer scale relative to the ORIGINAL image (paper, on COCO's
-    # 480 px-high images: 800 / 480 and 1400 / 480). One entry per finer scale, increasing.
-    cfg.MODEL.AUTOFOCUS.ZOOMS = [1.667, 2.917]
+    # The scale chain, coarse to fine, one [short, cap] pair per scale, as in the paper: scale k
+    # is the whole image resized so that its shorter side is `short` pixels and its longer side at
+    # most `cap` pixels, so each image gets its own zoom per scale (autofocus_d2.inference.
+    # ScaleChain). -1 = no constraint: [-1, 512] = longer side 512; [-1, -1] = the original
+    # resolution (zoom 1). Scale 0 runs on the whole image, finer scales only inside FocusChips.
+    # Paper (COCO): (480, 512), (800, 1280), (1400, 2000).
+    cfg.MODEL.AUTOFOCUS.SCALES = [[480, 512], [800, 1280], [1400, 2000]]
     # FocusPixel probability above which a cell is a FocusPixel, one per scale transition
     # (0->1, 1->2, ...); a single value applies to every transition. Paper code: 0.02, 0.2.
     cfg.MODEL.AUTOFOCUS.FOCUS_THRESHOLD = [0.02, 0.2]
@@ -74,17 +89,59 @@ def add_autofocus_config(cfg: CN) -> None:
     # per scale (-1 = no limit), as in SNIPER. Paper code on COCO: (75, -), (32, 180), (-, 75).
     # Not applied when a policy processes a single scale.
     cfg.MODEL.AUTOFOCUS.VALID_RANGES = [[75.0, -1.0], [32.0, 180.0], [-1.0, 75.0]]
-    # Final merge: "nms" (class-wise) or "soft_nms" (class-wise Gaussian Soft-NMS).
+    # Per-view detections entering focus stacking: "filtered" = Detectron2's own test-time output
+    # of each view (MODEL.ROI_HEADS.SCORE_THRESH_TEST, NMS_THRESH_TEST, TEST.DETECTIONS_PER_IMAGE
+    # applied per view); "raw" = the paper's: every class score >= RAW_SCORE_THRESH of every
+    # proposal, no per-view NMS and no per-view top-k (those three are switched off in the pass).
+    cfg.MODEL.AUTOFOCUS.VIEW_DETECTIONS = "filtered"
+    # Score threshold (probability) of "raw" view detections. Paper code: 0.001.
+    cfg.MODEL.AUTOFOCUS.RAW_SCORE_THRESH = 0.001
+    # Final merge over all views: "nms" (class-wise) or "soft_nms" (class-wise Gaussian
+    # Soft-NMS). The paper's merge is VIEW_DETECTIONS "raw" + "soft_nms" with sigma 0.55.
     cfg.MODEL.AUTOFOCUS.NMS_METHOD = "nms"
     # IoU threshold of the final class-wise NMS.
     cfg.MODEL.AUTOFOCUS.NMS_THRESH = 0.5
-    # Gaussian sigma of Soft-NMS (paper code: 0.55).
+    # Gaussian sigma of Soft-NMS (dimensionless, on IoU^2; paper code: 0.55).
     cfg.MODEL.AUTOFOCUS.SOFT_NMS_SIGMA = 0.55
     # Detections kept per image after the final merge.
     cfg.MODEL.AUTOFOCUS.DETECTIONS_PER_IMAGE = 100
     # "grid" policy: square tile side, in pixels of the finer scale, and overlap ratio of tiles.
     cfg.MODEL.AUTOFOCUS.GRID_TILE_SIZE = 512
     cfg.MODEL.AUTOFOCUS.GRID_OVERLAP = 0.2
+
+    # ------------------------------------------------------- SNIPER chip training (data side)
+    cfg.INPUT.SNIPER = CN()
+    # Train on SNIPER chips (autofocus_d2.data.build_sniper_train_loader) instead of whole images:
+    # every training scale's image is cut into CHIP_SIZE x CHIP_SIZE chips around its valid boxes.
+    cfg.INPUT.SNIPER.ENABLED = False
+    # Side of a training chip, in pixels of the training scale (paper: 512).
+    cfg.INPUT.SNIPER.CHIP_SIZE = 512
+    # Grid of candidate chip positions, in pixels of the training scale (paper: 32).
+    cfg.INPUT.SNIPER.CHIP_STRIDE = 32
+    # Training scales, [short, cap] pairs as MODEL.AUTOFOCUS.SCALES; empty = the inference chain
+    # MODEL.AUTOFOCUS.SCALES, so every inference scale is trained.
+    cfg.INPUT.SNIPER.SCALES = []
+    # Per training scale, the valid [min, max] of sqrt(box area) in ORIGINAL-image pixels (-1 = no
+    # limit). Boxes outside it are ignored in that scale's chips (no loss for anchors/proposals
+    # that overlap them, see MODEL.SNIPER.IGNORE_IOU), not trained as background. Empty = the
+    # inference MODEL.AUTOFOCUS.VALID_RANGES. Paper code (COCO, scales (1400, 2000), (800, 1280),
+    # (-1, 512)): (-1, 80), (32, 150), (120, -1).
+    cfg.INPUT.SNIPER.VALID_RANGES = []
+    # Negative chips (regions with proposals but no valid box), a json written by
+    # tools/mine_negative_chips.py; "" = positive chips only.
+    cfg.INPUT.SNIPER.NEGATIVE_CHIPS_FILE = ""
+    # Negative chips drawn anew each epoch, as a share of the number of positive chips (>= 0).
+    cfg.INPUT.SNIPER.NEGATIVES_PER_EPOCH = 0.2
+    # Mining: a negative chip must hold at least this many proposals not covered by positive chips.
+    cfg.INPUT.SNIPER.NEGATIVE_MIN_PROPOSALS = 10
+    # Mining: proposals per image and training scale taken from the RPN (highest objectness first).
+    cfg.INPUT.SNIPER.NEGATIVE_PROPOSALS_PER_IMAGE = 300
+
+    # ---------------------------------------------------- SNIPER chip training (model side)
+    cfg.MODEL.SNIPER = CN()
+    # An anchor (RPN) or a background proposal (ROI heads) whose IoU with an ignored box (out of
+    # the chip's valid range) is above this gives no loss. Paper code: 0.3 for anchors.
+    cfg.MODEL.SNIPER.IGNORE_IOU = 0.3
 
     # ----------------------------------------------------- compact ResNet-FPN (CPU-sized model)
     cfg.MODEL.COMPACT_RESNET = CN()
@@ -104,7 +161,7 @@ def per_transition(values: Sequence, num_transitions: int, key: str) -> List:
     if len(values) != num_transitions:
         raise ValueError(
             f"{key} has {len(values)} entries; expected 1 or one per scale transition "
-            f"({num_transitions}, from MODEL.AUTOFOCUS.ZOOMS)"
+            f"({num_transitions}: one fewer than the scales of MODEL.AUTOFOCUS.SCALES)"
         )
     return values
 
@@ -128,7 +185,9 @@ def _check(cond: bool, key: str, msg: str) -> None:
 def validate_autofocus_config(cfg: CN) -> None:
     """Check the AutoFocus keys for consistency; raise ValueError naming the offending key.
 
-    Checks that need the backbone (the head's input feature) are done where the head is built.
+    Checks that need the backbone (the head's input feature) are done where the head is built; the
+    SNIPER training keys (:func:`validate_sniper_config`) where the training chips are built, so an
+    inference-only change of the scale chain does not trip over training settings.
     """
     head = cfg.MODEL.FOCUS_HEAD
     lo, hi = _pair(head.SMALL_RANGE, "MODEL.FOCUS_HEAD.SMALL_RANGE")
@@ -139,18 +198,13 @@ def validate_autofocus_config(cfg: CN) -> None:
         f"{head.IGNORE_MAX} is below SMALL_RANGE max {hi}",
     )
     _check(head.CONV_DIM > 0, "MODEL.FOCUS_HEAD.CONV_DIM", f"must be > 0, got {head.CONV_DIM}")
+    _check(head.IGNORED_BOX_LABELS in ("size", "ignore"), "MODEL.FOCUS_HEAD.IGNORED_BOX_LABELS",
+           f"{head.IGNORED_BOX_LABELS!r} is not 'size' or 'ignore'")
     _check(head.LOSS_WEIGHT >= 0, "MODEL.FOCUS_HEAD.LOSS_WEIGHT", f"got {head.LOSS_WEIGHT}")
 
     af = cfg.MODEL.AUTOFOCUS
-    short, cap = _pair(af.FIRST_SCALE, "MODEL.AUTOFOCUS.FIRST_SCALE")
-    _check(short > 0 and cap >= short, "MODEL.AUTOFOCUS.FIRST_SCALE",
-           f"need 0 < shorter side <= longer-side cap, got {list(af.FIRST_SCALE)}")
-    zooms = list(af.ZOOMS)
-    _check(all(z > 0 and math.isfinite(z) for z in zooms), "MODEL.AUTOFOCUS.ZOOMS",
-           f"zooms must be positive, got {zooms}")
-    _check(all(a < b for a, b in zip(zooms, zooms[1:])), "MODEL.AUTOFOCUS.ZOOMS",
-           f"zooms must increase (coarse to fine), got {zooms}")
-    n = len(zooms)
+    check_scale_chain(af.SCALES, "MODEL.AUTOFOCUS.SCALES")
+    n = len(af.SCALES) - 1
     if n > 0:
         for t in per_transition(af.FOCUS_THRESHOLD, n, "MODEL.AUTOFOCUS.FOCUS_THRESHOLD"):
             _check(0.0 <= t <= 1.0, "MODEL.AUTOFOCUS.FOCUS_THRESHOLD", f"{t} is not in [0, 1]")
@@ -159,10 +213,8 @@ def validate_autofocus_config(cfg: CN) -> None:
         for k in per_transition(af.MIN_CHIP_SIZE, n, "MODEL.AUTOFOCUS.MIN_CHIP_SIZE"):
             _check(k >= 0, "MODEL.AUTOFOCUS.MIN_CHIP_SIZE", f"{k} is negative")
     _check(len(af.VALID_RANGES) == n + 1, "MODEL.AUTOFOCUS.VALID_RANGES",
-           f"{len(af.VALID_RANGES)} ranges for {n + 1} scales (FIRST_SCALE + ZOOMS)")
-    for r in af.VALID_RANGES:
-        rlo, rhi = _pair(r, "MODEL.AUTOFOCUS.VALID_RANGES")
-        _check(rhi < 0 or rlo <= rhi, "MODEL.AUTOFOCUS.VALID_RANGES", f"range {list(r)} has min > max")
+           f"{len(af.VALID_RANGES)} ranges for {n + 1} scales (MODEL.AUTOFOCUS.SCALES)")
+    _check_ranges(af.VALID_RANGES, "MODEL.AUTOFOCUS.VALID_RANGES")
     _check(af.MAX_CHIPS_PER_IMAGE >= 1, "MODEL.AUTOFOCUS.MAX_CHIPS_PER_IMAGE",
            f"must be >= 1, got {af.MAX_CHIPS_PER_IMAGE}")
     _check(af.CHIP_BATCH_SIZE >= 1, "MODEL.AUTOFOCUS.CHIP_BATCH_SIZE",
@@ -175,6 +227,10 @@ def validate_autofocus_config(cfg: CN) -> None:
     _check(af.MIN_PROPOSALS >= 1, "MODEL.AUTOFOCUS.MIN_PROPOSALS", f"must be >= 1, got {af.MIN_PROPOSALS}")
     _check(af.BORDER_MARGIN >= 0, "MODEL.AUTOFOCUS.BORDER_MARGIN", f"got {af.BORDER_MARGIN}")
     _check(af.SMALL_DROP_SIZE >= 0, "MODEL.AUTOFOCUS.SMALL_DROP_SIZE", f"got {af.SMALL_DROP_SIZE}")
+    _check(af.VIEW_DETECTIONS in ("filtered", "raw"), "MODEL.AUTOFOCUS.VIEW_DETECTIONS",
+           f"{af.VIEW_DETECTIONS!r} is not 'filtered' or 'raw'")
+    _check(0.0 <= af.RAW_SCORE_THRESH < 1.0, "MODEL.AUTOFOCUS.RAW_SCORE_THRESH",
+           f"must be in [0, 1), got {af.RAW_SCORE_THRESH}")
     _check(af.NMS_METHOD in ("nms", "soft_nms"), "MODEL.AUTOFOCUS.NMS_METHOD",
            f"{af.NMS_METHOD!r} is not 'nms' or 'soft_nms'")
     _check(0.0 < af.NMS_THRESH <= 1.0, "MODEL.AUTOFOCUS.NMS_THRESH", f"got {af.NMS_THRESH}")
@@ -183,6 +239,62 @@ def validate_autofocus_config(cfg: CN) -> None:
            f"got {af.DETECTIONS_PER_IMAGE}")
     _check(af.GRID_TILE_SIZE >= 1, "MODEL.AUTOFOCUS.GRID_TILE_SIZE", f"got {af.GRID_TILE_SIZE}")
     _check(0.0 <= af.GRID_OVERLAP < 1.0, "MODEL.AUTOFOCUS.GRID_OVERLAP", f"got {af.GRID_OVERLAP}")
+
+
+def validate_sniper_config(cfg: CN) -> None:
+    """Check the INPUT.SNIPER and MODEL.SNIPER keys; raise ValueError naming the offending key."""
+    sn = cfg.INPUT.SNIPER
+    _check(sn.CHIP_SIZE >= 32, "INPUT.SNIPER.CHIP_SIZE", f"must be >= 32, got {sn.CHIP_SIZE}")
+    _check(1 <= sn.CHIP_STRIDE <= sn.CHIP_SIZE, "INPUT.SNIPER.CHIP_STRIDE",
+           f"must be in [1, CHIP_SIZE], got {sn.CHIP_STRIDE}")
+    scales = sniper_training_scales(cfg)
+    check_scale_chain(scales, "INPUT.SNIPER.SCALES")
+    ranges = sniper_valid_ranges(cfg)
+    _check(len(ranges) == len(scales), "INPUT.SNIPER.VALID_RANGES",
+           f"{len(ranges)} ranges for {len(scales)} training scales (INPUT.SNIPER.SCALES)")
+    _check_ranges(ranges, "INPUT.SNIPER.VALID_RANGES")
+    _check(sn.NEGATIVES_PER_EPOCH >= 0, "INPUT.SNIPER.NEGATIVES_PER_EPOCH",
+           f"must be >= 0, got {sn.NEGATIVES_PER_EPOCH}")
+    _check(sn.NEGATIVE_MIN_PROPOSALS >= 1, "INPUT.SNIPER.NEGATIVE_MIN_PROPOSALS",
+           f"must be >= 1, got {sn.NEGATIVE_MIN_PROPOSALS}")
+    _check(sn.NEGATIVE_PROPOSALS_PER_IMAGE >= 1, "INPUT.SNIPER.NEGATIVE_PROPOSALS_PER_IMAGE",
+           f"must be >= 1, got {sn.NEGATIVE_PROPOSALS_PER_IMAGE}")
+    _check(0.0 < cfg.MODEL.SNIPER.IGNORE_IOU <= 1.0, "MODEL.SNIPER.IGNORE_IOU",
+           f"must be in (0, 1], got {cfg.MODEL.SNIPER.IGNORE_IOU}")
+
+
+def sniper_training_scales(cfg: CN) -> List[List[float]]:
+    """The SNIPER training scales: INPUT.SNIPER.SCALES, or the inference chain when empty."""
+    scales = cfg.INPUT.SNIPER.SCALES or cfg.MODEL.AUTOFOCUS.SCALES
+    return [list(map(float, s)) for s in scales]
+
+
+def sniper_valid_ranges(cfg: CN) -> List[List[float]]:
+    """The training valid ranges: INPUT.SNIPER.VALID_RANGES, or the inference ones when empty."""
+    ranges = cfg.INPUT.SNIPER.VALID_RANGES or cfg.MODEL.AUTOFOCUS.VALID_RANGES
+    return [list(map(float, r)) for r in ranges]
+
+
+def check_scale_chain(scales: Sequence[Sequence[float]], key: str) -> None:
+    """Each scale a [short, cap] pair, each side -1 (no constraint) or > 0, cap >= short when both
+    are set; where two consecutive scales are comparable (both sides set) the finer is larger."""
+    _check(len(scales) >= 1, key, "needs at least one [short, cap] scale")
+    pairs = [_pair(s, key) for s in scales]
+    for short, cap in pairs:
+        _check(all(v == -1 or (v > 0 and math.isfinite(v)) for v in (short, cap)), key,
+               f"each side must be -1 (no constraint) or a positive number, got {[short, cap]}")
+        _check(short < 0 or cap < 0 or cap >= short, key,
+               f"the longer-side cap is below the shorter side in {[short, cap]}")
+    for (s0, c0), (s1, c1) in zip(pairs, pairs[1:]):
+        if min(s0, c0, s1, c1) > 0:
+            _check(s1 >= s0 and c1 >= c0 and (s1, c1) != (s0, c0), key,
+                   f"scales must go from coarse to fine, got {[s0, c0]} before {[s1, c1]}")
+
+
+def _check_ranges(ranges: Sequence[Sequence[float]], key: str) -> None:
+    for r in ranges:
+        rlo, rhi = _pair(r, key)
+        _check(rhi < 0 or rlo <= rhi, key, f"range {list(r)} has min > max")
 
 
 def _pair(value: Sequence[float], key: str):

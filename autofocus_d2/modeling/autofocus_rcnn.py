@@ -14,6 +14,7 @@ from ..config import validate_autofocus_config
 from ..inference.pipeline import build_autofocus_pipeline
 from .focus_head import build_focus_head, focus_pixel_loss, resolve_focus_feature
 from .focus_labels import focus_pixel_targets
+from .sniper_heads import split_ignored
 
 __all__ = ["AutoFocusRCNN"]
 
@@ -38,6 +39,45 @@ def _capped_topk(generator: nn.Module, cap: int):
             getattr(generator, attr)[False] = value
 
 
+def _box_predictors(roi_heads: nn.Module) -> List[nn.Module]:
+    """The box predictors (FastRCNNOutputLayers) of Detectron2's ROI heads (Cascade: several)."""
+    predictor = getattr(roi_heads, "box_predictor", None)
+    predictors = list(predictor) if isinstance(predictor, nn.ModuleList) else [predictor]
+    if any(p is None or not hasattr(p, "test_score_thresh") for p in predictors):
+        raise ValueError(
+            "MODEL.AUTOFOCUS.VIEW_DETECTIONS 'raw' needs ROI heads whose box_predictor is Detectron2's "
+            f"FastRCNNOutputLayers; {type(roi_heads).__name__} has none (use VIEW_DETECTIONS 'filtered')"
+        )
+    return predictors
+
+
+@contextlib.contextmanager
+def _raw_box_outputs(roi_heads: nn.Module, score_thresh: float):
+    """Temporarily switch off the per-image NMS and top-k of the ROI heads' box predictors and set
+    their test score threshold to ``score_thresh`` (the paper's raw per-view detections)."""
+    predictors = _box_predictors(roi_heads)
+    saved = [(p.test_score_thresh, p.test_nms_thresh, p.test_topk_per_image) for p in predictors]
+    for p in predictors:
+        # IoU is never above 1: NMS at 1.0 keeps every box; top-k -1 keeps all.
+        p.test_score_thresh, p.test_nms_thresh, p.test_topk_per_image = score_thresh, 1.0, -1
+    try:
+        yield
+    finally:
+        for p, values in zip(predictors, saved):
+            p.test_score_thresh, p.test_nms_thresh, p.test_topk_per_image = values
+
+
+def _require_ignore_support(module: Optional[nn.Module], key: str) -> None:
+    """SNIPER chips carry ignored ground truth (``gt_ignore``); stock Detectron2 heads would train
+    it as objects. Raise unless ``module`` declares ``supports_ignored_boxes``."""
+    if module is not None and not getattr(module, "supports_ignored_boxes", False):
+        raise ValueError(
+            f"SNIPER chip training (INPUT.SNIPER.ENABLED) gives ignored boxes; {key} builds "
+            f"{type(module).__name__}, which would train them as objects. Use an ignore-aware variant "
+            "(SNIPERRPN, SNIPERStandardROIHeads, SNIPERRes5ROIHeads) or set INPUT.SNIPER.ENABLED False"
+        )
+
+
 @META_ARCH_REGISTRY.register()
 class AutoFocusRCNN(GeneralizedRCNN):
     """
@@ -59,6 +99,7 @@ class AutoFocusRCNN(GeneralizedRCNN):
         focus_loss_weight: float = 1.0,
         focus_small_range: Sequence[float] = (5.0, 64.0),
         focus_ignore_max: float = 90.0,
+        focus_ignore_ignored_boxes: bool = False,
         pipeline=None,
         **kwargs,
     ):
@@ -69,6 +110,8 @@ class AutoFocusRCNN(GeneralizedRCNN):
             focus_loss_weight: weight of ``loss_focus``.
             focus_small_range, focus_ignore_max: label size ranges of :func:`focus_pixel_targets`,
                 in input-image pixels.
+            focus_ignore_ignored_boxes: ignore the FocusPixel cells of ground truth marked
+                ``gt_ignore`` (else they are labelled by size like any box, as the official code).
             pipeline: called as ``pipeline(model, batched_inputs)`` in eval mode (see
                 autofocus_d2.inference.pipeline); None runs GeneralizedRCNN's inference instead.
             kwargs: the arguments of :class:`GeneralizedRCNN`.
@@ -80,6 +123,7 @@ class AutoFocusRCNN(GeneralizedRCNN):
         self.focus_loss_weight = focus_loss_weight
         self.focus_small_range = tuple(focus_small_range)
         self.focus_ignore_max = focus_ignore_max
+        self.focus_ignore_ignored_boxes = focus_ignore_ignored_boxes
         self.pipeline = pipeline
 
     @classmethod
@@ -88,10 +132,16 @@ class AutoFocusRCNN(GeneralizedRCNN):
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
         in_feature = resolve_focus_feature(cfg.MODEL.FOCUS_HEAD.IN_FEATURE, shapes)
+        proposal_generator = build_proposal_generator(cfg, shapes)
+        roi_heads = build_roi_heads(cfg, shapes)
+        if cfg.INPUT.SNIPER.ENABLED:
+            for key, module in (("MODEL.PROPOSAL_GENERATOR.NAME", proposal_generator),
+                                ("MODEL.ROI_HEADS.NAME", roi_heads)):
+                _require_ignore_support(module, key)
         return {
             "backbone": backbone,
-            "proposal_generator": build_proposal_generator(cfg, shapes),
-            "roi_heads": build_roi_heads(cfg, shapes),
+            "proposal_generator": proposal_generator,
+            "roi_heads": roi_heads,
             "input_format": cfg.INPUT.FORMAT,
             "vis_period": cfg.VIS_PERIOD,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
@@ -101,6 +151,7 @@ class AutoFocusRCNN(GeneralizedRCNN):
             "focus_loss_weight": cfg.MODEL.FOCUS_HEAD.LOSS_WEIGHT,
             "focus_small_range": cfg.MODEL.FOCUS_HEAD.SMALL_RANGE,
             "focus_ignore_max": cfg.MODEL.FOCUS_HEAD.IGNORE_MAX,
+            "focus_ignore_ignored_boxes": cfg.MODEL.FOCUS_HEAD.IGNORED_BOX_LABELS == "ignore",
             "pipeline": build_autofocus_pipeline(cfg),
         }
 
@@ -116,6 +167,9 @@ class AutoFocusRCNN(GeneralizedRCNN):
         if "instances" not in batched_inputs[0]:
             raise ValueError("AutoFocusRCNN training needs 'instances' (ground truth) in every input")
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        if any(inst.has("gt_ignore") for inst in gt_instances):
+            _require_ignore_support(self.proposal_generator, "MODEL.PROPOSAL_GENERATOR.NAME")
+            _require_ignore_support(self.roi_heads, "MODEL.ROI_HEADS.NAME")
         features = self.backbone(images.tensor)
 
         if self.proposal_generator is not None:
@@ -142,17 +196,23 @@ class AutoFocusRCNN(GeneralizedRCNN):
         """Unweighted FocusPixel loss of a batch; gt boxes and image_sizes in the input-image frame."""
         logits = self.focus_head(features[self.focus_in_feature])
         feature_hw = tuple(logits.shape[-2:])
-        targets = [
-            focus_pixel_targets(
-                inst.gt_boxes,
-                image_hw=size,
-                feature_hw=feature_hw,
-                stride=self.focus_stride,
-                small_range=self.focus_small_range,
-                ignore_max=self.focus_ignore_max,
+        targets = []
+        for inst, size in zip(gt_instances, image_sizes):
+            boxes, ignored = inst.gt_boxes, None
+            if self.focus_ignore_ignored_boxes:
+                valid, ignored = split_ignored(inst)
+                boxes = valid.gt_boxes
+            targets.append(
+                focus_pixel_targets(
+                    boxes,
+                    image_hw=size,
+                    feature_hw=feature_hw,
+                    stride=self.focus_stride,
+                    small_range=self.focus_small_range,
+                    ignore_max=self.focus_ignore_max,
+                    ignored_boxes=ignored,
+                )
             )
-            for inst, size in zip(gt_instances, image_sizes)
-        ]
         return focus_pixel_loss(logits, targets)
 
     def _proposal_budget(self, max_proposals: Optional[int]):
@@ -161,11 +221,17 @@ class AutoFocusRCNN(GeneralizedRCNN):
         return _capped_topk(self.proposal_generator, int(max_proposals))
 
     def detect(
-        self, images: ImageList, with_focus: bool = True, max_proposals: Optional[int] = None
+        self,
+        images: ImageList,
+        with_focus: bool = True,
+        max_proposals: Optional[int] = None,
+        raw_score_thresh: Optional[float] = None,
     ) -> Tuple[List[Instances], Optional[torch.Tensor]]:
         """
         One detector pass over a normalized, padded batch. ``max_proposals``, if given, caps the
         RPN's test-time pre- and post-NMS top-k for this pass (never raises them).
+        ``raw_score_thresh``, if given, makes the ROI heads return raw detections for this pass:
+        every class score >= ``raw_score_thresh`` of every proposal, without per-image NMS/top-k.
 
         Returns:
             per-image Instances with boxes in the frame of each (unpadded) input image of
@@ -177,7 +243,10 @@ class AutoFocusRCNN(GeneralizedRCNN):
         features = self.backbone(images.tensor)
         with self._proposal_budget(max_proposals):
             proposals, _ = self.proposal_generator(images, features, None)
-        results, _ = self.roi_heads(images, features, proposals, None)
+        raw = contextlib.nullcontext() if raw_score_thresh is None else _raw_box_outputs(
+            self.roi_heads, raw_score_thresh)
+        with raw:
+            results, _ = self.roi_heads(images, features, proposals, None)
         focus = None
         if with_focus:
             logits = self.focus_head(features[self.focus_in_feature])

@@ -50,14 +50,17 @@ def resolve_focus_feature(cfg_name: str, output_shape: Dict[str, ShapeSpec]) -> 
 
 @FOCUS_HEAD_REGISTRY.register()
 class StandardFocusHead(nn.Module):
-    """conv3x3 (``conv_dim``) + ReLU + conv1x1 (2): FocusPixel logits per feature cell."""
+    """The official head: conv3x3 (``conv_dim``) + ReLU, conv1x1 (``conv_dim``) + ReLU, conv1x1 (2):
+    FocusPixel logits per feature cell."""
 
     @configurable
     def __init__(self, *, in_channels: int, conv_dim: int = 256):
         super().__init__()
         self.conv = Conv2d(in_channels, conv_dim, kernel_size=3, padding=1, activation=F.relu)
+        self.conv1x1 = Conv2d(conv_dim, conv_dim, kernel_size=1, activation=F.relu)
         self.predictor = Conv2d(conv_dim, 2, kernel_size=1)
         weight_init.c2_msra_fill(self.conv)
+        weight_init.c2_msra_fill(self.conv1x1)
         nn.init.normal_(self.predictor.weight, std=0.01)
         nn.init.constant_(self.predictor.bias, 0.0)
 
@@ -67,7 +70,7 @@ class StandardFocusHead(nn.Module):
 
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         """feature: (B, C, H, W) -> logits (B, 2, H, W)."""
-        return self.predictor(self.conv(feature))
+        return self.predictor(self.conv1x1(self.conv(feature)))
 
 
 def build_focus_head(cfg, input_shape: ShapeSpec) -> nn.Module:

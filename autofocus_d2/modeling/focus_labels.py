@@ -1,5 +1,5 @@
 """FocusPixel label assignment (AutoFocus paper, section "FocusPixels")."""
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from detectron2.structures import Boxes
@@ -26,6 +26,7 @@ def focus_pixel_targets(
     stride: int,
     small_range: Sequence[float] = (5, 64),
     ignore_max: float = 90,
+    ignored_boxes: Optional[Union[torch.Tensor, Boxes]] = None,
 ) -> torch.Tensor:
     """
     FocusPixel labels of one image on a feature map.
@@ -35,7 +36,8 @@ def focus_pixel_targets(
     ``small_range[0] <= r <= small_range[1]`` is positive (1); otherwise a cell overlapping any box
     with ``r < small_range[0]`` or ``small_range[1] < r <= ignore_max`` is ignored (-1); every other
     cell is negative (0). Cells whose region starts at or beyond the valid image (batch padding)
-    are ignored.
+    are ignored. Cells overlapping any of ``ignored_boxes`` (same frame; SNIPER's out-of-range
+    boxes, when their cells are to be ignored) are ignored unless positive.
 
     Args:
         gt_boxes: (N, 4) XYXY boxes (Tensor or Boxes) in the frame of the network input image
@@ -45,6 +47,7 @@ def focus_pixel_targets(
         stride: feature stride in input-image pixels per cell.
         small_range: [min, max] of r for FocusPixels, in input-image pixels.
         ignore_max: objects with small_range[1] < r <= ignore_max are ignored.
+        ignored_boxes: optional (K, 4) XYXY boxes whose cells are ignored (not positive ones).
 
     Returns:
         LongTensor[Hf, Wf] of labels in {1, 0, -1}, on gt_boxes' device.
@@ -77,6 +80,12 @@ def focus_pixel_targets(
 
     labels = torch.full((feat_h, feat_w), FOCUS_NEGATIVE, dtype=torch.long, device=device)
     labels[covered(ignore_boxes)] = FOCUS_IGNORE
+    if ignored_boxes is not None:
+        extra = ignored_boxes.tensor if isinstance(ignored_boxes, Boxes) else torch.as_tensor(ignored_boxes)
+        extra = extra.float().to(device).reshape(-1, 4)
+        ex_rows = _cell_overlap(extra[:, 1], extra[:, 3], feat_h, stride).float()
+        ex_cols = _cell_overlap(extra[:, 0], extra[:, 2], feat_w, stride).float()
+        labels[(ex_rows.t() @ ex_cols) > 0] = FOCUS_IGNORE
     labels[covered(positive_boxes)] = FOCUS_POSITIVE
     starts_y = torch.arange(feat_h, device=device) * stride
     starts_x = torch.arange(feat_w, device=device) * stride

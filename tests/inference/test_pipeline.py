@@ -1,13 +1,15 @@
 """The coarse-to-fine pipeline with a model-free planted detector (see conftest.py)."""
 import logging
+import math
 
 import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.structures import Instances
 
 from autofocus_d2 import add_autofocus_config
 from autofocus_d2.inference.pipeline import build_autofocus_pipeline
-from autofocus_d2.inference.views import first_scale_hw
+from autofocus_d2.inference import ScaleChain
 
 A = (0, 100, 100, 400, 300)  # channel 0: large object, not a FocusPixel
 B = (1, 600, 200, 616, 216)  # channel 1: 16 px
@@ -19,8 +21,8 @@ def pipeline_cfg(policy="autofocus", **overrides):
     add_autofocus_config(cfg)
     af = cfg.MODEL.AUTOFOCUS
     af.CHIP_POLICY = policy
-    af.FIRST_SCALE = [400, 600]
-    af.ZOOMS = [1.0, 2.0]
+    # On the 800 x 1200 test image: zooms 0.5, 1 (original resolution) and 2.
+    af.SCALES = [[400, 600], [-1, -1], [1600, -1]]
     af.FOCUS_THRESHOLD = [0.5]
     af.DILATION = [1]
     af.MIN_CHIP_SIZE = [64.0]
@@ -88,8 +90,10 @@ def test_batched_inputs_give_the_same_result_as_one_by_one(planted_detector, pai
 
 def test_pyramid_processes_exactly_the_pyramid_pixels(planted_detector, paint_image):
     out = run(pipeline_cfg("pyramid"), planted_detector(), [paint_image((750, 1130), [A])])[0]
-    h0, w0 = first_scale_hw((750, 1130), 400, 600)
-    expected = [h0 * w0, 750 * 1130, 1500 * 2260]
+    # The paper's rule per image: scale 0 is 400 x 603 capped to a 600 px longer side (zoom
+    # 600 / 1130), scale 2 a 1600 px shorter side (zoom 1600 / 750).
+    assert ScaleChain(scales=[[400, 600], [-1, -1], [1600, -1]]).zooms((750, 1130)) == [600 / 1130, 1.0, 1600 / 750]
+    expected = [398 * 600, 750 * 1130, 1600 * 2411]
     assert out["autofocus"]["pixels_per_scale"] == expected
     assert out["autofocus"]["pyramid_pixels_per_scale"] == expected
     assert out["autofocus"]["chips_per_scale"] == [1, 1, 1]
@@ -102,7 +106,7 @@ def test_single_processes_only_the_first_scale(planted_detector, paint_image):
 
 
 def test_grid_tiles_cover_the_image_with_overlap(planted_detector, paint_image):
-    out = run(pipeline_cfg("grid", ZOOMS=[1.0]), planted_detector(), [paint_image((800, 1200), [A, B])])[0]
+    out = run(pipeline_cfg("grid", SCALES=[[400, 600], [-1, -1]]), planted_detector(), [paint_image((800, 1200), [A, B])])[0]
     tiles = torch.tensor(out["autofocus"]["chip_boxes_per_scale"][1], dtype=torch.float32)
     assert len(tiles) == 4 * 6  # 256 px tiles with 20% overlap over 800 x 1200
     assert tiles[:, 0].min() == 0 and tiles[:, 1].min() == 0
@@ -161,7 +165,7 @@ def test_bad_images_are_rejected_with_a_clear_message(planted_detector, image, m
 
 def test_image_smaller_than_the_minimum_chip(planted_detector, paint_image):
     img = paint_image((40, 50), [(1, 10, 12, 18, 20)])
-    out = run(pipeline_cfg(FIRST_SCALE=[40, 50]), planted_detector(), [img])[0]
+    out = run(pipeline_cfg(SCALES=[[40, 50], [-1, -1], [80, -1]]), planted_detector(), [img])[0]
     assert out["autofocus"]["chip_boxes_per_scale"][1] == [[0, 0, 50, 40]]
     assert boxes_by_class(out["instances"]) == {1: [10, 12, 18, 20]}
 
@@ -173,7 +177,7 @@ def test_very_large_image_has_bounded_batches_and_a_capped_chip_count(planted_de
                for i in range(3) for j in range(3)]
     img = paint_image((8000, 8000), objects)
     model = planted_detector()
-    cfg = pipeline_cfg(FIRST_SCALE=[800, 800], ZOOMS=[1.0], MAX_CHIPS_PER_IMAGE=4,
+    cfg = pipeline_cfg(SCALES=[[800, 800], [-1, -1]], MAX_CHIPS_PER_IMAGE=4,
                        MIN_CHIP_SIZE=[100.0], CHIP_BATCH_SIZE=2, MAX_CHIP_SIDE=1024)
     with caplog.at_level(logging.WARNING):
         out = run(cfg, model, [img])[0]
@@ -185,7 +189,7 @@ def test_very_large_image_has_bounded_batches_and_a_capped_chip_count(planted_de
 
 def test_all_focus_on_a_large_image_is_tiled_like_the_pyramid(planted_detector, paint_image):
     img = paint_image((3000, 2000), [A])
-    cfg = pipeline_cfg(FIRST_SCALE=[400, 600], ZOOMS=[1.0], MAX_CHIP_SIDE=1024)
+    cfg = pipeline_cfg(SCALES=[[400, 600], [-1, -1]], MAX_CHIP_SIDE=1024)
     out = run(cfg, planted_detector(focus_value=1.0), [img])[0]
     stats = out["autofocus"]
     assert stats["pixels_per_scale"] == stats["pyramid_pixels_per_scale"]
@@ -211,3 +215,46 @@ def test_details_expose_views_and_focus_maps_per_scale(planted_detector, paint_i
     assert maps0[0].shape == (416 // 16, 608 // 16)  # padded to the size divisibility of 32
     assert maps0[0].sum().item() == 3  # B spans two cells, C one
     assert details["focus_maps_per_scale"][2] == [None, None]  # the last scale predicts no chips
+
+
+class RawPlantedDetector:
+    """The planted detector plus the raw-detection switch of AutoFocusRCNN.detect: records the
+    ``raw_score_thresh`` it gets and, when given one, also returns a low-score copy of every
+    detection (score 0.0005, below the paper's 0.001, as the model's own threshold would drop)."""
+
+    def __init__(self, planted_detector):
+        self.inner = planted_detector()
+        self.pixel_mean, self.pixel_std = self.inner.pixel_mean, self.inner.pixel_std
+        self.backbone, self.focus_stride = self.inner.backbone, self.inner.focus_stride
+        self.raw_calls = []
+
+    def detect(self, images, with_focus=True, raw_score_thresh=None):
+        self.raw_calls.append(raw_score_thresh)
+        results, focus = self.inner.detect(images, with_focus)
+        if raw_score_thresh is not None:
+            for inst in results:
+                low = inst[inst.scores >= 0]
+                low.scores = torch.full_like(low.scores, 0.0005)
+                both = Instances.cat([inst, low])
+                results[results.index(inst)] = both[both.scores >= raw_score_thresh]
+        return results, focus
+
+
+def test_papers_merge_soft_nms_over_raw_views(planted_detector, paint_image):
+    # The pyramid at two scales finds A twice, at the same original-frame box (IoU 1): Soft-NMS
+    # keeps the first at 0.9 and decays the second to 0.9 * exp(-1 / 0.55); class-wise NMS keeps one.
+    image = paint_image((800, 1200), [A])
+    scales = [[400, 600], [-1, -1]]
+    raw = RawPlantedDetector(planted_detector)
+    cfg = pipeline_cfg("pyramid", SCALES=scales, VIEW_DETECTIONS="raw", RAW_SCORE_THRESH=0.001,
+                       NMS_METHOD="soft_nms", SOFT_NMS_SIGMA=0.55)
+    out = run(cfg, raw, [image])[0]["instances"]
+    assert raw.raw_calls == [0.001, 0.001]
+    assert out.pred_classes.tolist() == [0, 0]
+    assert out.scores.tolist() == pytest.approx([0.9, 0.9 * math.exp(-1 / 0.55)], rel=1e-6)
+    assert out.pred_boxes.tensor.tolist() == [[100, 100, 400, 300]] * 2
+
+    filtered = RawPlantedDetector(planted_detector)
+    out = run(pipeline_cfg("pyramid", SCALES=scales), filtered, [image])[0]["instances"]
+    assert filtered.raw_calls == [None, None]
+    assert out.scores.tolist() == pytest.approx([0.9])

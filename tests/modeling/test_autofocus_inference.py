@@ -3,12 +3,14 @@ import os
 
 import pytest
 import torch
+from detectron2.structures import ImageList
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from autofocus_d2 import add_autofocus_config
 from autofocus_d2.evaluation import AutoFocusEfficiencyEvaluator, summarize_efficiency
-from autofocus_d2.inference.views import crop_and_resize, first_scale_hw
+from autofocus_d2.inference import ScaleChain
+from autofocus_d2.inference.views import crop_and_resize
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -19,7 +21,7 @@ def cfg_for(policy):
     cfg.merge_from_file(os.path.join(REPO, "configs/Synthetic/autofocus_compact_fpn.yaml"))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.AUTOFOCUS.CHIP_POLICY = policy
-    cfg.MODEL.AUTOFOCUS.FIRST_SCALE = [320, 480]
+    cfg.MODEL.AUTOFOCUS.SCALES = [[320, 480], [-1, -1]]
     return cfg
 
 
@@ -31,6 +33,8 @@ def _sorted(instances):
 def test_single_scale_equals_generalized_rcnn_on_the_same_input():
     cfg = cfg_for("single")
     cfg.MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX = 0.0  # the RPN's own top-k, as GeneralizedRCNN uses
+    # Detectron2's own per-view output (the paper's raw detections + Soft-NMS differ by design).
+    cfg.MODEL.AUTOFOCUS.VIEW_DETECTIONS, cfg.MODEL.AUTOFOCUS.NMS_METHOD = "filtered", "nms"
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
@@ -39,7 +43,7 @@ def test_single_scale_equals_generalized_rcnn_on_the_same_input():
 
     torch.manual_seed(1)
     image = (torch.rand(3, 500, 700) * 255).round()
-    resized = crop_and_resize(image, (0, 0, 700, 500), first_scale_hw((500, 700), 320, 480))
+    resized = crop_and_resize(image, (0, 0, 700, 500), ScaleChain(scales=[[320, 480]]).image_hw((500, 700), 0))
     with torch.no_grad():
         ours = model([{"image": image}])[0]["instances"]
         theirs = reference.inference([{"image": resized, "height": 500, "width": 700}])[0]["instances"]
@@ -100,3 +104,26 @@ def test_proposal_budget_scales_with_the_view_and_is_restored():
         model([{"image": torch.rand(3, 500, 750) * 255}])
     assert seen[0] == (50, 50) and seen[1] <= 50
     assert (rpn.pre_nms_topk[False], rpn.post_nms_topk[False]) == (1000, 1000)  # restored
+
+
+def test_raw_view_detections_switch_off_per_view_filtering_and_are_restored():
+    cfg = cfg_for("single")
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
+    cfg.TEST.DETECTIONS_PER_IMAGE = 20
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    predictor = model.roi_heads.box_predictor
+    torch.manual_seed(3)
+    image = (torch.rand(3, 320, 480) * 255).round()
+    images = ImageList.from_tensors([(image - model.pixel_mean) / model.pixel_std], 32)
+    with torch.no_grad():
+        filtered, _ = model.detect(images, with_focus=False)
+        raw, _ = model.detect(images, with_focus=False, raw_score_thresh=0.001)
+    assert len(filtered[0]) <= 20 and bool((filtered[0].scores >= 0.05).all())
+    # Raw: every class score >= 0.001 of every proposal, no top-k, no NMS.
+    assert len(raw[0]) > 20 and bool((raw[0].scores >= 0.001).all())
+    # Every filtered detection is among the raw ones (NMS and top-k only remove).
+    for box, cls in zip(filtered[0].pred_boxes.tensor, filtered[0].pred_classes):
+        same = (raw[0].pred_classes == cls) & (raw[0].pred_boxes.tensor - box).abs().amax(dim=1).lt(1e-4)
+        assert bool(same.any())
+    assert (predictor.test_score_thresh, predictor.test_nms_thresh, predictor.test_topk_per_image) == (0.05, 0.5, 20)

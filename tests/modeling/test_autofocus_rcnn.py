@@ -10,6 +10,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from autofocus_d2 import add_autofocus_config
+from autofocus_d2.data import build_sniper_train_loader
 from autofocus_d2.modeling import AutoFocusRCNN
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -82,7 +83,10 @@ def test_focus_loss_weight_scales_the_loss():
         ("MODEL.FOCUS_HEAD.IN_FEATURE", "p9", "MODEL.FOCUS_HEAD.IN_FEATURE.*p9"),
         ("MODEL.FOCUS_HEAD.SMALL_RANGE", [64.0, 5.0], "MODEL.FOCUS_HEAD.SMALL_RANGE"),
         ("MODEL.FOCUS_HEAD.IGNORE_MAX", 32.0, "MODEL.FOCUS_HEAD.IGNORE_MAX"),
-        ("MODEL.AUTOFOCUS.ZOOMS", [2.0, 1.0], "MODEL.AUTOFOCUS.ZOOMS"),
+        ("MODEL.AUTOFOCUS.SCALES", [[800, 1280], [480, 512]], "MODEL.AUTOFOCUS.SCALES.*coarse to fine"),
+        ("MODEL.AUTOFOCUS.SCALES", [[800, 0]], "MODEL.AUTOFOCUS.SCALES"),
+        ("MODEL.AUTOFOCUS.VIEW_DETECTIONS", "all", "MODEL.AUTOFOCUS.VIEW_DETECTIONS"),
+        ("MODEL.ROI_HEADS.NAME", "StandardROIHeads", "MODEL.ROI_HEADS.NAME builds StandardROIHeads"),
         ("MODEL.AUTOFOCUS.VALID_RANGES", [[0.0, -1.0]], "MODEL.AUTOFOCUS.VALID_RANGES"),
         ("MODEL.AUTOFOCUS.FOCUS_THRESHOLD", [0.5, 0.5, 0.5], "MODEL.AUTOFOCUS.FOCUS_THRESHOLD"),
         ("MODEL.AUTOFOCUS.NMS_METHOD", "greedy", "MODEL.AUTOFOCUS.NMS_METHOD"),
@@ -93,6 +97,23 @@ def test_bad_config_values_name_the_key(key, value, match):
     cfg.merge_from_list([key, value])
     with pytest.raises(ValueError, match=match):
         build_model(cfg)
+
+
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("INPUT.SNIPER.VALID_RANGES", [[-1.0, -1.0]], "INPUT.SNIPER.VALID_RANGES: 1 ranges for 2 training scales"),
+        ("INPUT.SNIPER.SCALES", [[800, 512]], "INPUT.SNIPER.SCALES"),
+        ("INPUT.SNIPER.CHIP_STRIDE", 0, "INPUT.SNIPER.CHIP_STRIDE"),
+        ("INPUT.SNIPER.NEGATIVES_PER_EPOCH", -0.5, "INPUT.SNIPER.NEGATIVES_PER_EPOCH"),
+        ("MODEL.SNIPER.IGNORE_IOU", 0.0, "MODEL.SNIPER.IGNORE_IOU"),
+    ],
+)
+def test_bad_sniper_values_name_the_key_when_the_training_loader_is_built(key, value, match):
+    cfg = compact_fpn_cfg()
+    cfg.merge_from_list([key, value])
+    with pytest.raises(ValueError, match=match):
+        build_sniper_train_loader(cfg)
 
 
 def test_unknown_config_key_is_rejected(tmp_path):

@@ -1,5 +1,6 @@
 """FocusPixel label assignment on hand-made boxes."""
 import math
+import os
 
 import pytest
 import torch
@@ -125,3 +126,43 @@ def test_bad_inputs_raise():
         _targets([], small_range=(64, 5))
     with pytest.raises(ValueError, match="stride"):
         _targets([], stride=0)
+
+
+def test_ignored_boxes_make_their_cells_ignored_unless_positive():
+    # A valid 10 px box in cell (0, 0); an ignored (out-of-range) 40 px box over cells (2..3, 2..3)
+    # and another ignored box over cell (0, 0), where the valid box keeps it positive.
+    t = _targets([_square(0, 0, 10)], ignored_boxes=torch.tensor([[32.0, 32.0, 64.0, 64.0], [0.0, 0.0, 8.0, 8.0]]))
+    expected = torch.zeros(4, 4, dtype=torch.long)
+    expected[0, 0] = 1
+    expected[2:, 2:] = -1
+    assert torch.equal(t, expected)
+    # Labelled by size instead (the official code's default), the 40 px box is a FocusPixel.
+    t = _targets([_square(0, 0, 10), [32, 32, 64, 64]])
+    assert t[2:, 2:].eq(1).all() and t[0, 0] == 1
+
+
+def test_model_focus_loss_follows_ignored_box_labels():
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+    from detectron2.structures import Instances
+
+    from autofocus_d2 import add_autofocus_config
+
+    cfg = get_cfg()
+    add_autofocus_config(cfg)
+    cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "..", "..", "configs/Synthetic/autofocus_compact_fpn.yaml"))
+    losses = {}
+    for mode in ("size", "ignore"):
+        cfg.MODEL.FOCUS_HEAD.IGNORED_BOX_LABELS = mode
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        with torch.no_grad():  # a head that leans to "FocusPixel" (a fresh one predicts 0.5 everywhere)
+            model.focus_head.predictor.bias.copy_(torch.tensor([0.0, 2.0]))
+        inst = Instances((128, 128))
+        inst.gt_boxes = Boxes(torch.tensor([[8.0, 8.0, 24.0, 24.0], [64.0, 64.0, 96.0, 96.0]]))
+        inst.gt_classes = torch.tensor([0, 1])
+        inst.gt_ignore = torch.tensor([False, True])
+        features = model.backbone(torch.zeros(1, 3, 128, 128))
+        losses[mode] = model.focus_losses(features, [inst], [(128, 128)]).item()
+    # Same weights and input, different labels of the ignored box's cells: different losses.
+    assert losses["size"] != pytest.approx(losses["ignore"])
