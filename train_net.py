@@ -18,11 +18,19 @@ from detectron2.evaluation import DatasetEvaluators, verify_results
 from detectron2.utils.logger import setup_logger
 
 import autofocus_d2
+from autofocus_d2.data import build_sniper_train_loader
 from autofocus_d2.evaluation import AutoFocusEfficiencyEvaluator, build_coco_evaluator
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer whose evaluator reports COCO AP and AutoFocus's pixel saving side by side."""
+    """DefaultTrainer that trains on SNIPER chips when INPUT.SNIPER.ENABLED, and whose evaluator
+    reports COCO AP and AutoFocus's pixel saving side by side."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        if cfg.INPUT.SNIPER.ENABLED:
+            return build_sniper_train_loader(cfg)
+        return super().build_train_loader(cfg)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

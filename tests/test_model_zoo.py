@@ -147,7 +147,7 @@ def test_installed_package_ships_the_configs(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.split()
-    assert lines == [str(build / "autofocus_d2" / "model_zoo" / "configs"), "Res5ROIHeads"]
+    assert lines == [str(build / "autofocus_d2" / "model_zoo" / "configs"), "SNIPERRes5ROIHeads"]
 
 
 # ---------------------------------------------------------------------------------- release

@@ -30,9 +30,16 @@ def tiny_cfg(output_dir):
     return cfg
 
 
-def test_a_few_training_iterations_lower_the_total_loss(tmp_path):
+def test_a_few_training_iterations_on_sniper_chips_lower_the_total_loss(tmp_path):
     cfg = tiny_cfg(tmp_path)
     cfg.DATASETS.TEST = ()  # evaluation is tested below
+    assert cfg.INPUT.SNIPER.ENABLED
+    # train_net's loader is Detectron2's, fed with SNIPER chips of both training scales.
+    batch = next(iter(train_net.Trainer.build_train_loader(cfg)))
+    assert len(batch) == 2
+    for x in batch:
+        assert x["sniper_scale"] in (0, 1) and max(x["image"].shape[-2:]) <= cfg.INPUT.SNIPER.CHIP_SIZE
+        assert x["instances"].has("gt_ignore")
     trainer = train_net.Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
