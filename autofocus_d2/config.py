@@ -83,7 +83,8 @@ def add_autofocus_config(cfg: CN) -> None:
     # a chip border that is not an image border (the object was cut by the chip). Paper code: 10.
     cfg.MODEL.AUTOFOCUS.BORDER_MARGIN = 10.0
     # Focus stacking 2: drop a scale-k detection lying inside a scale-(k+1) chip when its
-    # sqrt(area) in scale-k pixels is below this (the finer scale re-detects it).
+    # sqrt(area) in scale-k pixels is below this (the finer scale re-detects it). Not in the
+    # paper's code (0 = off, as in the COCO configs, whose valid ranges do this job).
     cfg.MODEL.AUTOFOCUS.SMALL_DROP_SIZE = 64.0
     # Focus stacking 3: per-scale valid [min, max] of sqrt(area) in ORIGINAL-image pixels, one pair
     # per scale (-1 = no limit), as in SNIPER. Paper code on COCO: (75, -), (32, 180), (-, 75).
@@ -91,7 +92,7 @@ def add_autofocus_config(cfg: CN) -> None:
     cfg.MODEL.AUTOFOCUS.VALID_RANGES = [[75.0, -1.0], [32.0, 180.0], [-1.0, 75.0]]
     # Per-view detections entering focus stacking: "filtered" = Detectron2's own test-time output
     # of each view (MODEL.ROI_HEADS.SCORE_THRESH_TEST, NMS_THRESH_TEST, TEST.DETECTIONS_PER_IMAGE
-    # applied per view); "raw" = the paper's: every class score >= RAW_SCORE_THRESH of every
+    # applied per view); "raw" = the paper's: every class score > RAW_SCORE_THRESH of every
     # proposal, no per-view NMS and no per-view top-k (those three are switched off in the pass).
     cfg.MODEL.AUTOFOCUS.VIEW_DETECTIONS = "filtered"
     # Score threshold (probability) of "raw" view detections. Paper code: 0.001.
@@ -124,8 +125,9 @@ def add_autofocus_config(cfg: CN) -> None:
     # Per training scale, the valid [min, max] of sqrt(box area) in ORIGINAL-image pixels (-1 = no
     # limit). Boxes outside it are ignored in that scale's chips (no loss for anchors/proposals
     # that overlap them, see MODEL.SNIPER.IGNORE_IOU), not trained as background. Empty = the
-    # inference MODEL.AUTOFOCUS.VALID_RANGES. Paper code (COCO, scales (1400, 2000), (800, 1280),
-    # (-1, 512)): (-1, 80), (32, 150), (120, -1).
+    # inference MODEL.AUTOFOCUS.VALID_RANGES (only with INPUT.SNIPER.SCALES empty too). Paper code
+    # (COCO), coarse to fine as here: scales (-1, 512), (800, 1280), (1400, 2000) with ranges
+    # (120, -1), (32, 150), (-1, 80).
     cfg.INPUT.SNIPER.VALID_RANGES = []
     # Negative chips (regions with proposals but no valid box), a json written by
     # tools/mine_negative_chips.py; "" = positive chips only.
@@ -249,6 +251,8 @@ def validate_sniper_config(cfg: CN) -> None:
            f"must be in [1, CHIP_SIZE], got {sn.CHIP_STRIDE}")
     scales = sniper_training_scales(cfg)
     check_scale_chain(scales, "INPUT.SNIPER.SCALES")
+    _check(not sn.SCALES or sn.VALID_RANGES, "INPUT.SNIPER.VALID_RANGES",
+           "is empty while INPUT.SNIPER.SCALES is set: give one training range per training scale")
     ranges = sniper_valid_ranges(cfg)
     _check(len(ranges) == len(scales), "INPUT.SNIPER.VALID_RANGES",
            f"{len(ranges)} ranges for {len(scales)} training scales (INPUT.SNIPER.SCALES)")

@@ -135,7 +135,7 @@ def test_dilation_and_min_chip_size(tmp_path, dilation, min_size, small_recall, 
 
 
 def test_two_finer_scales_delegate_small_objects(tmp_path):
-    # ZOOMS [1, 2]. SMALL: r0 = 10, r1 = 20 (a FocusPixel again at scale 1: delegated), r2 = 40.
+    # Finer zooms 1 and 2. SMALL: r0 = 10, r1 = 20 (a FocusPixel again at scale 1: delegated), r2 = 40.
     # Scale 1 chip (48, 48, 176, 176); SMALL there is [52, 72] -> cells 3..4 -> [48, 80] -> [32, 96]
     # -> original (80, 80, 144, 144) at zoom 2: 128 x 128.
     # M80: r = 80 (medium), r0 = 40 -> chip [136, 200] -> original (272, 272, 400, 400); r1 = 80 is

@@ -129,6 +129,7 @@ def test_coco_configs_have_the_papers_settings(name):
     assert model_zoo.get_config(name).MODEL.WEIGHTS == f"detectron2://ImageNetPretrained/MSRA/R-{depth}.pkl"
     # The paper's merge and SNIPER training (official code's training scales and ranges).
     assert (af.VIEW_DETECTIONS, af.RAW_SCORE_THRESH, af.NMS_METHOD, af.SOFT_NMS_SIGMA) == ("raw", 0.001, "soft_nms", 0.55)
+    assert af.SMALL_DROP_SIZE == 0.0 and af.BORDER_MARGIN == 10.0
     sn = cfg.INPUT.SNIPER
     assert sn.ENABLED and (sn.CHIP_SIZE, sn.CHIP_STRIDE) == (512, 32)
     assert [list(sc) for sc in sn.SCALES] == [[-1, 512], [800, 1280], [1400, 2000]]

@@ -189,8 +189,10 @@ def test_manifest_entry_and_model_zoo_row(released):
         info.checkpoint, released["root"] / "release")
     assert entry["sha256"] == info.sha256
     assert entry["date"] == "2025-01-31"
-    solver = model_zoo.get_config(NAME).SOLVER
-    schedule = f"{solver.MAX_ITER} it x {solver.IMS_PER_BATCH} img"
+    zoo_cfg = model_zoo.get_config(NAME)
+    solver = zoo_cfg.SOLVER
+    assert zoo_cfg.INPUT.SNIPER.ENABLED  # the built-in model trains on chips
+    schedule = f"{solver.MAX_ITER} it x {solver.IMS_PER_BATCH} chips"
     assert entry["schedule"] == schedule
     m = entry["metrics"]
     assert m["AP"] == results["bbox"]["AP"] and m["AP_small"] == results["bbox"]["APs"]

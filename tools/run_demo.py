@@ -30,6 +30,7 @@ from autofocus_d2.analysis import format_report_table, run_oracle_analysis  # no
 from autofocus_d2.benchmark import run_benchmark, summary_text, write_report  # noqa: E402
 from autofocus_d2.data import ensure_split  # noqa: E402
 from autofocus_d2.model_zoo.release import release_checkpoint  # noqa: E402
+from autofocus_d2.model_zoo.release_metrics import flatten_mapping  # noqa: E402
 from autofocus_d2.utils.visualization import draw_chips, draw_detections, focus_heatmap  # noqa: E402
 
 CONFIG = "Synthetic/autofocus_compact_fpn.yaml"
@@ -49,11 +50,41 @@ def load_cfg(weights: str, opts):
     return cfg
 
 
+def _comparable(value):
+    """Tuples (a .yaml) and lists (a dumped config) compare equal."""
+    return [_comparable(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def stale_keys(train_dir: str, opts) -> list:
+    """MODEL.* / INPUT.* / SOLVER.* keys in which the config a model in ``train_dir`` was trained
+    with (its config.yaml) differs from the demo's config now (all of them if it is unreadable).
+    MODEL.AUTOFOCUS.* (inference only: the scale chain, chips, merge) does not change the weights."""
+    saved = os.path.join(train_dir, "config.yaml")
+    trained = get_cfg()
+    autofocus_d2.add_autofocus_config(trained)
+    try:
+        trained.merge_from_file(saved)
+    except Exception as e:  # missing file, or keys this version no longer has
+        return [f"{saved} ({type(e).__name__}: {e})"]
+    a = flatten_mapping(trained, sep=".")
+    b = flatten_mapping(load_cfg("", opts), sep=".")
+    return [k for k in sorted(set(a) | set(b))
+            if k.startswith(("MODEL.", "INPUT.", "SOLVER.")) and not k.startswith("MODEL.AUTOFOCUS.")
+            and k not in ("MODEL.WEIGHTS", "MODEL.DEVICE")
+            and _comparable(a.get(k)) != _comparable(b.get(k))]
+
+
 def train(train_dir: str, opts) -> str:
     final = os.path.join(train_dir, "model_final.pth")
     if os.path.isfile(final):
-        say(f"reusing the trained model {final} (delete it to retrain)")
-        return final
+        stale = stale_keys(train_dir, opts)
+        if not stale:
+            say(f"reusing the trained model {final} (delete it to retrain)")
+            return final
+        moved = f"{train_dir}_stale_{time.strftime('%Y%m%d_%H%M%S')}"
+        os.rename(train_dir, moved)
+        say(f"the model in {train_dir} was trained with another config ({', '.join(stale[:5])}"
+            f"{' ...' if len(stale) > 5 else ''}); moved it to {moved} and training anew")
     say(f"training the small CPU model into {train_dir} (progress every 20 iterations)")
     cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file",
            os.path.join(REPO, "configs", CONFIG), "OUTPUT_DIR", train_dir, "DATASETS.TEST", "()", *opts]

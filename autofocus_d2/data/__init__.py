@@ -1,6 +1,6 @@
+from .chip_sampler import ChipEpochSampler
 from .sniper_chips import chip_box_validity, negative_chips, positive_chips
 from .sniper_loader import (
-    ChipEpochSampler,
     SNIPERDatasetMapper,
     build_sniper_train_loader,
     load_negative_chips,

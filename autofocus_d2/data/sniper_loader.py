@@ -11,26 +11,25 @@ Detectron2's own loader (:func:`detectron2.data.build_detection_train_loader`) r
 :class:`SNIPERDatasetMapper` and :class:`ChipEpochSampler`.
 """
 import copy
-import itertools
 import json
 import logging
 import math
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
 
 from detectron2.config import CfgNode, configurable
 from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
-from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from ..config import sniper_training_scales, sniper_valid_ranges, validate_sniper_config
 from ..inference.scale_chain import ScaleChain
+from ..modeling.sniper_heads import require_ignore_support
+from .chip_sampler import ChipEpochSampler
 from .sniper_chips import chip_box_validity, positive_chips
 
 __all__ = [
@@ -343,47 +342,6 @@ class SNIPERDatasetMapper:
         }
 
 
-class ChipEpochSampler(Sampler):
-    """
-    Infinite stream of chip record indices, epoch after epoch: every positive index
-    ``[0, num_positive)`` once, plus ``round(negatives_per_epoch * num_positive)`` negative
-    indices ``num_positive + j`` (at most ``num_negative``) drawn anew each epoch without
-    replacement; the epoch is shuffled (or positives in order, then the sorted negatives).
-    Sharded across ranks as ``detectron2.data.samplers.TrainingSampler``: rank r takes items
-    ``r, r + world_size, ...`` of the global stream.
-    """
-
-    def __init__(self, num_positive: int, num_negative: int, negatives_per_epoch: float,
-                 shuffle: bool = True, seed: Optional[int] = None):
-        if int(num_positive) != num_positive or num_positive < 1:
-            raise ValueError(f"num_positive must be an integer >= 1, got {num_positive}")
-        if int(num_negative) != num_negative or num_negative < 0:
-            raise ValueError(f"num_negative must be an integer >= 0, got {num_negative}")
-        if not (negatives_per_epoch >= 0 and math.isfinite(negatives_per_epoch)):
-            raise ValueError(f"negatives_per_epoch must be >= 0, got {negatives_per_epoch}")
-        self.num_positive, self.num_negative = int(num_positive), int(num_negative)
-        self.negatives_in_epoch = min(_round(negatives_per_epoch * num_positive), self.num_negative)
-        self._shuffle = shuffle
-        self._seed = int(comm.shared_random_seed() if seed is None else seed)
-        self._rank, self._world_size = comm.get_rank(), comm.get_world_size()
-
-    def __iter__(self) -> Iterator[int]:
-        yield from itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
-
-    def _infinite_indices(self) -> Iterator[int]:
-        g = torch.Generator()
-        g.manual_seed(self._seed)
-        while True:
-            neg = torch.randperm(self.num_negative, generator=g)[: self.negatives_in_epoch]
-            neg = neg + self.num_positive
-            if self._shuffle:
-                epoch = torch.cat([torch.arange(self.num_positive), neg])
-                yield from epoch[torch.randperm(epoch.numel(), generator=g)].tolist()
-            else:
-                yield from range(self.num_positive)
-                yield from torch.sort(neg).values.tolist()
-
-
 def build_sniper_train_loader(cfg: CfgNode, mapper=None):
     """
     Detectron2's ``build_detection_train_loader`` over the SNIPER chip records of
@@ -391,6 +349,7 @@ def build_sniper_train_loader(cfg: CfgNode, mapper=None):
     with ``mapper`` (default :class:`SNIPERDatasetMapper`) and :class:`ChipEpochSampler`.
     """
     validate_sniper_config(cfg)
+    require_ignore_support(cfg)
     dataset_dicts = get_detection_dataset_dicts(
         cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
     )

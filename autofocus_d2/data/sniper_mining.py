@@ -21,7 +21,7 @@ from detectron2.config import CfgNode
 from detectron2.data import detection_utils as utils
 from detectron2.structures import ImageList
 
-from ..config import sniper_training_scales, sniper_valid_ranges
+from ..config import sniper_training_scales, sniper_valid_ranges, validate_sniper_config
 from ..inference.scale_chain import ScaleChain
 from ..inference.views import View, crop_and_resize, tile_box, zoomed_hw
 from .sniper_chips import negative_chips, positive_chips
@@ -98,6 +98,7 @@ def mine_negative_chips(
         dict: the negative-chips json content (module docstring); every mined image has an
         entry, possibly an empty list.
     """
+    validate_sniper_config(cfg)
     sn = cfg.INPUT.SNIPER
     scales = sniper_training_scales(cfg)
     ranges = sniper_valid_ranges(cfg)

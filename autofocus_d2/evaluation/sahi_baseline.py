@@ -39,7 +39,7 @@ import torch
 from detectron2.structures import Boxes, Instances
 
 from ..config import per_transition
-from ..inference.scale_chain import ScaleChain
+from ..inference.scale_chain import ScaleChain, scale_zoom
 from ..inference.views import crop_and_resize, zoomed_hw
 
 __all__ = [
@@ -137,7 +137,7 @@ class SliceDetector:
                     "SAHI's standard (full-image) prediction needs the whole-image size: give "
                     "first_scale (MODEL.AUTOFOCUS.SCALES[0]) or perform_standard_pred=False"
                 )
-            return ScaleChain(scales=[self.first_scale]).image_hw((h, w), 0), "standard"
+            return zoomed_hw((0, 0, w, h), scale_zoom((h, w), *self.first_scale)), "standard"
         return zoomed_hw((0, 0, w, h), self.zoom), "slice"
 
     @torch.no_grad()
@@ -337,7 +337,8 @@ def sahi_pixels(
     if perform_standard_pred and len(boxes) > 1:
         if first_scale is None:
             raise ValueError("first_scale is needed to count the standard prediction's pixels")
-        sh, sw = ScaleChain(scales=[first_scale]).image_hw(tuple(image_hw), 0)
+        h, w = image_hw
+        sh, sw = zoomed_hw((0, 0, w, h), scale_zoom((h, w), *first_scale))
         standard = sh * sw
     return slice_pixels, standard, len(boxes)
 

@@ -9,39 +9,44 @@ resolution (zoom 1).
 One object owns this rule and everything that needs a zoom asks it: the inference pipeline, the
 oracle chip analysis, the SAHI baseline's slice size, the benchmark and SNIPER chip training.
 """
+import math
 from typing import List, Sequence, Tuple
 
 from detectron2.config import configurable
 
 from ..config import check_scale_chain
+from .views import zoomed_hw
 
-__all__ = ["ScaleChain", "scale_zoom", "resized_hw"]
+__all__ = ["ScaleChain", "scale_zoom"]
+
+
+def _round_half_up(x: float) -> int:
+    """Nearest integer, halves up (the rounding of :func:`zoomed_hw`)."""
+    return int(math.floor(x + 0.5))
 
 
 def scale_zoom(image_hw: Tuple[int, int], short: float, cap: float) -> float:
     """
     Zoom (pixels of the scale per original pixel) of an image of ``image_hw`` = (H, W) original
     pixels at the scale ``(short, cap)``: ``short / min(H, W)``, lowered to ``cap / max(H, W)`` when
-    the longer side would exceed ``cap`` (SNIPER's rule: the rounded longer side is compared);
-    ``short = -1``: ``cap / max(H, W)``; both ``-1``: 1.
+    the longer side would exceed ``cap`` (SNIPER's rule: the rounded longer side is compared, so
+    the resized longer side never exceeds ``cap``); ``short = -1``: ``cap / max(H, W)``; both
+    ``-1``: 1.
     """
     h, w = int(image_hw[0]), int(image_hw[1])
     if h <= 0 or w <= 0:
         raise ValueError(f"image size must be positive, got {tuple(image_hw)}")
+    for name, value in (("short", short), ("cap", cap)):
+        if not (value == -1 or (value > 0 and math.isfinite(value))):
+            raise ValueError(f"{name} must be -1 (no constraint) or a positive number, got {value}")
     if short > 0:
         zoom = short / min(h, w)
-        if cap > 0 and round(zoom * max(h, w)) > cap:
+        if cap > 0 and _round_half_up(zoom * max(h, w)) > cap:
             zoom = cap / max(h, w)
         return zoom
     if cap > 0:
         return cap / max(h, w)
     return 1.0
-
-
-def resized_hw(image_hw: Tuple[int, int], zoom: float) -> Tuple[int, int]:
-    """(h, w) in pixels of the whole image zoomed by ``zoom`` (rounded, at least 1)."""
-    h, w = image_hw
-    return max(1, int(h * zoom + 0.5)), max(1, int(w * zoom + 0.5))
 
 
 class ScaleChain:
@@ -80,4 +85,5 @@ class ScaleChain:
 
     def image_hw(self, image_hw: Tuple[int, int], scale: int) -> Tuple[int, int]:
         """Size (h, w) in pixels of the whole image at ``scale``."""
-        return resized_hw(image_hw, self.zoom(image_hw, scale))
+        h, w = image_hw
+        return zoomed_hw((0, 0, w, h), self.zoom(image_hw, scale))

@@ -167,12 +167,13 @@ def _check_config_matches(trained: CfgNode, zoo: CfgNode, name: str, trained_fil
 
 
 def schedule_name(cfg: CfgNode) -> str:
-    """Detectron2's name of the schedule ("1x", "3x": multiples of 90k iterations of 16 images),
-    else "<MAX_ITER> it x <IMS_PER_BATCH> img"."""
+    """Detectron2's name of the schedule ("1x", "3x": multiples of 90k iterations of 16 images or
+    SNIPER chips), else "<MAX_ITER> it x <IMS_PER_BATCH> img" ("chips" with INPUT.SNIPER.ENABLED)."""
     images = cfg.SOLVER.MAX_ITER * cfg.SOLVER.IMS_PER_BATCH
     if images % _ONE_X_IMAGES == 0 and cfg.SOLVER.IMS_PER_BATCH == 16:
         return f"{images // _ONE_X_IMAGES}x"
-    return f"{cfg.SOLVER.MAX_ITER} it x {cfg.SOLVER.IMS_PER_BATCH} img"
+    unit = "chips" if cfg.INPUT.SNIPER.ENABLED else "img"
+    return f"{cfg.SOLVER.MAX_ITER} it x {cfg.SOLVER.IMS_PER_BATCH} {unit}"
 
 
 # ------------------------------------------------------------------------------------------ outputs

@@ -14,7 +14,7 @@ from ..config import validate_autofocus_config
 from ..inference.pipeline import build_autofocus_pipeline
 from .focus_head import build_focus_head, focus_pixel_loss, resolve_focus_feature
 from .focus_labels import focus_pixel_targets
-from .sniper_heads import split_ignored
+from .sniper_heads import require_ignore_support, split_ignored
 
 __all__ = ["AutoFocusRCNN"]
 
@@ -135,9 +135,9 @@ class AutoFocusRCNN(GeneralizedRCNN):
         proposal_generator = build_proposal_generator(cfg, shapes)
         roi_heads = build_roi_heads(cfg, shapes)
         if cfg.INPUT.SNIPER.ENABLED:
-            for key, module in (("MODEL.PROPOSAL_GENERATOR.NAME", proposal_generator),
-                                ("MODEL.ROI_HEADS.NAME", roi_heads)):
-                _require_ignore_support(module, key)
+            require_ignore_support(cfg)
+        if cfg.MODEL.AUTOFOCUS.VIEW_DETECTIONS == "raw":
+            _box_predictors(roi_heads)  # fails now, naming the key, rather than at the first eval
         return {
             "backbone": backbone,
             "proposal_generator": proposal_generator,

@@ -18,6 +18,13 @@ def _cell_overlap(lo: torch.Tensor, hi: torch.Tensor, num_cells: int, stride: in
     return (starts[None, :] < hi[:, None]) & (starts[None, :] + stride > lo[:, None])
 
 
+def _box_tensor(boxes: Union[torch.Tensor, Boxes], name: str) -> torch.Tensor:
+    tensor = boxes.tensor if isinstance(boxes, Boxes) else torch.as_tensor(boxes)
+    if tensor.ndim != 2 or tensor.shape[-1] != 4:
+        raise ValueError(f"{name} must be (N, 4) XYXY, got shape {tuple(tensor.shape)}")
+    return tensor
+
+
 def focus_pixel_targets(
     gt_boxes: Union[torch.Tensor, Boxes],
     *,
@@ -52,9 +59,8 @@ def focus_pixel_targets(
     Returns:
         LongTensor[Hf, Wf] of labels in {1, 0, -1}, on gt_boxes' device.
     """
-    boxes = gt_boxes.tensor if isinstance(gt_boxes, Boxes) else torch.as_tensor(gt_boxes)
-    if boxes.ndim != 2 or boxes.shape[-1] != 4:
-        raise ValueError(f"gt_boxes must be (N, 4) XYXY, got shape {tuple(boxes.shape)}")
+    boxes = _box_tensor(gt_boxes, "gt_boxes")
+    extra = boxes.new_zeros((0, 4)) if ignored_boxes is None else _box_tensor(ignored_boxes, "ignored_boxes")
     if stride <= 0:
         raise ValueError(f"stride must be positive, got {stride}")
     lo, hi = float(small_range[0]), float(small_range[1])
@@ -64,8 +70,10 @@ def focus_pixel_targets(
         )
     feat_h, feat_w = int(feature_hw[0]), int(feature_hw[1])
     img_h, img_w = int(image_hw[0]), int(image_hw[1])
-    boxes = boxes.float()
     device = boxes.device
+    num_gt = boxes.shape[0]
+    boxes = torch.cat([boxes.float(), extra.float().to(device)])  # gt boxes, then ignored_boxes
+    is_gt = torch.arange(boxes.shape[0], device=device) < num_gt
 
     sizes = ((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)).sqrt()
     rows = _cell_overlap(boxes[:, 1], boxes[:, 3], feat_h, stride).float()  # (N, Hf)
@@ -75,17 +83,11 @@ def focus_pixel_targets(
         # (Hf, N) @ (N, Wf): > 0 where some selected box overlaps the cell.
         return (rows[select].t() @ cols[select]) > 0
 
-    positive_boxes = (sizes >= lo) & (sizes <= hi)
-    ignore_boxes = (sizes < lo) | ((sizes > hi) & (sizes <= ignore_max))
+    positive_boxes = is_gt & (sizes >= lo) & (sizes <= hi)
+    ignore_boxes = ~is_gt | (sizes < lo) | ((sizes > hi) & (sizes <= ignore_max))
 
     labels = torch.full((feat_h, feat_w), FOCUS_NEGATIVE, dtype=torch.long, device=device)
     labels[covered(ignore_boxes)] = FOCUS_IGNORE
-    if ignored_boxes is not None:
-        extra = ignored_boxes.tensor if isinstance(ignored_boxes, Boxes) else torch.as_tensor(ignored_boxes)
-        extra = extra.float().to(device).reshape(-1, 4)
-        ex_rows = _cell_overlap(extra[:, 1], extra[:, 3], feat_h, stride).float()
-        ex_cols = _cell_overlap(extra[:, 0], extra[:, 2], feat_w, stride).float()
-        labels[(ex_rows.t() @ ex_cols) > 0] = FOCUS_IGNORE
     labels[covered(positive_boxes)] = FOCUS_POSITIVE
     starts_y = torch.arange(feat_h, device=device) * stride
     starts_x = torch.arange(feat_w, device=device) * stride

@@ -29,7 +29,10 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.memory import retry_if_cuda_oom
 
+from ..config import lookup_registry
+
 __all__ = [
+    "require_ignore_support",
     "split_ignored",
     "ignored_overlap_mask",
     "SNIPERRPN",
@@ -219,3 +222,24 @@ class SNIPERStandardROIHeads(SNIPERROIHeadsMixin, StandardROIHeads):
 @ROI_HEADS_REGISTRY.register()
 class SNIPERRes5ROIHeads(SNIPERROIHeadsMixin, Res5ROIHeads):
     """Detectron2's :class:`Res5ROIHeads` (C4) with SNIPER's ignored boxes (see the mixin)."""
+
+
+def require_ignore_support(cfg) -> None:
+    """
+    SNIPER chips carry ignored ground truth (``gt_ignore``), which stock Detectron2 heads would
+    train as objects. Raise ValueError naming the key unless the proposal generator and the ROI
+    heads that ``cfg`` names declare ``supports_ignored_boxes`` (the SNIPER variants above).
+    """
+    for key, registry, name in (
+        ("MODEL.PROPOSAL_GENERATOR.NAME", PROPOSAL_GENERATOR_REGISTRY, cfg.MODEL.PROPOSAL_GENERATOR.NAME),
+        ("MODEL.ROI_HEADS.NAME", ROI_HEADS_REGISTRY, cfg.MODEL.ROI_HEADS.NAME),
+    ):
+        if key == "MODEL.PROPOSAL_GENERATOR.NAME" and name == "PrecomputedProposals":
+            continue  # no anchors to label
+        cls = lookup_registry(registry, name, key)
+        if not getattr(cls, "supports_ignored_boxes", False):
+            raise ValueError(
+                f"SNIPER chip training (INPUT.SNIPER.ENABLED) gives ignored boxes; {key} builds "
+                f"{name}, which would train them as objects. Use an ignore-aware variant "
+                "(SNIPERRPN, SNIPERStandardROIHeads, SNIPERRes5ROIHeads) or set INPUT.SNIPER.ENABLED False"
+            )

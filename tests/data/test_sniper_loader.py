@@ -24,7 +24,7 @@ from autofocus_d2.data import (
     positive_chips,
     sniper_chip_records,
 )
-from autofocus_d2.data import sniper_loader, sniper_mining
+from autofocus_d2.data import chip_sampler, sniper_mining
 from autofocus_d2.data.sniper_loader import check_negative_chips, chip_transform
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -230,10 +230,10 @@ def test_sampler_epochs():
 
 def test_sampler_is_sharded_across_ranks(monkeypatch):
     whole = list(itertools.islice(iter(ChipEpochSampler(5, 4, 0.4, seed=1)), 40))
-    monkeypatch.setattr(sniper_loader.comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(chip_sampler.comm, "get_world_size", lambda: 2)
     shards = []
     for rank in (0, 1):
-        monkeypatch.setattr(sniper_loader.comm, "get_rank", lambda r=rank: r)
+        monkeypatch.setattr(chip_sampler.comm, "get_rank", lambda r=rank: r)
         shards.append(list(itertools.islice(iter(ChipEpochSampler(5, 4, 0.4, seed=1)), 20)))
     assert shards[0] == whole[0::2] and shards[1] == whole[1::2]
 
@@ -266,6 +266,8 @@ def _loader_cfg(name, **sniper):
               "CHIP_SIZE": 128, **sniper}
     cfg = _cfg(**sniper)
     cfg.DATASETS.TRAIN = (name,)
+    cfg.MODEL.PROPOSAL_GENERATOR.NAME = "SNIPERRPN"
+    cfg.MODEL.ROI_HEADS.NAME = "SNIPERStandardROIHeads"
     cfg.SOLVER.IMS_PER_BATCH = 2
     cfg.DATALOADER.NUM_WORKERS = 0
     return cfg
@@ -387,3 +389,10 @@ def test_mine_negative_chips_tool(tiny_dataset, tmp_path, capsys):
     printed = capsys.readouterr().out
     counts = [sum(1 for c in content["chips"]["0"] if c[4] == s) for s in (0, 1)]
     assert f"scale (75, 100): {counts[0]}" in printed and f"scale (150, 200): {counts[1]}" in printed
+
+
+def test_the_loader_refuses_heads_that_would_train_ignored_boxes(tiny_dataset):
+    cfg = _loader_cfg(tiny_dataset)
+    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    with pytest.raises(ValueError, match="MODEL.ROI_HEADS.NAME builds StandardROIHeads"):
+        build_sniper_train_loader(cfg)

@@ -87,3 +87,16 @@ def test_bad_chains_are_rejected(scales, match):
 def test_bad_image_size():
     with pytest.raises(ValueError, match="positive"):
         ScaleChain(scales=PAPER).zooms((0, 10))
+
+
+def test_the_resized_longer_side_never_exceeds_the_cap():
+    # 205 * 480 / 192 = 512.5: Python's round() would give 512 (halves to even) and skip the cap,
+    # then the image would be resized to 513 px; the cap applies.
+    chain = ScaleChain(scales=[[480, 512]])
+    assert max(chain.image_hw((192, 205), 0)) == 512
+
+
+@pytest.mark.parametrize("short, cap", [(0, 512), (480, -2), (float("nan"), 512)])
+def test_bad_scale_sides_raise(short, cap):
+    with pytest.raises(ValueError, match="no constraint"):
+        scale_zoom((100, 100), short, cap)

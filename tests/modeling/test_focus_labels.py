@@ -166,3 +166,8 @@ def test_model_focus_loss_follows_ignored_box_labels():
         losses[mode] = model.focus_losses(features, [inst], [(128, 128)]).item()
     # Same weights and input, different labels of the ignored box's cells: different losses.
     assert losses["size"] != pytest.approx(losses["ignore"])
+
+
+def test_ignored_boxes_must_be_n_by_4():
+    with pytest.raises(ValueError, match="ignored_boxes must be"):
+        _targets([], ignored_boxes=torch.zeros(8))
