@@ -34,6 +34,7 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 import autofocus_d2
+from autofocus_d2.data import add_register_coco_argument, register_coco_datasets
 from autofocus_d2.utils import draw_chips, draw_detections, focus_heatmap
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -51,7 +52,7 @@ def get_parser():
                    help="also draw the chips of every scale and the FocusPixel maps")
     p.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
                    help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS x.pth MODEL.DEVICE cuda")
-    return p
+    return add_register_coco_argument(p)
 
 
 def setup_cfg(args):
@@ -139,6 +140,7 @@ def megapixels(n: float) -> str:
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    register_coco_datasets(args.register_coco)  # class names come from DATASETS.TEST[0]'s metadata
     cfg = setup_cfg(args)
     paths = expand_inputs(args.input)
     predictor = AutoFocusPredictor(cfg)

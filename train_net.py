@@ -18,7 +18,7 @@ from detectron2.evaluation import DatasetEvaluators, verify_results
 from detectron2.utils.logger import setup_logger
 
 import autofocus_d2
-from autofocus_d2.data import build_sniper_train_loader
+from autofocus_d2.data import add_register_coco_argument, build_sniper_train_loader, register_coco_datasets
 from autofocus_d2.evaluation import AutoFocusEfficiencyEvaluator, build_coco_evaluator
 
 
@@ -54,6 +54,7 @@ def setup(args):
 
 
 def main(args):
+    register_coco_datasets(args.register_coco)  # in every process that launch() starts
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
@@ -71,7 +72,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = add_register_coco_argument(default_argument_parser()).parse_args()
     print("Command Line Args:", args)
     launch(
         main,

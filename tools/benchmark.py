@@ -15,6 +15,7 @@ from detectron2.utils.logger import setup_logger
 
 import autofocus_d2
 from autofocus_d2.benchmark import DEFAULT_METHODS, run_benchmark, summary_text, write_report
+from autofocus_d2.data import add_register_coco_argument, register_coco_datasets
 
 
 def parse_args(argv=None):
@@ -30,12 +31,13 @@ def parse_args(argv=None):
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                    help="config KEY VALUE pairs (last on the command line)")
-    return p.parse_args(argv)
+    return add_register_coco_argument(p).parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logger(name="autofocus_d2")
+    register_coco_datasets(args.register_coco)
     cfg = get_cfg()
     autofocus_d2.add_autofocus_config(cfg)
     cfg.merge_from_file(args.config_file)

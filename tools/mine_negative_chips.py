@@ -20,7 +20,7 @@ from detectron2.utils.logger import setup_logger
 
 import autofocus_d2
 from autofocus_d2.config import sniper_training_scales, validate_sniper_config
-from autofocus_d2.data import mine_negative_chips
+from autofocus_d2.data import add_register_coco_argument, mine_negative_chips, register_coco_datasets
 
 
 def parse_args(argv=None):
@@ -30,7 +30,7 @@ def parse_args(argv=None):
     p.add_argument("--max-images", type=int, default=None, help="only the first N training images")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                    help="config KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth")
-    return p.parse_args(argv)
+    return add_register_coco_argument(p).parse_args(argv)
 
 
 def setup(args):
@@ -47,6 +47,7 @@ def setup(args):
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logger(name="autofocus_d2")
+    register_coco_datasets(args.register_coco)
     cfg = setup(args)
     model = build_model(cfg)
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)

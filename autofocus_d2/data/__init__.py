@@ -1,4 +1,5 @@
 from .chip_sampler import ChipEpochSampler
+from .own_datasets import add_register_coco_argument, register_coco_datasets
 from .sniper_chips import chip_box_validity, negative_chips, positive_chips
 from .sniper_loader import (
     SNIPERDatasetMapper,
@@ -18,6 +19,8 @@ from .synthetic import (
 )
 
 __all__ = [
+    "add_register_coco_argument",
+    "register_coco_datasets",
     "SYNTHETIC_CATEGORIES",
     "SYNTHETIC_SPLITS",
     "dataset_statistics",
