@@ -59,6 +59,10 @@ def rpn_proposals_at_zoom(
     Returns:
         Tensor: (R, 4) float32 XYXY proposals in the original frame, R <= top_k, on the CPU.
     """
+    if not (zoom > 0 and math.isfinite(zoom)):
+        raise ValueError(f"zoom must be a positive finite number, got {zoom}")
+    if int(top_k) != top_k or top_k < 1:
+        raise ValueError(f"top_k must be an integer >= 1, got {top_k}")
     device = model.pixel_mean.device
     image = image.to(device=device, dtype=torch.float32)
     h, w = image.shape[-2:]

@@ -87,6 +87,7 @@ def ignored_overlap_mask(ignored_boxes: Boxes, boxes: Boxes, ignore_iou: float) 
     Returns:
         (R,) bool tensor on ``boxes``' device; all False when M = 0.
     """
+    _check_ignore_iou(ignore_iou)
     if len(ignored_boxes) == 0 or len(boxes) == 0:
         return torch.zeros(len(boxes), dtype=torch.bool, device=boxes.tensor.device)
     iou = retry_if_cuda_oom(pairwise_iou)(ignored_boxes, boxes)  # (M, R)

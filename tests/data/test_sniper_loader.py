@@ -396,3 +396,25 @@ def test_the_loader_refuses_heads_that_would_train_ignored_boxes(tiny_dataset):
     cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
     with pytest.raises(ValueError, match="MODEL.ROI_HEADS.NAME builds StandardROIHeads"):
         build_sniper_train_loader(cfg)
+
+
+def test_a_very_large_training_image_trains_as_chips(tmp_path):
+    # 6000 x 6000 px with three small objects and one large one: at the original resolution and at
+    # longer side 512, every network input is a chip of at most CHIP_SIZE (+1) px a side.
+    pixels = np.zeros((6000, 6000, 3), dtype=np.uint8)
+    boxes = [[100, 200, 130, 240], [3000, 3000, 3040, 3020], [5900, 5950, 5990, 5999], [1000, 4000, 2500, 5200]]
+    for x0, y0, x1, y1 in boxes:
+        pixels[y0:y1, x0:x1] = 255
+    path = str(tmp_path / "huge.jpg")
+    Image.fromarray(pixels).save(path, quality=80)
+    d = {"file_name": path, "height": 6000, "width": 6000, "image_id": 9,
+         "annotations": [_anno(b, 1) for b in boxes]}
+    records, num_positive = sniper_chip_records(
+        [d], scales=[[-1, 512], [-1, -1]], valid_ranges=[[200, -1], [-1, 100]], chip_size=512)
+    assert num_positive == len(records) == 4  # one chip at 512 px, three around the small objects
+    mapper = SNIPERDatasetMapper(is_train=True, image_format="RGB", chip_size=512)
+    for record in records:
+        out = mapper(record)
+        assert max(out["image"].shape[-2:]) <= 513, out["image"].shape
+        valid = ~out["instances"].gt_ignore
+        assert int(valid.sum()) >= 1  # every positive chip trains at least one box
