@@ -1,15 +1,16 @@
-"""Modeling: the AutoFocusRCNN meta-architecture, the FocusPixel head, labels and loss."""
+"""Modeling: the AutoFocusRCNN meta-architecture, the FocusPixel head, labels and loss, and the
+ignore-aware RPN / ROI heads of SNIPER chip training (registered on import)."""
 from . import compact_resnet as _compact_resnet  # noqa: F401  (registers the compact backbones)
 from .autofocus_rcnn import AutoFocusRCNN
 from .focus_head import FOCUS_HEAD_REGISTRY, StandardFocusHead, build_focus_head, focus_pixel_loss
 from .focus_labels import focus_pixel_targets
-from . import sniper_heads as _sniper_heads  # noqa: F401  (registers the SNIPER RPN and ROI heads)
-from .sniper_heads import (
+from .sniper_heads import (  # importing it registers the SNIPER RPN and ROI heads
     SNIPERROIHeadsMixin,
     SNIPERRPN,
     SNIPERRes5ROIHeads,
     SNIPERStandardROIHeads,
     ignored_overlap_mask,
+    require_ignore_support,
     split_ignored,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "SNIPERStandardROIHeads",
     "SNIPERRes5ROIHeads",
     "ignored_overlap_mask",
+    "require_ignore_support",
     "split_ignored",
 ]

@@ -23,6 +23,7 @@ from autofocus_d2.modeling import (
     ignored_overlap_mask,
     split_ignored,
 )
+from test_autofocus_rcnn import compact_fpn_cfg, r18_c4_cfg  # the shared small test configs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGE_HW = (200, 200)
@@ -361,25 +362,13 @@ def _train_inputs(size=(96, 128)):
 
 
 def _compact_fpn_cfg():
-    cfg = get_cfg()
-    autofocus_d2.add_autofocus_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs/Synthetic/autofocus_compact_fpn.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.PROPOSAL_GENERATOR.NAME = "SNIPERRPN"
-    cfg.MODEL.ROI_HEADS.NAME = "SNIPERStandardROIHeads"
+    cfg = compact_fpn_cfg()  # the built-in config: SNIPERRPN and SNIPERStandardROIHeads already
+    assert (cfg.MODEL.PROPOSAL_GENERATOR.NAME, cfg.MODEL.ROI_HEADS.NAME) == ("SNIPERRPN", "SNIPERStandardROIHeads")
     return cfg
 
 
 def _r18_c4_cfg():
-    cfg = get_cfg()
-    autofocus_d2.add_autofocus_config(cfg)
-    cfg.MODEL.META_ARCHITECTURE = "AutoFocusRCNN"
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.NORM = "BN"
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    cfg = r18_c4_cfg()
     cfg.MODEL.PROPOSAL_GENERATOR.NAME = "SNIPERRPN"
     cfg.MODEL.ROI_HEADS.NAME = "SNIPERRes5ROIHeads"
     return cfg
