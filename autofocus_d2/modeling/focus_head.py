@@ -88,11 +88,15 @@ def focus_pixel_loss(logits: torch.Tensor, targets: List[torch.Tensor]) -> torch
         targets: B LongTensors (H, W) with labels in {1, 0, -1 (ignored)}.
 
     Returns:
-        scalar loss; 0 (with a gradient path) when no cell of the batch is valid, never NaN.
+        float32 scalar loss, also under mixed precision (fp16/bf16 autocast, Detectron2's
+        AMPTrainer): the logits are cast to float32 first; 0 (with a gradient path) when no cell of
+        the batch is valid, never NaN.
     """
+    logits = logits.float()
     labels = torch.stack(targets).to(logits.device)
     valid = labels >= 0
     if not valid.any():
         return logits.sum() * 0.0
     flat = logits.permute(0, 2, 3, 1)[valid]  # (num_valid, 2)
-    return F.cross_entropy(flat, labels[valid], reduction="mean")
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        return F.cross_entropy(flat, labels[valid], reduction="mean")

@@ -21,8 +21,11 @@ def test_head_output_shape_and_structure():
     head = build_focus_head(cfg, ShapeSpec(channels=12, stride=16))
     out = head(torch.randn(3, 12, 7, 9))
     assert out.shape == (3, 2, 7, 9)
+    # The official head: conv3x3 + ReLU, conv1x1 + ReLU, conv1x1 to 2 classes.
     assert head.conv.weight.shape == (32, 12, 3, 3)
+    assert head.conv1x1.weight.shape == (32, 32, 1, 1)
     assert head.predictor.weight.shape == (2, 32, 1, 1)
+    assert head.conv.activation is F.relu and head.conv1x1.activation is F.relu
     assert "StandardFocusHead" in FOCUS_HEAD_REGISTRY
 
 
@@ -63,3 +66,23 @@ def test_image_without_valid_cells_contributes_nothing():
     both = focus_pixel_loss(logits, [t0, torch.full((3, 3), -1)])
     alone = focus_pixel_loss(logits[:1], [t0])
     assert both.item() == pytest.approx(alone.item())
+
+
+@pytest.mark.parametrize(
+    "device, dtype",
+    [("cpu", torch.bfloat16)]
+    + ([("cuda", torch.float16), ("cuda", torch.bfloat16)] if torch.cuda.is_available() else []),
+)
+def test_loss_is_float32_under_mixed_precision(device, dtype):
+    """Under autocast (what Detectron2's AMPTrainer runs) the head runs in low precision but its
+    loss is computed in float32 and equals the float32 loss of the same logits."""
+    head = build_focus_head(_cfg(), ShapeSpec(channels=8, stride=16)).to(device)
+    feature = torch.randn(2, 8, 6, 7, generator=torch.Generator().manual_seed(0)).to(device)
+    targets = [torch.randint(-1, 2, (6, 7), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    with torch.autocast(device_type=device, dtype=dtype):
+        logits = head(feature)
+        loss = focus_pixel_loss(logits, targets)
+    assert logits.dtype == dtype and loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(focus_pixel_loss(logits.float(), targets).item(), rel=1e-6)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in head.parameters())
