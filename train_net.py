@@ -12,12 +12,12 @@ import os
 
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import DatasetEvaluators, verify_results
 from detectron2.utils.logger import setup_logger
 
-import autofocus_d2
+import autofocus_d2  # noqa: F401  (registers the model, heads and datasets)
+from autofocus_d2.config import load_autofocus_config
 from autofocus_d2.data import add_register_coco_argument, build_sniper_train_loader, register_coco_datasets
 from autofocus_d2.evaluation import AutoFocusEfficiencyEvaluator, build_coco_evaluator
 
@@ -43,11 +43,7 @@ class Trainer(DefaultTrainer):
 
 def setup(args):
     """get_cfg -> add_autofocus_config -> merge file and opts -> freeze -> default_setup."""
-    cfg = get_cfg()
-    autofocus_d2.add_autofocus_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = load_autofocus_config(args.config_file, args.opts)
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="autofocus_d2")
     return cfg

@@ -6,6 +6,7 @@ from detectron2.config import CfgNode as CN
 
 __all__ = [
     "add_autofocus_config",
+    "load_autofocus_config",
     "validate_autofocus_config",
     "validate_sniper_config",
     "sniper_training_scales",
@@ -153,6 +154,19 @@ def add_autofocus_config(cfg: CN) -> None:
     cfg.MODEL.COMPACT_RESNET.STAGE_OUT_CHANNELS = [32, 64, 128, 256]
     # BasicBlocks per stage res2..res5.
     cfg.MODEL.COMPACT_RESNET.BLOCKS_PER_STAGE = [1, 1, 1, 1]
+
+
+def load_autofocus_config(config_file: str, opts: Sequence[str] = ()) -> CN:
+    """The tools' config: ``get_cfg()`` + :func:`add_autofocus_config` + ``config_file`` + ``opts``
+    (KEY VALUE pairs), frozen."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_autofocus_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    cfg.freeze()
+    return cfg
 
 
 def per_transition(values: Sequence, num_transitions: int, key: str) -> List:

@@ -10,10 +10,10 @@ import argparse
 import os
 import sys
 
-from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
-import autofocus_d2
+import autofocus_d2  # noqa: F401  (registers the model, heads and datasets)
+from autofocus_d2.config import load_autofocus_config
 from autofocus_d2.benchmark import DEFAULT_METHODS, run_benchmark, summary_text, write_report
 from autofocus_d2.data import add_register_coco_argument, register_coco_datasets
 
@@ -38,11 +38,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logger(name="autofocus_d2")
     register_coco_datasets(args.register_coco)
-    cfg = get_cfg()
-    autofocus_d2.add_autofocus_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = load_autofocus_config(args.config_file, args.opts)
     dataset = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
     if dataset is None:
         print("no --dataset given and DATASETS.TEST is empty", file=sys.stderr)

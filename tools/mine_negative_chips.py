@@ -13,13 +13,12 @@ import os
 import sys
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import get_detection_dataset_dicts
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
-import autofocus_d2
-from autofocus_d2.config import sniper_training_scales, validate_sniper_config
+import autofocus_d2  # noqa: F401  (registers the model, heads and datasets)
+from autofocus_d2.config import load_autofocus_config, sniper_training_scales, validate_sniper_config
 from autofocus_d2.data import add_register_coco_argument, mine_negative_chips, register_coco_datasets
 
 
@@ -34,12 +33,8 @@ def parse_args(argv=None):
 
 
 def setup(args):
-    """get_cfg -> add_autofocus_config -> merge file and opts -> freeze."""
-    cfg = get_cfg()
-    autofocus_d2.add_autofocus_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    """The config (get_cfg -> add_autofocus_config -> merge file and opts -> freeze), checked."""
+    cfg = load_autofocus_config(args.config_file, args.opts)
     validate_sniper_config(cfg)
     return cfg
 

@@ -109,21 +109,17 @@ def _ignore_iou_from_config(cfg) -> float:
     return cfg.MODEL.SNIPER.IGNORE_IOU
 
 
-@PROPOSAL_GENERATOR_REGISTRY.register()
-class SNIPERRPN(RPN):
-    """
-    Detectron2's :class:`RPN` that gives no loss to anchors overlapping an ignored ground-truth box
-    (``gt_ignore`` True) by more than ``ignore_iou``. See the module docstring for the rule.
-    """
-
-    supports_ignored_boxes = True
+class _IgnoreIoU:
+    """Adds ``ignore_iou`` (``MODEL.SNIPER.IGNORE_IOU``) to a Detectron2 head built with
+    ``from_config(cfg, input_shape)``; put it before that head class in the bases."""
 
     @configurable
     def __init__(self, *, ignore_iou: float = 0.3, **kwargs):
         """
         Args:
-            ignore_iou: anchors whose max IoU with an ignored box is above this get label -1.
-            kwargs: the arguments of :class:`RPN`.
+            ignore_iou: an anchor (RPN) or sampled background proposal (ROI heads) whose max IoU
+                with an ignored box is above this gives no loss.
+            kwargs: the arguments of the Detectron2 head class.
         """
         super().__init__(**kwargs)
         self.ignore_iou = _check_ignore_iou(ignore_iou)
@@ -133,6 +129,16 @@ class SNIPERRPN(RPN):
         ret = super().from_config(cfg, input_shape)
         ret["ignore_iou"] = _ignore_iou_from_config(cfg)
         return ret
+
+
+@PROPOSAL_GENERATOR_REGISTRY.register()
+class SNIPERRPN(_IgnoreIoU, RPN):
+    """
+    Detectron2's :class:`RPN` that gives no loss to anchors overlapping an ignored ground-truth box
+    (``gt_ignore`` True) by more than ``ignore_iou``. See the module docstring for the rule.
+    """
+
+    supports_ignored_boxes = True
 
     @torch.jit.unused
     @torch.no_grad()
@@ -157,7 +163,7 @@ class SNIPERRPN(RPN):
         return gt_labels, matched_gt_boxes
 
 
-class SNIPERROIHeadsMixin:
+class SNIPERROIHeadsMixin(_IgnoreIoU):
     """
     Mixin for Detectron2 ROI heads (put it before the ROI heads class in the bases): proposals are
     labelled against the valid ground truth only, and sampled background proposals overlapping an
@@ -167,23 +173,6 @@ class SNIPERROIHeadsMixin:
     """
 
     supports_ignored_boxes = True
-
-    @configurable
-    def __init__(self, *, ignore_iou: float = 0.3, **kwargs):
-        """
-        Args:
-            ignore_iou: sampled background proposals whose max IoU with an ignored box is above
-                this are removed from the training batch.
-            kwargs: the arguments of the ROI heads class this is mixed into.
-        """
-        super().__init__(**kwargs)
-        self.ignore_iou = _check_ignore_iou(ignore_iou)
-
-    @classmethod
-    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
-        ret = super().from_config(cfg, input_shape)
-        ret["ignore_iou"] = _ignore_iou_from_config(cfg)
-        return ret
 
     @torch.no_grad()
     def label_and_sample_proposals(
