@@ -119,7 +119,7 @@ class AutoFocusPredictor:
     def __call__(self, image: np.ndarray):
         tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)).astype("float32"))
         with torch.no_grad():
-            return self.model.pipeline(self.model, [{"image": tensor}], with_details=True)[0]
+            return self.model.autofocus_inference([{"image": tensor}], with_details=True)[0]
 
 
 def to_rgb(image: np.ndarray, fmt: str) -> np.ndarray:

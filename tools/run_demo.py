@@ -112,7 +112,7 @@ def pictures(cfg, out_dir: str, num_images: int) -> list:
     written = []
     for x in load_inputs(cfg, dataset, num_images):
         with torch.no_grad():
-            out = model.pipeline(model, [x], with_details=True)[0]
+            out = model.autofocus_inference([x], with_details=True)[0]
         rgb = x["image"].permute(1, 2, 0).numpy()
         rgb = np.ascontiguousarray(rgb[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else rgb).astype(np.uint8)
         details = out["autofocus_details"]

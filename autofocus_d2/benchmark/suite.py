@@ -43,7 +43,7 @@ def run_benchmark(
     if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: benchmarking randomly initialised weights")
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    device = model.pixel_mean.device
+    device = model.device
     inputs = load_inputs(cfg, dataset_name, max_images)
 
     rows: List[Dict[str, Any]] = []

@@ -19,7 +19,6 @@ from torch import nn
 
 from detectron2.config import CfgNode
 from detectron2.data import detection_utils as utils
-from detectron2.structures import ImageList
 
 from ..config import sniper_training_scales, sniper_valid_ranges, validate_sniper_config
 from ..inference.scale_chain import ScaleChain
@@ -47,11 +46,11 @@ def rpn_proposals_at_zoom(
 
     The zoomed image is cut into overlapping tiles of at most ``MAX_TILE_SIDE`` pixels a side,
     each resized from the original pixels (bilinear, antialiased when shrinking), normalized
-    with ``model.pixel_mean / pixel_std`` and run through ``model.backbone`` and
+    with ``model.normalize`` and run through ``model.backbone`` and
     ``model.proposal_generator``. The model must be in eval mode.
 
     Args:
-        model: a Detectron2 R-CNN (``backbone``, ``proposal_generator``, ``pixel_mean/std``).
+        model: a Detectron2 R-CNN (``backbone``, ``proposal_generator``, ``normalize``).
         image (Tensor): (C, H, W) original image in the model's input format, any dtype.
         zoom (float): pixels of the scale per original pixel.
         top_k (int): number of proposals kept over all tiles.
@@ -63,7 +62,7 @@ def rpn_proposals_at_zoom(
         raise ValueError(f"zoom must be a positive finite number, got {zoom}")
     if int(top_k) != top_k or top_k < 1:
         raise ValueError(f"top_k must be an integer >= 1, got {top_k}")
-    device = model.pixel_mean.device
+    device = model.device
     image = image.to(device=device, dtype=torch.float32)
     h, w = image.shape[-2:]
     tile = max(1, math.floor(MAX_TILE_SIDE / zoom))
@@ -72,8 +71,7 @@ def rpn_proposals_at_zoom(
     for region in tile_box((0, 0, w, h), tile, overlap):
         view = View(0, 0, region, zoomed_hw(region, zoom))
         x = crop_and_resize(image, region, view.out_hw)
-        x = (x - model.pixel_mean) / model.pixel_std
-        images = ImageList.from_tensors([x], model.backbone.size_divisibility)
+        images = model.normalize([x])
         features = model.backbone(images.tensor)
         proposals, _ = model.proposal_generator(images, features, None)
         boxes.append(view.to_original(proposals[0].proposal_boxes.tensor))

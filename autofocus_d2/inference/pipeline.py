@@ -8,11 +8,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from detectron2.config import configurable
 from detectron2.modeling.postprocessing import detector_postprocess
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.structures import Boxes, Instances
 from detectron2.utils.registry import Registry
 
 from ..config import lookup_registry
 from .chip_policies import ChipPolicy, build_chip_policy
+from .detector_interface import require_focus_detector
 from .focus_stacking import (
     drop_border_cut,
     drop_small_covered,
@@ -30,7 +31,8 @@ logger = logging.getLogger(__name__)
 AUTOFOCUS_PIPELINE_REGISTRY = Registry("AUTOFOCUS_PIPELINE")
 AUTOFOCUS_PIPELINE_REGISTRY.__doc__ = """
 Registry for inference pipelines, built as ``cls(cfg)`` and called as
-``pipeline(model, batched_inputs)`` by AutoFocusRCNN in eval mode.
+``pipeline(model, batched_inputs, with_details=False)`` by the AutoFocus meta-architectures in eval
+mode; ``model`` provides :class:`autofocus_d2.inference.FocusDetector`.
 """
 
 
@@ -179,12 +181,9 @@ class CoarseToFinePipeline:
         order = sorted(range(len(views)), key=lambda i: -views[i].pixels)
         for start in range(0, len(order), self.chip_batch_size):
             batch = order[start : start + self.chip_batch_size]
-            tensors = [
-                (crop_and_resize(images[views[i].image_index], views[i].box, views[i].out_hw)
-                 - model.pixel_mean) / model.pixel_std
-                for i in batch
-            ]
-            image_list = ImageList.from_tensors(tensors, model.backbone.size_divisibility)
+            image_list = model.normalize(
+                [crop_and_resize(images[views[i].image_index], views[i].box, views[i].out_hw) for i in batch]
+            )
             options = {}
             if self.proposals_per_mpix > 0:
                 largest = max(views[i].pixels for i in batch) / 1e6
@@ -207,10 +206,10 @@ class CoarseToFinePipeline:
         each output also has ``autofocus_details``: ``views_per_scale`` (the :class:`View` s of
         that image per scale) and ``focus_maps_per_scale`` (per view, its FocusPixel map (h, w)
         at ``model.focus_stride`` in the view's frame, on the CPU; None where not computed)."""
-        device = model.pixel_mean.device
-        channels = model.pixel_mean.shape[0]
+        require_focus_detector(model)
         images = [
-            prepare_image(x["image"], channels, i).to(device) for i, x in enumerate(batched_inputs)
+            prepare_image(x["image"], model.input_channels, i).to(model.device)
+            for i, x in enumerate(batched_inputs)
         ]
         sizes = [tuple(img.shape[-2:]) for img in images]
         zooms = [self.scale_chain.zooms(hw) for hw in sizes]

@@ -2,6 +2,7 @@
 ignore-aware RPN / ROI heads of SNIPER chip training (registered on import)."""
 from . import compact_resnet as _compact_resnet  # noqa: F401  (registers the compact backbones)
 from .autofocus_rcnn import AutoFocusRCNN
+from .focus_detector import FocusDetectorMixin
 from .focus_head import FOCUS_HEAD_REGISTRY, StandardFocusHead, build_focus_head, focus_pixel_loss
 from .focus_labels import focus_pixel_targets
 from .sniper_heads import (  # importing it registers the SNIPER RPN and ROI heads
@@ -16,6 +17,7 @@ from .sniper_heads import (  # importing it registers the SNIPER RPN and ROI hea
 
 __all__ = [
     "AutoFocusRCNN",
+    "FocusDetectorMixin",
     "FOCUS_HEAD_REGISTRY",
     "StandardFocusHead",
     "build_focus_head",

@@ -11,10 +11,8 @@ from detectron2.structures import ImageList, Instances
 from torch import nn
 
 from ..config import validate_autofocus_config
-from ..inference.pipeline import build_autofocus_pipeline
-from .focus_head import build_focus_head, focus_pixel_loss, resolve_focus_feature
-from .focus_labels import focus_pixel_targets
-from .sniper_heads import require_ignore_support, split_ignored
+from .focus_detector import FocusDetectorMixin
+from .sniper_heads import require_ignore_support
 
 __all__ = ["AutoFocusRCNN"]
 
@@ -79,7 +77,7 @@ def _require_ignore_support(module: Optional[nn.Module], key: str) -> None:
 
 
 @META_ARCH_REGISTRY.register()
-class AutoFocusRCNN(GeneralizedRCNN):
+class AutoFocusRCNN(FocusDetectorMixin, GeneralizedRCNN):
     """
     GeneralizedRCNN (any backbone, proposal generator and ROI heads Detectron2 builds) plus a
     FocusPixel head on one backbone feature. Training adds ``loss_focus`` to Detectron2's losses.
@@ -105,33 +103,25 @@ class AutoFocusRCNN(GeneralizedRCNN):
     ):
         """
         Args:
-            focus_head: maps the ``focus_in_feature`` map (B, C, H, W) to logits (B, 2, H, W).
-            focus_in_feature: name of the backbone output the head reads.
-            focus_loss_weight: weight of ``loss_focus``.
-            focus_small_range, focus_ignore_max: label size ranges of :func:`focus_pixel_targets`,
-                in input-image pixels.
-            focus_ignore_ignored_boxes: ignore the FocusPixel cells of ground truth marked
-                ``gt_ignore`` (else they are labelled by size like any box, as the official code).
-            pipeline: called as ``pipeline(model, batched_inputs)`` in eval mode (see
-                autofocus_d2.inference.pipeline); None runs GeneralizedRCNN's inference instead.
+            focus_*, pipeline: see :meth:`FocusDetectorMixin.init_focus`.
             kwargs: the arguments of :class:`GeneralizedRCNN`.
         """
         super().__init__(**kwargs)
-        self.focus_head = focus_head
-        self.focus_in_feature = focus_in_feature
-        self.focus_stride = self.backbone.output_shape()[focus_in_feature].stride
-        self.focus_loss_weight = focus_loss_weight
-        self.focus_small_range = tuple(focus_small_range)
-        self.focus_ignore_max = focus_ignore_max
-        self.focus_ignore_ignored_boxes = focus_ignore_ignored_boxes
-        self.pipeline = pipeline
+        self.init_focus(
+            focus_head=focus_head,
+            focus_in_feature=focus_in_feature,
+            focus_loss_weight=focus_loss_weight,
+            focus_small_range=focus_small_range,
+            focus_ignore_max=focus_ignore_max,
+            focus_ignore_ignored_boxes=focus_ignore_ignored_boxes,
+            pipeline=pipeline,
+        )
 
     @classmethod
     def from_config(cls, cfg):
         validate_autofocus_config(cfg)
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
-        in_feature = resolve_focus_feature(cfg.MODEL.FOCUS_HEAD.IN_FEATURE, shapes)
         proposal_generator = build_proposal_generator(cfg, shapes)
         roi_heads = build_roi_heads(cfg, shapes)
         if cfg.INPUT.SNIPER.ENABLED:
@@ -146,13 +136,7 @@ class AutoFocusRCNN(GeneralizedRCNN):
             "vis_period": cfg.VIS_PERIOD,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "focus_head": build_focus_head(cfg, shapes[in_feature]),
-            "focus_in_feature": in_feature,
-            "focus_loss_weight": cfg.MODEL.FOCUS_HEAD.LOSS_WEIGHT,
-            "focus_small_range": cfg.MODEL.FOCUS_HEAD.SMALL_RANGE,
-            "focus_ignore_max": cfg.MODEL.FOCUS_HEAD.IGNORE_MAX,
-            "focus_ignore_ignored_boxes": cfg.MODEL.FOCUS_HEAD.IGNORED_BOX_LABELS == "ignore",
-            "pipeline": build_autofocus_pipeline(cfg),
+            **cls.focus_config(cfg, shapes),
         }
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
@@ -187,34 +171,6 @@ class AutoFocusRCNN(GeneralizedRCNN):
         )
         return losses
 
-    def focus_losses(
-        self,
-        features: Dict[str, torch.Tensor],
-        gt_instances: List[Instances],
-        image_sizes: List[Tuple[int, int]],
-    ) -> torch.Tensor:
-        """Unweighted FocusPixel loss of a batch; gt boxes and image_sizes in the input-image frame."""
-        logits = self.focus_head(features[self.focus_in_feature])
-        feature_hw = tuple(logits.shape[-2:])
-        targets = []
-        for inst, size in zip(gt_instances, image_sizes):
-            boxes, ignored = inst.gt_boxes, None
-            if self.focus_ignore_ignored_boxes:
-                valid, ignored = split_ignored(inst)
-                boxes = valid.gt_boxes
-            targets.append(
-                focus_pixel_targets(
-                    boxes,
-                    image_hw=size,
-                    feature_hw=feature_hw,
-                    stride=self.focus_stride,
-                    small_range=self.focus_small_range,
-                    ignore_max=self.focus_ignore_max,
-                    ignored_boxes=ignored,
-                )
-            )
-        return focus_pixel_loss(logits, targets)
-
     def _proposal_budget(self, max_proposals: Optional[int]):
         if max_proposals is None:
             return contextlib.nullcontext()
@@ -247,8 +203,4 @@ class AutoFocusRCNN(GeneralizedRCNN):
             self.roi_heads, raw_score_thresh)
         with raw:
             results, _ = self.roi_heads(images, features, proposals, None)
-        focus = None
-        if with_focus:
-            logits = self.focus_head(features[self.focus_in_feature])
-            focus = logits.softmax(dim=1)[:, 1]
-        return results, focus
+        return results, self.focus_probabilities(features) if with_focus else None

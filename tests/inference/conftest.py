@@ -6,28 +6,27 @@ in the view it is given (class c, score 0.9 - 0.1 * c), and its FocusPixel map i
 stride cell that holds a pixel of a channel listed in ``focus_channels``. So whatever the pipeline
 crops and resizes, the detections it gets back show where the objects really landed.
 """
-import types
-
 import pytest
 import torch
 import torch.nn.functional as F
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes, ImageList, Instances
 
 
 class PlantedDetector:
     def __init__(self, focus_channels=(1, 2), stride=16, focus_value=None):
-        self.pixel_mean = torch.zeros(3, 1, 1)
-        self.pixel_std = torch.ones(3, 1, 1)
-        self.backbone = types.SimpleNamespace(size_divisibility=32)
+        self.device = torch.device("cpu")
+        self.input_channels = 3
         self.focus_stride = stride
         self.focus_channels = list(focus_channels)
         self.focus_value = focus_value  # a float: a constant map of that value instead
         self.batches = []  # (batch size, padded h, padded w) of every call
 
     def to(self, device):
-        self.pixel_mean = self.pixel_mean.to(device)
-        self.pixel_std = self.pixel_std.to(device)
+        self.device = torch.device(device)
         return self
+
+    def normalize(self, images):
+        return ImageList.from_tensors(list(images), 32)
 
     def detect(self, images, with_focus=True):
         tensor = images.tensor

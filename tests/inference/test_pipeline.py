@@ -224,8 +224,8 @@ class RawPlantedDetector:
 
     def __init__(self, planted_detector):
         self.inner = planted_detector()
-        self.pixel_mean, self.pixel_std = self.inner.pixel_mean, self.inner.pixel_std
-        self.backbone, self.focus_stride = self.inner.backbone, self.inner.focus_stride
+        self.device, self.input_channels = self.inner.device, self.inner.input_channels
+        self.focus_stride, self.normalize = self.inner.focus_stride, self.inner.normalize
         self.raw_calls = []
 
     def detect(self, images, with_focus=True, raw_score_thresh=None):

@@ -115,7 +115,7 @@ def test_raw_view_detections_switch_off_per_view_filtering_and_are_restored():
     predictor = model.roi_heads.box_predictor
     torch.manual_seed(3)
     image = (torch.rand(3, 320, 480) * 255).round()
-    images = ImageList.from_tensors([(image - model.pixel_mean) / model.pixel_std], 32)
+    images = model.normalize([image])
     with torch.no_grad():
         filtered, _ = model.detect(images, with_focus=False)
         raw, _ = model.detect(images, with_focus=False, raw_score_thresh=0.001)
