@@ -1,6 +1,6 @@
 """COCOEvaluator construction that works on every detectron2 install path."""
 import importlib.util
-from typing import Optional
+from typing import Optional, Sequence
 
 from detectron2.evaluation import COCOEvaluator
 
@@ -12,11 +12,14 @@ def has_compiled_ops() -> bool:
     return importlib.util.find_spec("detectron2._C") is not None
 
 
-def build_coco_evaluator(dataset_name: str, output_dir: Optional[str] = None) -> COCOEvaluator:
-    """COCOEvaluator for boxes; the C++ COCOeval (``use_fast_impl``) only where it was compiled."""
+def build_coco_evaluator(
+    dataset_name: str, output_dir: Optional[str] = None, tasks: Sequence[str] = ("bbox",)
+) -> COCOEvaluator:
+    """COCOEvaluator for ``tasks`` ("bbox", "segm", "keypoints"); the C++ COCOeval
+    (``use_fast_impl``) only where it was compiled."""
     return COCOEvaluator(
         dataset_name,
-        tasks=("bbox",),
+        tasks=tuple(tasks),
         distributed=True,
         output_dir=output_dir,
         use_fast_impl=has_compiled_ops(),
