@@ -7,12 +7,23 @@ Same flags as Detectron2's tools/train_net.py, e.g.
     python train_net.py --config-file <cfg> --num-gpus 8
     python train_net.py --config-file <cfg> --num-gpus 8 --num-machines 2 --machine-rank 0 \
         --dist-url tcp://<host>:<port>
+Several CPU processes (gloo; Detectron2 >= 0.7, whose launch() accepts a machine without CUDA):
+    python train_net.py --config-file <cfg> --num-gpus 2 MODEL.DEVICE cpu
 """
 import os
+import weakref
 
 import detectron2.utils.comm as comm
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import (
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    default_argument_parser,
+    default_setup,
+    launch,
+)
 from detectron2.evaluation import DatasetEvaluators, verify_results
 from detectron2.utils.logger import setup_logger
 
@@ -20,11 +31,34 @@ import autofocus_d2  # noqa: F401  (registers the model, heads and datasets)
 from autofocus_d2.config import load_autofocus_config
 from autofocus_d2.data import add_register_coco_argument, build_sniper_train_loader, register_coco_datasets
 from autofocus_d2.evaluation import AutoFocusEfficiencyEvaluator, build_coco_evaluator
+from autofocus_d2.utils.distributed import check_amp_device, create_ddp_model
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer that trains on SNIPER chips when INPUT.SNIPER.ENABLED, and whose evaluator
-    reports COCO AP and AutoFocus's pixel saving side by side."""
+    """DefaultTrainer that trains on SNIPER chips when INPUT.SNIPER.ENABLED, whose evaluator
+    reports COCO AP and AutoFocus's pixel saving side by side, and that also trains on several CPU
+    processes (Detectron2's own DDP wrapper refuses CPU models)."""
+
+    def __init__(self, cfg):
+        check_amp_device(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE)
+        if comm.get_world_size() == 1 or torch.device(cfg.MODEL.DEVICE).type == "cuda":
+            super().__init__(cfg)
+            return
+        # Several CPU processes (gloo): DefaultTrainer.__init__'s steps, through the same public
+        # builders and hooks, with a DDP wrapper that accepts CPU models.
+        TrainerBase.__init__(self)
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        self._trainer = SimpleTrainer(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_train_loader(cls, cfg):
