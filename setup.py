@@ -21,7 +21,8 @@ setup(
     package_dir={"autofocus_d2.model_zoo.configs": "configs"},
     package_data={
         "autofocus_d2": ["model_zoo/*.json"],
-        "autofocus_d2.model_zoo.configs": ["*.yaml", "*/*.yaml"],
+        # yacs configs, and the LazyConfig .py configs with their shared parts (common/*/*.py).
+        "autofocus_d2.model_zoo.configs": ["*.yaml", "*/*.yaml", "*/*.py", "*/*/*.py"],
     },
     python_requires=">=3.8",
     install_requires=[

@@ -36,7 +36,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode, LazyConfig, get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.file_io import PathManager
 from iopath.common.file_io import get_cache_dir
@@ -106,19 +106,21 @@ def configs_dir() -> str:
 
 
 def list_configs() -> List[str]:
-    """Every config name, sorted (``Base-*.yaml`` included: they build too)."""
+    """Every config name, sorted: the yacs ``.yaml`` configs (``Base-*.yaml`` included: they build
+    too) and the LazyConfig ``.py`` ones (``common/*`` are their shared parts)."""
     root = configs_dir()
     names = []
     for dirpath, _, files in os.walk(root):
         for f in files:
-            if f.endswith(".yaml"):
+            if f.endswith((".yaml", ".py")) and not f.startswith("__"):
                 rel = os.path.relpath(os.path.join(dirpath, f), root)
                 names.append(rel.replace(os.sep, "/"))
     return sorted(names)
 
 
 def _canonical_name(name: str) -> str:
-    """``"A/b"`` or ``"A/b.yaml"`` -> ``"A/b.yaml"``; rejects absolute paths and ``..``."""
+    """``"A/b"`` or ``"A/b.yaml"`` -> ``"A/b.yaml"`` (``"A/b.py"`` stays); rejects absolute paths
+    and ``..``."""
     if not isinstance(name, str) or not name.strip():
         raise UnknownModelError(f"A model zoo name must be a non-empty string, got {name!r}")
     canon = name.strip().replace("\\", "/")
@@ -128,7 +130,7 @@ def _canonical_name(name: str) -> str:
             f"{name!r} is not a model zoo name: use a path relative to configs/, e.g. "
             "'Synthetic/autofocus_compact_fpn.yaml'"
         )
-    return canon if canon.endswith(".yaml") else canon + ".yaml"
+    return canon if canon.endswith((".yaml", ".py")) else canon + ".yaml"
 
 
 def get_config_file(name: str) -> str:
@@ -144,9 +146,11 @@ def get_config_file(name: str) -> str:
     return path
 
 
-def get_config(name: str, trained: bool = False, *, manifest: Optional[str] = None) -> CfgNode:
+def get_config(name: str, trained: bool = False, *, manifest: Optional[str] = None):
     """
-    Detectron2 config of ``name`` with the AutoFocus keys (``add_autofocus_config``).
+    Detectron2 config of ``name``: for a ``.yaml`` name a CfgNode with the AutoFocus keys
+    (``add_autofocus_config``); for a ``.py`` name the LazyConfig (``detectron2.config.LazyConfig``:
+    ``instantiate(cfg.model)`` builds the model), as Detectron2's own ``model_zoo.get_config``.
 
     Args:
         trained: set ``MODEL.WEIGHTS`` to the released checkpoint: unlike Detectron2, which stores
@@ -155,9 +159,16 @@ def get_config(name: str, trained: bool = False, *, manifest: Optional[str] = No
             weights for the COCO configs, none for the synthetic one).
         manifest: manifest file (see the module docstring for the default).
     """
+    path = get_config_file(name)
+    if path.endswith(".py"):
+        cfg = LazyConfig.load(path)
+        if trained:
+            # A LazyConfig twin shares the checkpoint of its yaml (same model, same weights).
+            cfg.train.init_checkpoint = get_checkpoint(name[: -len(".py")] + ".yaml", manifest=manifest)
+        return cfg
     cfg = get_cfg()
     add_autofocus_config(cfg)
-    cfg.merge_from_file(get_config_file(name))
+    cfg.merge_from_file(path)
     if trained:
         cfg.MODEL.WEIGHTS = get_checkpoint(name, manifest=manifest)
     return cfg

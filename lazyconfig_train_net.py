@@ -1,0 +1,103 @@
+#!/usr/bin/env python
+"""Train and evaluate AutoFocus models from LazyConfig Python configs, as Detectron2's own
+tools/lazyconfig_train_net.py does (same flags, same ``key=value`` overrides), e.g.
+    python lazyconfig_train_net.py --config-file configs/Synthetic/autofocus_compact_fpn.py
+    python lazyconfig_train_net.py --config-file configs/Synthetic/autofocus_compact_fpn.py \
+        --eval-only train.init_checkpoint=output/synth_compact_fpn_lazy/model_final.pth
+    python lazyconfig_train_net.py --config-file <cfg.py> --num-gpus 8 train.amp.enabled=True
+The plugin's differences: AutoFocus's pixel saving is reported beside COCO AP, AMP on a CPU device
+is refused up front, and several CPU processes train too (see autofocus_d2.utils.distributed).
+"""
+import logging
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import (
+    AMPTrainer,
+    SimpleTrainer,
+    default_argument_parser,
+    default_setup,
+    default_writers,
+    hooks,
+    launch,
+)
+from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+
+import autofocus_d2  # noqa: F401  (registers the model, heads and datasets)
+from autofocus_d2.data import add_register_coco_argument, register_coco_datasets
+from autofocus_d2.evaluation import AutoFocusEfficiencyEvaluator
+from autofocus_d2.utils.distributed import check_amp_device, create_ddp_model
+
+logger = logging.getLogger("autofocus_d2")
+
+
+def do_test(cfg, model):
+    """COCO AP (``dataloader.evaluator``) and AutoFocus's pixel saving on ``dataloader.test``."""
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    evaluator = DatasetEvaluators([instantiate(cfg.dataloader.evaluator), AutoFocusEfficiencyEvaluator()])
+    ret = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
+    if comm.is_main_process():
+        print_csv_format(ret)
+    return ret
+
+
+def do_train(args, cfg):
+    """Detectron2's LazyConfig training loop: model, optimizer, SNIPER chip loader, (AMP)trainer
+    and hooks from ``cfg``; ``train.*`` as in Detectron2's common/train.py."""
+    check_amp_device(cfg.train.amp.enabled, cfg.train.device, key="train.amp.enabled")
+    model = instantiate(cfg.model)
+    logger.info("Model:\n%s", model)
+    model.to(cfg.train.device)
+
+    cfg.optimizer.params.model = model
+    optim = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+
+    model = create_ddp_model(model, **cfg.train.ddp)
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
+    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+            if comm.is_main_process()
+            else None,
+            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+            hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                                 period=cfg.train.log_period)
+            if comm.is_main_process()
+            else None,
+        ]
+    )
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, cfg.train.max_iter)
+
+
+def main(args):
+    register_coco_datasets(args.register_coco)  # in every process that launch() starts
+    cfg = LazyConfig.load(args.config_file)
+    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    default_setup(cfg, args)
+    if args.eval_only:
+        model = instantiate(cfg.model)
+        model.to(cfg.train.device)
+        model = create_ddp_model(model)
+        DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
+        return do_test(cfg, model)
+    do_train(args, cfg)
+
+
+if __name__ == "__main__":
+    args = add_register_coco_argument(default_argument_parser()).parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
