@@ -1,0 +1,75 @@
+"""The traced per-view detector runs the AutoFocus pipeline with the eager model's outputs."""
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from autofocus_d2 import model_zoo
+from autofocus_d2.export import TracedFocusDetector, export_focus_detector
+from autofocus_d2.inference.pipeline import build_autofocus_pipeline
+
+
+def export_cfg(**autofocus):
+    cfg = model_zoo.get_config("Synthetic/autofocus_compact_fpn.yaml")
+    cfg.MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX = 0.0  # one proposal budget for every view
+    cfg.MODEL.AUTOFOCUS.CHIP_BATCH_SIZE = 1  # the traced graph takes one view at a time
+    cfg.MODEL.AUTOFOCUS.FOCUS_THRESHOLD = [0.45]  # random weights: some chips, not everything
+    for k, v in autofocus.items():
+        setattr(cfg.MODEL.AUTOFOCUS, k, v)
+    return cfg
+
+
+def random_model(cfg):
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    # Random init gives ~0.5 everywhere; a bias spreads the FocusPixel map over both sides of the
+    # threshold, so the chip step (and the traced focus maps) is exercised.
+    with torch.no_grad():
+        model.focus_head.predictor.weight.mul_(50.0)
+    return model
+
+
+def test_traced_detector_equals_eager_through_the_pipeline(tmp_path):
+    cfg = export_cfg()
+    model = random_model(cfg)
+    torch.manual_seed(1)
+    images = [(torch.rand(3, h, w) * 255).round() for h, w in ((420, 600), (700, 380))]
+    traced = export_focus_detector(model, images[0])
+    torch.jit.save(traced, str(tmp_path / "detector.ts"))
+    loaded = torch.jit.load(str(tmp_path / "detector.ts"))
+    exported = TracedFocusDetector(
+        loaded, focus_stride=model.focus_stride, pixel_mean=cfg.MODEL.PIXEL_MEAN,
+        size_divisibility=model.backbone.size_divisibility,
+        raw_score_thresh=cfg.MODEL.AUTOFOCUS.RAW_SCORE_THRESH,
+    )
+    pipeline = build_autofocus_pipeline(cfg)
+    with torch.no_grad():
+        for image in images:
+            eager = model([{"image": image}])[0]
+            ours = pipeline(exported, [{"image": image}])[0]
+            assert ours["autofocus"]["chips_per_scale"] == eager["autofocus"]["chips_per_scale"]
+            assert ours["autofocus"]["chip_boxes_per_scale"] == eager["autofocus"]["chip_boxes_per_scale"]
+            assert eager["autofocus"]["chips_per_scale"][1] >= 1  # the finer scale was run
+            a, b = eager["instances"], ours["instances"]
+            assert len(a) == len(b) > 0
+            torch.testing.assert_close(b.pred_boxes.tensor, a.pred_boxes.tensor, atol=1e-3, rtol=1e-4)
+            torch.testing.assert_close(b.scores, a.scores, atol=1e-5, rtol=1e-4)
+            assert torch.equal(b.pred_classes, a.pred_classes)
+
+
+def test_export_refuses_a_per_view_proposal_budget():
+    cfg = export_cfg(PROPOSALS_PER_MPIX=500.0)
+    model = random_model(cfg)
+    with pytest.raises(ValueError, match="PROPOSALS_PER_MPIX"):
+        export_focus_detector(model, torch.zeros(3, 128, 128))
+    with pytest.raises(ValueError, match="eval mode"):
+        export_focus_detector(model.train(), torch.zeros(3, 128, 128))
+
+
+def test_traced_detector_refuses_another_view_mode():
+    cfg = export_cfg()
+    model = random_model(cfg)
+    traced = export_focus_detector(model, torch.zeros(3, 128, 160))
+    exported = TracedFocusDetector(traced, focus_stride=16, pixel_mean=cfg.MODEL.PIXEL_MEAN,
+                                   size_divisibility=32, raw_score_thresh=0.001)
+    with pytest.raises(ValueError, match="raw_score_thresh"):
+        exported.detect(exported.normalize([torch.zeros(3, 64, 64)]), raw_score_thresh=None)
