@@ -136,7 +136,8 @@ def test_installed_package_ships_the_configs(tmp_path):
                           cwd=src, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     shipped = sorted(str(p.relative_to(build / "autofocus_d2/model_zoo/configs"))
-                     for p in (build / "autofocus_d2/model_zoo/configs").rglob("*.yaml"))
+                     for p in (build / "autofocus_d2/model_zoo/configs").rglob("*")
+                     if p.suffix in (".yaml", ".py") and not p.name.startswith("__"))
     assert shipped == model_zoo.list_configs()
     assert (build / "autofocus_d2/model_zoo/manifest.json").is_file()
 

@@ -1,6 +1,6 @@
 """AutoFocus inference: the scale chain, FocusChip generation and focus stacking."""
 from .detector_interface import FocusDetector, require_focus_detector
-from .focus_chips import chips_from_focus_maps, generate_focus_chips, merge_overlapping_boxes
+from .focus_chips import generate_focus_chips, merge_overlapping_boxes
 from .focus_stacking import drop_border_cut, drop_small_covered, in_size_range, merge_detections
 from .scale_chain import ScaleChain, scale_zoom
 
@@ -10,7 +10,6 @@ __all__ = [
     "ScaleChain",
     "scale_zoom",
     "generate_focus_chips",
-    "chips_from_focus_maps",
     "merge_overlapping_boxes",
     "drop_border_cut",
     "drop_small_covered",

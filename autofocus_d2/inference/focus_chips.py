@@ -11,7 +11,7 @@ Connected components and box merging are written by hand with torch ops: neither
 torchvision has them, and SciPy/OpenCV would tie the code to the CPU.
 """
 import math
-from typing import List, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ from torch import Tensor
 
 from detectron2.structures import Boxes
 
-__all__ = ["generate_focus_chips", "chips_from_focus_maps", "merge_overlapping_boxes"]
+__all__ = ["generate_focus_chips", "merge_overlapping_boxes"]
 
 
 def _check_image_hw(image_hw: Tuple[int, int]) -> Tuple[int, int]:
@@ -297,44 +297,3 @@ def generate_focus_chips(
     chips = Boxes(boxes.to(torch.float32))
     chips.clip((height, width))
     return chips.tensor
-
-
-def chips_from_focus_maps(
-    focus_probs: Tensor,
-    image_sizes: List[Tuple[int, int]],
-    *,
-    stride: int,
-    threshold: float,
-    dilation: int,
-    min_size: float,
-) -> List[Tensor]:
-    """
-    :func:`generate_focus_chips` for every map of a batch.
-
-    Args:
-        focus_probs (Tensor): (B, h, w) focus probabilities of a padded batch, each in the cell
-            frame of its own image at one scale.
-        image_sizes: B valid (H, W) image sizes in pixels of that scale (``ImageList.image_sizes``).
-        stride, threshold, dilation, min_size: as in :func:`generate_focus_chips`.
-
-    Returns:
-        list[Tensor]: B tensors of shape (N_i, 4), float32 XYXY chips in the scale frame of image i.
-    """
-    if focus_probs.dim() != 3:
-        raise ValueError(f"focus_probs must be 3-D (B, h, w), got shape {tuple(focus_probs.shape)}")
-    if focus_probs.shape[0] != len(image_sizes):
-        raise ValueError(
-            f"focus_probs has {focus_probs.shape[0]} maps but image_sizes has "
-            f"{len(image_sizes)} entries"
-        )
-    return [
-        generate_focus_chips(
-            prob,
-            stride=stride,
-            threshold=threshold,
-            dilation=dilation,
-            min_size=min_size,
-            image_hw=tuple(hw),
-        )
-        for prob, hw in zip(focus_probs, image_sizes)
-    ]

@@ -118,7 +118,7 @@ def list_configs() -> List[str]:
     return sorted(names)
 
 
-def _canonical_name(name: str) -> str:
+def canonical_name(name: str) -> str:
     """``"A/b"`` or ``"A/b.yaml"`` -> ``"A/b.yaml"`` (``"A/b.py"`` stays); rejects absolute paths
     and ``..``."""
     if not isinstance(name, str) or not name.strip():
@@ -135,7 +135,7 @@ def _canonical_name(name: str) -> str:
 
 def get_config_file(name: str) -> str:
     """The path of config ``name`` (relative to ``configs/``); UnknownModelError if it is not one."""
-    canon = _canonical_name(name)
+    canon = canonical_name(name)
     root = configs_dir()
     path = os.path.join(root, *canon.split("/"))
     if not os.path.isfile(path):
@@ -223,7 +223,7 @@ def _is_sha256(value) -> bool:
 
 
 def _manifest_entry(name: str, manifest: Optional[str]) -> Tuple[Dict, str]:
-    canon = _canonical_name(name)
+    canon = canonical_name(name)
     path = manifest_path(manifest)
     entries = load_manifest(path)
     if canon not in entries:

@@ -34,7 +34,7 @@ from ..data import ensure_split
 from ..evaluation import AutoFocusEfficiencyEvaluator, build_coco_evaluator
 from .model_zoo import (
     ModelZooError,
-    _canonical_name,
+    canonical_name,
     check_weights_fit,
     get,
     get_config,
@@ -189,7 +189,7 @@ def _write_json(path: str, data: Any) -> None:
 def update_manifest(manifest_file: str, name: str, entry: Dict[str, Any]) -> None:
     """Add or replace ``name``'s entry in ``manifest_file`` (created if missing)."""
     data = read_manifest_file(manifest_file) if os.path.isfile(manifest_file) else {}
-    data[_canonical_name(name)] = entry
+    data[canonical_name(name)] = entry
     _write_json(manifest_file, data)
 
 
@@ -275,7 +275,7 @@ def release_checkpoint(
         model_zoo_md: MODEL_ZOO.md to write the row into; None only returns it.
         date: ISO date of the release, default today.
     """
-    canon = _canonical_name(name)
+    canon = canonical_name(name)
     get_config_file(canon)  # an unknown name fails before any work
     checkpoint = checkpoint or os.path.join(train_dir, "model_final.pth")
     config_yaml = config_yaml or os.path.join(train_dir, "config.yaml")

@@ -7,7 +7,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from autofocus_d2.inference import (
-    chips_from_focus_maps,
     generate_focus_chips,
     merge_overlapping_boxes,
 )
@@ -239,20 +238,6 @@ def test_invalid_arguments(kwargs, match):
     focus_prob = args.pop("focus_prob")
     with pytest.raises(ValueError, match=match):
         generate_focus_chips(focus_prob, **args)
-
-
-def test_chips_from_focus_maps_matches_single_calls():
-    probs = torch.rand(3, 12, 15, generator=torch.Generator().manual_seed(7))
-    sizes = [(48, 60), (30, 57), (45, 20)]
-    kwargs = dict(stride=4, threshold=0.85, dilation=3, min_size=16)
-    out = chips_from_focus_maps(probs, sizes, **kwargs)
-    assert len(out) == 3
-    for prob, hw, chips in zip(probs, sizes, out):
-        assert torch.equal(chips, generate_focus_chips(prob, image_hw=hw, **kwargs))
-    with pytest.raises(ValueError, match="3 maps but image_sizes has 2"):
-        chips_from_focus_maps(probs, sizes[:2], **kwargs)
-    with pytest.raises(ValueError, match="focus_probs must be 3-D"):
-        chips_from_focus_maps(probs[0], sizes[:1], **kwargs)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
