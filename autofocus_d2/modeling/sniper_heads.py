@@ -24,6 +24,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
+from detectron2.modeling.proposal_generator.proposal_utils import find_top_rpn_proposals
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads, StandardROIHeads
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
@@ -161,6 +162,46 @@ class SNIPERRPN(_IgnoreIoU, RPN):
         for labels_i, ignored_i in zip(gt_labels, ignored):
             labels_i[ignored_overlap_mask(ignored_i, all_anchors, self.ignore_iou)] = -1
         return gt_labels, matched_gt_boxes
+
+    def predict_proposals(
+        self,
+        anchors: List[Boxes],
+        pred_objectness_logits: List[torch.Tensor],
+        pred_anchor_deltas: List[torch.Tensor],
+        image_sizes: List[Tuple[int, int]],
+    ) -> List[Instances]:
+        """
+        :meth:`RPN.predict_proposals` with the same result, faster: Detectron2 decodes the deltas
+        of every anchor and then keeps the ``pre_nms_topk`` best of each level; here the best
+        anchors of each level are picked by objectness first and only they are decoded (the
+        decoding was about a sixth of the CPU inference time of the small model). Under tracing
+        the stock path is kept (its top-k count depends on the traced input size).
+        """
+        if torch.jit.is_tracing() or torch.jit.is_scripting():
+            return super().predict_proposals(anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes)
+        topk = self.pre_nms_topk[self.training]
+        with torch.no_grad():
+            logits, proposals = [], []
+            for anchors_i, logits_i, deltas_i in zip(anchors, pred_objectness_logits, pred_anchor_deltas):
+                n, num_anchors = logits_i.shape
+                box_dim = anchors_i.tensor.size(1)
+                top_logits, idx = logits_i.topk(min(topk, num_anchors), dim=1)
+                deltas = deltas_i.gather(1, idx.unsqueeze(-1).expand(-1, -1, box_dim))
+                boxes = self.box2box_transform.apply_deltas(
+                    deltas.reshape(-1, box_dim), anchors_i.tensor[idx].reshape(-1, box_dim)
+                )
+                logits.append(top_logits)
+                proposals.append(boxes.view(n, -1, box_dim))
+            return find_top_rpn_proposals(
+                proposals,
+                logits,
+                image_sizes,
+                self.nms_thresh,
+                topk,
+                self.post_nms_topk[self.training],
+                self.min_box_size,
+                self.training,
+            )
 
 
 class SNIPERROIHeadsMixin(_IgnoreIoU):

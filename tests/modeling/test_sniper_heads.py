@@ -173,6 +173,25 @@ def test_rpn_without_gt_ignore_is_bit_identical_to_stock():
     assert (ref_labels[0] == 1).any() and (ref_labels[0] == -1).any()  # the case is not trivial
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_rpn_proposals_equal_stock_with_top_k_before_decoding(training):
+    # Two levels, three images: level 0 has more anchors than pre_nms_topk (100), level 1 fewer.
+    g = torch.Generator().manual_seed(5)
+    anchors = [Boxes(torch.rand(400, 4, generator=g).cumsum(1) * 60),
+               Boxes(torch.rand(70, 4, generator=g).cumsum(1) * 60)]
+    logits = [torch.randn(3, 400, generator=g), torch.randn(3, 70, generator=g)]
+    deltas = [torch.randn(3, 400, 4, generator=g) * 0.3, torch.randn(3, 70, 4, generator=g) * 0.3]
+    sizes = [(200, 200), (180, 240), (200, 150)]
+    kwargs = _rpn_kwargs()
+    stock, sniper = RPN(**kwargs).train(training), SNIPERRPN(**kwargs).train(training)
+    ref = stock.predict_proposals(anchors, logits, deltas, sizes)
+    out = sniper.predict_proposals(anchors, logits, deltas, sizes)
+    for a, b in zip(ref, out):
+        assert len(a) == len(b) == 50  # post_nms_topk
+        assert torch.equal(a.proposal_boxes.tensor, b.proposal_boxes.tensor)
+        assert torch.equal(a.objectness_logits, b.objectness_logits)
+
+
 def _softplus(x):
     return math.log1p(math.exp(x))
 
