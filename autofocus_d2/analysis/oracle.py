@@ -23,11 +23,12 @@ from tqdm import tqdm
 
 from ..config import per_transition, validate_autofocus_config
 from ..evaluation.efficiency import summarize_efficiency
-from ..inference.chip_policies import AutoFocusChipPolicy
+# oracle_focus_map lives beside the oracle chip policy: one place turns ground truth into
+# FocusPixels (re-exported here, its historical home).
+from ..inference.chip_policies import AutoFocusChipPolicy, oracle_focus_map
 from ..inference.focus_stacking import in_size_range
 from ..inference.pipeline import CoarseToFinePipeline
 from ..inference.views import View
-from ..modeling.focus_labels import FOCUS_POSITIVE, focus_pixel_targets
 from .ground_truth import SIZE_CLASSES, GroundTruthImage, load_coco_ground_truth
 
 __all__ = [
@@ -68,39 +69,6 @@ class ChipSetting:
     dilation: Tuple[int, ...]
     min_chip_size: Tuple[float, ...]
     from_config: bool = False
-
-
-def oracle_focus_map(
-    view: View, boxes: Tensor, *, stride: int, small_range: Sequence[float], ignore_max: float
-) -> Tensor:
-    """
-    The perfect FocusPixel map of a view: 1.0 where :func:`focus_pixel_targets` labels a cell
-    positive, 0.0 elsewhere (negative and ignored cells).
-
-    Args:
-        view: the view; its frame is its ``out_hw`` image.
-        boxes: (N, 4) XYXY ground truth of the view's image, in ORIGINAL pixels. They are mapped
-            to the view's frame and clipped to it, and those left empty dropped, as Detectron2's
-            crop transform does to the training labels the focus head learns from.
-
-    Returns:
-        (ceil(h / stride), ceil(w / stride)) float32 map in the view's cell frame.
-    """
-    sx, sy = view.factors
-    x0, y0 = view.box[0], view.box[1]
-    h, w = view.out_hw
-    offset, factors = boxes.new_tensor([x0, y0, x0, y0]), boxes.new_tensor([sx, sy, sx, sy])
-    in_view = Boxes(((boxes - offset) * factors).float())
-    in_view.clip((h, w))
-    labels = focus_pixel_targets(
-        in_view[in_view.nonempty()],
-        image_hw=(h, w),
-        feature_hw=(math.ceil(h / stride), math.ceil(w / stride)),
-        stride=stride,
-        small_range=small_range,
-        ignore_max=ignore_max,
-    )
-    return (labels == FOCUS_POSITIVE).float()
 
 
 def oracle_views(

@@ -4,14 +4,17 @@ Every policy runs through the same pipeline and the same focus stacking, so comp
 one set of weights is fair. Policies are picked by ``MODEL.AUTOFOCUS.CHIP_POLICY``.
 """
 import logging
+import math
 from abc import ABC, abstractmethod
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
+from detectron2.structures import Boxes
 from detectron2.utils.registry import Registry
 
 from ..config import lookup_registry, per_transition
+from ..modeling.focus_labels import FOCUS_POSITIVE, focus_pixel_targets
 from .focus_chips import generate_focus_chips, merge_overlapping_boxes
 from .views import View, snap_to_pixels, tile_box
 
@@ -22,7 +25,10 @@ __all__ = [
     "PyramidChipPolicy",
     "SingleScaleChipPolicy",
     "GridChipPolicy",
+    "OracleChipPolicy",
     "build_chip_policy",
+    "input_gt_boxes",
+    "oracle_focus_map",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,6 +59,7 @@ class ChipPolicy(ABC):
         parents: Sequence[View],
         focus_maps: Sequence[Optional[torch.Tensor]],
         focus_stride: int,
+        gt_boxes: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -62,6 +69,8 @@ class ChipPolicy(ABC):
             parents: the views of this image processed at ``next_scale - 1``.
             focus_maps: per parent, its FocusPixel probabilities (h, w) at ``focus_stride`` in
                 the parent view's frame (None when the policy does not need focus).
+            gt_boxes: (G, 4) XYXY ground-truth boxes of the image in ORIGINAL pixels, or None
+                when the input has no ground truth. Only :class:`OracleChipPolicy` uses them.
 
         Returns:
             (N, 4) float XYXY chips in integer pixels of the original image, on the device of
@@ -102,7 +111,7 @@ class AutoFocusChipPolicy(ChipPolicy):
             "max_chips": af.MAX_CHIPS_PER_IMAGE,
         }
 
-    def chips(self, *, next_scale, zoom, image_hw, parents, focus_maps, focus_stride):
+    def chips(self, *, next_scale, zoom, image_hw, parents, focus_maps, focus_stride, gt_boxes=None):
         t = next_scale - 1
         threshold = self.thresholds[t]
         found, points, weights = [], [], []
@@ -159,7 +168,7 @@ class PyramidChipPolicy(ChipPolicy):
     def from_config(cls, cfg):
         return {}
 
-    def chips(self, *, next_scale, zoom, image_hw, parents, focus_maps, focus_stride):
+    def chips(self, *, next_scale, zoom, image_hw, parents, focus_maps, focus_stride, gt_boxes=None):
         return torch.tensor([[0.0, 0.0, float(image_hw[1]), float(image_hw[0])]])
 
 
@@ -185,15 +194,172 @@ class GridChipPolicy(ChipPolicy):
     def from_config(cls, cfg):
         return {"tile_size": cfg.MODEL.AUTOFOCUS.GRID_TILE_SIZE, "overlap": cfg.MODEL.AUTOFOCUS.GRID_OVERLAP}
 
-    def chips(self, *, next_scale, zoom, image_hw, parents, focus_maps, focus_stride):
+    def chips(self, *, next_scale, zoom, image_hw, parents, focus_maps, focus_stride, gt_boxes=None):
         tile = max(1, int(round(self.tile_size / zoom)))
         overlap = int(round(tile * self.overlap))
         boxes = tile_box((0, 0, image_hw[1], image_hw[0]), tile, overlap)
         return torch.tensor(boxes, dtype=torch.float32).clamp(min=0)
 
 
+def input_gt_boxes(x: Dict[str, Any], image_hw: Tuple[int, int]) -> Optional[torch.Tensor]:
+    """
+    The ground-truth boxes of one pipeline input, in the frame of its image tensor (the
+    pipeline's ORIGINAL frame), for :meth:`ChipPolicy.chips`'s ``gt_boxes``.
+
+    Args:
+        x: a Detectron2 input dict; its optional ``"instances"`` (Instances with ``gt_boxes``) are
+            in the frame of ``instances.image_size`` (Detectron2's mapper: the image tensor's;
+            a loader may keep them at the dataset's (height, width) instead).
+        image_hw: (H, W) of the input's image tensor.
+
+    Returns:
+        (G, 4) float XYXY boxes rescaled from ``instances.image_size`` to ``image_hw``, or None when
+        the input has no ``"instances"``.
+    """
+    if "instances" not in x:
+        return None
+    inst = x["instances"]
+    if not inst.has("gt_boxes"):
+        raise ValueError(f"input 'instances' have no gt_boxes (fields: {sorted(inst.get_fields())})")
+    boxes = inst.gt_boxes.tensor if isinstance(inst.gt_boxes, Boxes) else torch.as_tensor(inst.gt_boxes)
+    (h, w), (gh, gw) = image_hw, inst.image_size
+    if (h, w) == (gh, gw):
+        return boxes.float()
+    return boxes.float() * boxes.new_tensor([w / gw, h / gh, w / gw, h / gh], dtype=torch.float32)
+
+
+def oracle_focus_map(
+    view: View, boxes: torch.Tensor, *, stride: int, small_range: Sequence[float], ignore_max: float
+) -> torch.Tensor:
+    """
+    The perfect FocusPixel map of a view: 1.0 where :func:`focus_pixel_targets` (the training
+    labels) labels a cell positive, 0.0 elsewhere (negative and ignored cells). The one place
+    that turns ground truth into FocusPixels at inference (oracle policy and oracle analysis).
+
+    Args:
+        view: the view; its frame is its ``out_hw`` image.
+        boxes: (N, 4) XYXY ground truth of the view's image, in ORIGINAL pixels. They are mapped
+            to the view's frame and clipped to it, and those left empty dropped, as Detectron2's
+            crop transform does to the training labels the focus head learns from.
+        stride: map stride, in pixels of the view per cell.
+        small_range, ignore_max: FocusPixel size range and ignore limit, sqrt(area) in pixels of
+            the view (``MODEL.FOCUS_HEAD.SMALL_RANGE`` / ``IGNORE_MAX``).
+
+    Returns:
+        (ceil(h / stride), ceil(w / stride)) float32 map in the view's cell frame, on the
+        device of ``boxes``.
+    """
+    sx, sy = view.factors
+    x0, y0 = view.box[0], view.box[1]
+    h, w = view.out_hw
+    offset, factors = boxes.new_tensor([x0, y0, x0, y0]), boxes.new_tensor([sx, sy, sx, sy])
+    in_view = Boxes(((boxes - offset) * factors).float())
+    in_view.clip((h, w))
+    labels = focus_pixel_targets(
+        in_view[in_view.nonempty()],
+        image_hw=(h, w),
+        feature_hw=(math.ceil(h / stride), math.ceil(w / stride)),
+        stride=stride,
+        small_range=small_range,
+        ignore_max=ignore_max,
+    )
+    return (labels == FOCUS_POSITIVE).float()
+
+
+@CHIP_POLICY_REGISTRY.register()
+class OracleChipPolicy(ChipPolicy):
+    """AutoFocus with perfect FocusPixels: each parent view's map is :func:`oracle_focus_map` of
+    the image's ground truth (the focus head's training labels), turned into chips exactly as
+    :class:`AutoFocusChipPolicy` does (threshold 0.5 on the binary map). AutoFocus's upper bound,
+    and a way to time any detector before its focus head is trained: no focus head pass is run.
+    Needs ``gt_boxes`` (original frame) for every image."""
+
+    needs_focus = False
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        dilations: Sequence[int],
+        min_sizes: Sequence[float],
+        max_chips: int,
+        small_range: Sequence[float],
+        ignore_max: float,
+    ):
+        """
+        Args:
+            dilations, min_sizes: one per scale transition (MODEL.AUTOFOCUS.DILATION, cells;
+                MODEL.AUTOFOCUS.MIN_CHIP_SIZE, pixels of the parent's scale).
+            max_chips: MODEL.AUTOFOCUS.MAX_CHIPS_PER_IMAGE.
+            small_range, ignore_max: MODEL.FOCUS_HEAD.SMALL_RANGE / IGNORE_MAX, sqrt(area) in
+                pixels of the parent view.
+        """
+        if len(dilations) != len(min_sizes) or not dilations:
+            raise ValueError(
+                f"dilations {list(dilations)} and min_sizes {list(min_sizes)} (MODEL.AUTOFOCUS.DILATION"
+                " / MIN_CHIP_SIZE) must have one value per scale transition, at least one"
+            )
+        for d in dilations:
+            if int(d) != d or d < 1:
+                raise ValueError(f"MODEL.AUTOFOCUS.DILATION: {d} is not an integer >= 1")
+        for m in min_sizes:
+            if not (0 <= m < math.inf):
+                raise ValueError(f"MODEL.AUTOFOCUS.MIN_CHIP_SIZE: {m} is not finite and >= 0")
+        if max_chips < 1:
+            raise ValueError(f"MODEL.AUTOFOCUS.MAX_CHIPS_PER_IMAGE must be >= 1, got {max_chips}")
+        if len(small_range) != 2 or not 0 <= small_range[0] <= small_range[1] <= ignore_max:
+            raise ValueError(
+                "need 0 <= MODEL.FOCUS_HEAD.SMALL_RANGE[0] <= SMALL_RANGE[1] <= "
+                f"MODEL.FOCUS_HEAD.IGNORE_MAX, got {list(small_range)} and {ignore_max}"
+            )
+        self.small_range = (float(small_range[0]), float(small_range[1]))
+        self.ignore_max = float(ignore_max)
+        self.focus = AutoFocusChipPolicy(
+            thresholds=[0.5] * len(dilations),
+            dilations=[int(d) for d in dilations],
+            min_sizes=[float(m) for m in min_sizes],
+            max_chips=int(max_chips),
+        )
+
+    @classmethod
+    def from_config(cls, cfg):
+        af, head = cfg.MODEL.AUTOFOCUS, cfg.MODEL.FOCUS_HEAD
+        n = max(1, len(af.SCALES) - 1)
+        return {
+            "dilations": per_transition(af.DILATION, n, "MODEL.AUTOFOCUS.DILATION"),
+            "min_sizes": per_transition(af.MIN_CHIP_SIZE, n, "MODEL.AUTOFOCUS.MIN_CHIP_SIZE"),
+            "max_chips": af.MAX_CHIPS_PER_IMAGE,
+            "small_range": list(head.SMALL_RANGE),
+            "ignore_max": head.IGNORE_MAX,
+        }
+
+    def chips(self, *, next_scale, zoom, image_hw, parents, focus_maps, focus_stride, gt_boxes=None):
+        image = parents[0].image_index if parents else "?"
+        if gt_boxes is None:
+            raise ValueError(
+                f"the oracle chip policy needs the ground truth of image {image}: give each input "
+                "'instances' with gt_boxes (original image frame), or pick another "
+                "MODEL.AUTOFOCUS.CHIP_POLICY"
+            )
+        if isinstance(gt_boxes, Boxes):
+            gt_boxes = gt_boxes.tensor
+        if gt_boxes.ndim != 2 or gt_boxes.shape[1] != 4 or not bool(torch.isfinite(gt_boxes).all()):
+            raise ValueError(
+                f"gt_boxes of image {image} must be finite (G, 4) XYXY boxes in original pixels, "
+                f"got shape {tuple(gt_boxes.shape)}"
+            )
+        maps = [
+            oracle_focus_map(p, gt_boxes, stride=focus_stride, small_range=self.small_range,
+                             ignore_max=self.ignore_max)
+            for p in parents
+        ]
+        return self.focus.chips(next_scale=next_scale, zoom=zoom, image_hw=image_hw, parents=parents,
+                                focus_maps=maps, focus_stride=focus_stride)
+
+
 _POLICY_NAMES = {
     "autofocus": "AutoFocusChipPolicy",
+    "oracle": "OracleChipPolicy",
     "pyramid": "PyramidChipPolicy",
     "single": "SingleScaleChipPolicy",
     "grid": "GridChipPolicy",
@@ -201,8 +367,8 @@ _POLICY_NAMES = {
 
 
 def build_chip_policy(cfg) -> ChipPolicy:
-    """The policy named by ``MODEL.AUTOFOCUS.CHIP_POLICY``: a short name (autofocus, pyramid,
-    single, grid) or any class name registered in CHIP_POLICY_REGISTRY."""
+    """The policy named by ``MODEL.AUTOFOCUS.CHIP_POLICY``: a short name (autofocus, oracle,
+    pyramid, single, grid) or any class name registered in CHIP_POLICY_REGISTRY."""
     name = cfg.MODEL.AUTOFOCUS.CHIP_POLICY
     key = f"MODEL.AUTOFOCUS.CHIP_POLICY (short names: {sorted(_POLICY_NAMES)})"
     return lookup_registry(CHIP_POLICY_REGISTRY, _POLICY_NAMES.get(name, name), key)(cfg)
