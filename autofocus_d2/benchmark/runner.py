@@ -1,9 +1,11 @@
 """Side-by-side measurement of inference methods on one set of weights.
 
 Every method sees the same images, in the same process, after a warm-up: ``single``, ``pyramid``,
-``grid`` and ``autofocus`` are chip policies of the one pipeline; ``sahi`` is SAHI's sliced
-inference over the same detector. Per method: COCO AP (Detectron2's COCOEvaluator), pixels and
-chips per image, median wall time per image and peak memory.
+``grid``, ``autofocus`` (and any other registered chip policy, e.g. ``oracle``) run the one
+pipeline; ``sahi``/``sahi@S`` are SAHI's sliced inference (sahi_method.py) and ``tta`` Detectron2's
+multi-scale test (tta_method.py) over the same model object. Per method: COCO AP (Detectron2's
+COCOEvaluator; box and, with MODEL.MASK_ON, mask AP), pixels and chips per image, median wall time
+per image, the time split (timing.py) and peak memory.
 """
 import contextlib
 import copy
@@ -17,9 +19,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from detectron2.data import DatasetCatalog, DatasetMapper
+from detectron2.data.detection_utils import annotations_to_instances
 
 from ..evaluation import build_coco_evaluator
 from ..inference.pipeline import build_autofocus_pipeline
+from .sahi_method import sahi_method
+from .timing import TimedFocusDetector, attribute_passes, summarize_time_split
 
 __all__ = ["MemoryMeter", "load_inputs", "measure_method", "pipeline_method", "sahi_method"]
 
@@ -56,9 +61,16 @@ class MemoryMeter:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def load_inputs(cfg, dataset_name: str, max_images: Optional[int] = None) -> List[Dict[str, Any]]:
+def load_inputs(
+    cfg, dataset_name: str, max_images: Optional[int] = None, *, with_ground_truth: bool = False
+) -> List[Dict[str, Any]]:
     """The dataset's test inputs as Detectron2's test mapper makes them (original resolution when
-    INPUT.MIN_SIZE_TEST is 0), the first ``max_images`` of them."""
+    INPUT.MIN_SIZE_TEST is 0), the first ``max_images`` of them.
+
+    The test mapper drops the annotations; with ``with_ground_truth`` each input keeps them as
+    ``x["instances"]``: Instances of the ORIGINAL image size (``height``, ``width``) with
+    ``gt_boxes`` (XYXY, original frame) and ``gt_classes`` (contiguous ids), crowd regions left out
+    -- what a chip policy that reads the ground truth (the ``oracle``) needs."""
     if dataset_name not in DatasetCatalog.list():
         raise KeyError(
             f"dataset {dataset_name!r} is not registered; registered: {sorted(DatasetCatalog.list())}"
@@ -69,7 +81,16 @@ def load_inputs(cfg, dataset_name: str, max_images: Optional[int] = None) -> Lis
     if not dicts:
         raise ValueError(f"dataset {dataset_name!r} has no images")
     mapper = DatasetMapper(cfg, is_train=False)
-    return [mapper(copy.deepcopy(d)) for d in dicts]
+    inputs = []
+    for d in dicts:
+        x = mapper(copy.deepcopy(d))
+        if with_ground_truth:
+            if "annotations" not in d:
+                raise ValueError(f"dataset {dataset_name!r}: image {d.get('image_id')} has no annotations")
+            annos = [a for a in d["annotations"] if not a.get("iscrowd", 0)]
+            x["instances"] = annotations_to_instances(annos, (d["height"], d["width"]))
+        inputs.append(x)
+    return inputs
 
 
 def _sync(device: torch.device) -> None:
@@ -77,56 +98,80 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _box_and_mask_ap(results: Dict[str, Any]) -> Dict[str, float]:
+    bbox, segm = results.get("bbox", {}), results.get("segm", {})
+    out = {k: bbox.get(k, float("nan")) for k in ("AP", "AP50", "APs", "APm", "APl")}
+    out.update({f"mask_{k}": segm.get(k, float("nan")) for k in ("AP", "AP50", "APs", "APm", "APl")})
+    return out
+
+
 def measure_method(
     name: str,
     predict: Callable[[Dict[str, Any]], Dict[str, Any]],
     inputs: Sequence[Dict[str, Any]],
     *,
-    dataset_name: str,
+    dataset_name: Optional[str],
     device: torch.device,
     warmup: int = 1,
     progress: bool = True,
+    evaluate: bool = True,
+    mask_on: bool = False,
 ) -> Dict[str, Any]:
-    """Run ``predict`` (one input dict -> output dict with ``instances`` and ``autofocus``) on every
-    input; return AP figures, pixels/chips per image, median time per image and peak memory."""
+    """
+    Run ``predict`` (one input dict -> output dict with ``instances``, ``autofocus`` stats and
+    ``detector_passes``: its :class:`DetectorPass` es, scales attributed) on every input.
+
+    Returns COCO AP figures of the boxes (``AP``...) and, with ``mask_on`` and outputs that carry
+    ``pred_masks``, of the masks (``mask_AP``...; NaN otherwise or without ``evaluate``), pixels and
+    chips per image, median time per image, the time split of :func:`summarize_time_split`
+    (``time_split``, also flattened into the row) and peak memory.
+    """
     from tqdm import tqdm
 
     device = torch.device(device)
+    if evaluate and not dataset_name:
+        raise ValueError("measure_method needs dataset_name to evaluate AP (or evaluate=False)")
+    evaluator = None
+    with_masks = False
     with torch.no_grad():
         for x in inputs[:warmup]:
             predict(x)
         _sync(device)
         meter = MemoryMeter(device)
         meter.reset()
-        evaluator = build_coco_evaluator(dataset_name)
-        evaluator._distributed = False
-        evaluator.reset()
-        times, pixels, chips, pyramid, per_scale = [], [], [], [], []
+        times, passes, pixels, chips, pyramid, per_scale = [], [], [], [], [], []
         for x in tqdm(inputs, desc=f"{name:>12s}", disable=not progress, leave=False):
             _sync(device)
             start = time.perf_counter()
             out = predict(x)
             _sync(device)
             times.append(time.perf_counter() - start)
+            passes.append(list(out["detector_passes"]))
             stats = out["autofocus"]
             pixels.append(sum(stats["pixels_per_scale"]))
             chips.append(sum(stats["chips_per_scale"][1:]))
             pyramid.append(sum(stats["pyramid_pixels_per_scale"]))
             per_scale.append(stats["pixels_per_scale"])
-            out = {"instances": out["instances"].to("cpu")}
-            evaluator.process([x], [out])
+            if evaluate:
+                instances = out["instances"].to("cpu")
+                if evaluator is None:  # the tasks follow what the method's outputs carry
+                    with_masks = mask_on and instances.has("pred_masks")
+                    tasks = ("bbox", "segm") if with_masks else ("bbox",)
+                    evaluator = build_coco_evaluator(dataset_name, tasks=tasks, distributed=False)
+                    evaluator.reset()
+                elif with_masks != instances.has("pred_masks"):
+                    raise RuntimeError(f"{name}: some outputs carry pred_masks and some do not")
+                evaluator.process([x], [{"instances": instances}])
         peak = meter.peak_mb()
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its own tables
-        results = evaluator.evaluate(img_ids=[x["image_id"] for x in inputs]) or {}
-    bbox = results.get("bbox", {})
+    results: Dict[str, Any] = {}
+    if evaluator is not None:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its own tables
+            results = evaluator.evaluate(img_ids=[x["image_id"] for x in inputs]) or {}
+    split = summarize_time_split(times, passes)
     num_scales = max(len(p) for p in per_scale)
     return {
         "method": name,
-        "AP": bbox.get("AP", float("nan")),
-        "AP50": bbox.get("AP50", float("nan")),
-        "APs": bbox.get("APs", float("nan")),
-        "APm": bbox.get("APm", float("nan")),
-        "APl": bbox.get("APl", float("nan")),
+        **_box_and_mask_ap(results),
         "pixels_per_image": sum(pixels) / len(pixels),
         "pyramid_pixels_per_image": sum(pyramid) / len(pyramid),
         "pixels_per_scale": [
@@ -134,64 +179,33 @@ def measure_method(
         ],
         "chips_per_image": sum(chips) / len(chips),
         "median_time_s": statistics.median(times),
+        **split,
         "peak_memory_mb": peak,
         "memory_kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss",
         "images": len(inputs),
+        "evaluated": sorted(results),
     }
 
 
 def pipeline_method(model, cfg, policy: str, **autofocus_overrides) -> Callable:
-    """A predict function running ``model`` (same weights) with chip policy ``policy`` and other
-    MODEL.AUTOFOCUS keys overridden (e.g. FOCUS_THRESHOLD=[0.3])."""
+    """A predict function running ``model`` (same weights) through the AutoFocus pipeline with chip
+    policy ``policy`` and other MODEL.AUTOFOCUS keys overridden (e.g. FOCUS_THRESHOLD=[0.3]). Its
+    detector passes are timed by a :class:`TimedFocusDetector` and attributed to scales by
+    :func:`attribute_passes`."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.AUTOFOCUS.CHIP_POLICY = policy
     for key, value in autofocus_overrides.items():
         setattr(cfg.MODEL.AUTOFOCUS, key, value)
     pipeline = build_autofocus_pipeline(cfg)
+    timed = TimedFocusDetector(model)
 
     def predict(x):
-        return pipeline(model, [x])[0]
-
-    return predict
-
-
-def sahi_method(model, cfg) -> Callable:
-    """A predict function running SAHI's sliced inference with the same detector module, slices
-    matching the finest scale's chips (see autofocus_d2.evaluation.sahi_baseline), SAHI's
-    whole-image pass, and SAHI's class-wise NMS merge at our final NMS threshold, keeping the
-    ``DETECTIONS_PER_IMAGE`` best like every other method. (SAHI's GREEDYNMM merge fuses
-    neighbouring small objects of a cluster into one box, and SAHI switches to NMS by itself below
-    a confidence of 0.1 anyway.) Raises ImportError when SAHI is absent."""
-    from ..evaluation import sahi_baseline
-
-    ok, reason = sahi_baseline.sahi_available()
-    if not ok:
-        raise ImportError(reason)
-    sahi_model = sahi_baseline.AutoFocusSahiModel(
-        cfg, model=model, confidence_threshold=cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
-    )
-    pipeline = build_autofocus_pipeline(cfg)
-
-    def predict(x):
-        image = x["image"].permute(1, 2, 0).numpy()  # HWC, in the model's INPUT.FORMAT
-        h, w = image.shape[:2]
-        params = sahi_baseline.sahi_slice_params(cfg, (h, w))
-        result = sahi_baseline.run_sahi(
-            sahi_model, image, slice_size=params.slice_size, overlap=params.overlap,
-            zoom=params.zoom, confidence=cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
-            postprocess_type="NMS", postprocess_match_metric="IOU",
-            postprocess_match_threshold=cfg.MODEL.AUTOFOCUS.NMS_THRESH, force_postprocess_type=True,
-        )
-        instances = result.instances
-        keep = torch.argsort(instances.scores, descending=True)[: cfg.MODEL.AUTOFOCUS.DETECTIONS_PER_IMAGE]
-        return {
-            "instances": instances[keep],
-            "autofocus": {
-                "pixels_per_scale": [result.standard_pixels, result.slice_pixels],
-                "chips_per_scale": [1 if result.standard_pixels else 0, result.num_slices],
-                "pyramid_pixels_per_scale": pipeline.pyramid_pixels((h, w)),
-            },
-        }
+        timed.take()
+        out = pipeline(timed, [x])[0]
+        passes = timed.take()
+        scales = attribute_passes([p.pixels for p in passes], out["autofocus"]["pixels_per_scale"])
+        out["detector_passes"] = [p._replace(scale=k) for p, k in zip(passes, scales)]
+        return out
 
     return predict

@@ -2,26 +2,86 @@
 import datetime
 import logging
 import platform
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
+from ..inference.chip_policies import (
+    CHIP_POLICY_REGISTRY,
+    OracleChipPolicy,
+    build_chip_policy,
+    policy_names,
+)
 from .report import add_ratios, check_targets
-from .runner import load_inputs, measure_method, pipeline_method, sahi_method
+from .runner import load_inputs, measure_method, pipeline_method
+from .sahi_method import parse_sahi_method, sahi_method
+from .tta_method import tta_method
 
-__all__ = ["DEFAULT_METHODS", "run_benchmark"]
+__all__ = ["DEFAULT_METHODS", "TIMING_METHODS", "available_methods", "build_method", "run_benchmark"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_METHODS = ("single", "pyramid", "grid", "autofocus", "sahi")
+# sahi: matched to AutoFocus's finest chips; sahi@S: SAHI as its users run it (S x S slices,
+# sahi@512 is SAHI's default); tta: Detectron2's GeneralizedRCNNWithTTA over the scale chain.
+DEFAULT_METHODS = ("single", "pyramid", "grid", "autofocus", "sahi", "sahi@512", "sahi@256", "sahi@768",
+                   "tta")
+# --timing-only (random init): the pipeline's policies, the oracle where it is registered.
+TIMING_METHODS = ("single", "pyramid", "grid", "autofocus", "oracle")
 
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def available_methods() -> List[str]:
+    """The method names ``run_benchmark`` accepts: every chip policy (short names and the class
+    names of CHIP_POLICY_REGISTRY), ``sahi``, ``sahi@S`` (S a slice side in pixels) and ``tta``."""
+    names = set(policy_names()) | {name for name, _ in CHIP_POLICY_REGISTRY}
+    return sorted(names) + ["sahi", "sahi@S", "tta"]
+
+
+def _is_policy(name: str) -> bool:
+    return name in policy_names() or name in CHIP_POLICY_REGISTRY
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    """Raise ValueError naming every unknown method."""
+    unknown = []
+    for name in methods:
+        if name.startswith("sahi"):
+            try:
+                parse_sahi_method(name)
+            except ValueError:
+                unknown.append(name)
+        elif name != "tta" and not _is_policy(name):
+            unknown.append(name)
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {available_methods()}")
+
+
+def _needs_ground_truth(cfg, name: str) -> bool:
+    """Whether chip policy ``name`` reads the ground truth: its ``needs_ground_truth`` attribute,
+    by default True for the oracle policy only."""
+    if not _is_policy(name):
+        return False
+    c = cfg.clone()
+    c.defrost()
+    c.MODEL.AUTOFOCUS.CHIP_POLICY = name
+    policy = build_chip_policy(c)
+    return bool(getattr(policy, "needs_ground_truth", isinstance(policy, OracleChipPolicy)))
+
+
+def build_method(name: str, model, cfg) -> Callable:
+    """The predict function of method ``name`` (see :func:`available_methods`) on ``model``."""
+    if name.startswith("sahi"):
+        return sahi_method(model, cfg, name)
+    if name == "tta":
+        return tta_method(model, cfg)
+    return pipeline_method(model, cfg, name)
 
 
 def run_benchmark(
@@ -33,38 +93,44 @@ def run_benchmark(
     max_images: Optional[int] = None,
     warmup: int = 1,
     progress: bool = True,
+    timing_only: bool = False,
 ) -> Dict[str, Any]:
     """Measure ``methods`` and the FOCUS_THRESHOLD ``sweep`` of autofocus with ``cfg``'s model and
-    MODEL.WEIGHTS on the first ``max_images`` images of ``dataset_name``; return the report dict."""
-    unknown = set(methods) - set(DEFAULT_METHODS)
-    if unknown:
-        raise ValueError(f"unknown methods {sorted(unknown)}; choose from {list(DEFAULT_METHODS)}")
+    MODEL.WEIGHTS on the first ``max_images`` images of ``dataset_name``; return the report dict.
+
+    ``timing_only``: random init (MODEL.WEIGHTS is not loaded), no AP (NaN): pixels, time and the
+    time split only -- to measure speed before (or without) training."""
+    check_methods(methods)
     model = build_model(cfg).eval()
-    if not cfg.MODEL.WEIGHTS:
-        logger.warning("MODEL.WEIGHTS is empty: benchmarking randomly initialised weights")
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    if timing_only:
+        logger.info("timing-only: randomly initialised weights (MODEL.WEIGHTS %r not loaded)", cfg.MODEL.WEIGHTS)
+    else:
+        if not cfg.MODEL.WEIGHTS:
+            logger.warning("MODEL.WEIGHTS is empty: benchmarking randomly initialised weights")
+        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     device = model.device
-    inputs = load_inputs(cfg, dataset_name, max_images)
+    with_gt = any(_needs_ground_truth(cfg, name) for name in methods)
+    inputs = load_inputs(cfg, dataset_name, max_images, with_ground_truth=with_gt)
+    measure = dict(dataset_name=dataset_name, device=device, progress=progress,
+                   evaluate=not timing_only, mask_on=cfg.MODEL.MASK_ON)
 
     rows: List[Dict[str, Any]] = []
     skipped: Dict[str, str] = {}
     for name in methods:
         try:
-            predict = sahi_method(model, cfg) if name == "sahi" else pipeline_method(model, cfg, name)
+            predict = build_method(name, model, cfg)
         except ImportError as e:
             skipped[name] = str(e)
             print(f"[benchmark] skipping {name}: {e}", flush=True)
             continue
-        rows.append(measure_method(name, predict, inputs, dataset_name=dataset_name, device=device,
-                                   warmup=warmup, progress=progress))
+        rows.append(measure_method(name, predict, inputs, warmup=warmup, **measure))
     add_ratios(rows)
     pyramid = next((r for r in rows if r["method"] == "pyramid"), None)
 
     sweep_rows = []
     for t in sweep:
         predict = pipeline_method(model, cfg, "autofocus", FOCUS_THRESHOLD=[float(t)])
-        r = measure_method(f"autofocus@{t:g}", predict, inputs, dataset_name=dataset_name,
-                           device=device, warmup=0, progress=progress)
+        r = measure_method(f"autofocus@{t:g}", predict, inputs, warmup=0, **measure)
         r["threshold"] = float(t)
         sweep_rows.append(r)
     if pyramid is not None:
@@ -80,7 +146,8 @@ def run_benchmark(
         "dataset": dataset_name,
         "images": len(inputs),
         "config": cfg.get("_source_file", ""),
-        "weights": cfg.MODEL.WEIGHTS,
+        "weights": "(random init: timing only)" if timing_only else cfg.MODEL.WEIGHTS,
+        "timing_only": bool(timing_only),
         "device": device_name(device),
         "date": datetime.date.today().isoformat(),
         "warmup": warmup,

@@ -13,14 +13,19 @@ def has_compiled_ops() -> bool:
 
 
 def build_coco_evaluator(
-    dataset_name: str, output_dir: Optional[str] = None, tasks: Sequence[str] = ("bbox",)
+    dataset_name: str,
+    output_dir: Optional[str] = None,
+    tasks: Sequence[str] = ("bbox",),
+    distributed: bool = True,
 ) -> COCOEvaluator:
     """COCOEvaluator for ``tasks`` ("bbox", "segm", "keypoints"); the C++ COCOeval
-    (``use_fast_impl``) only where it was compiled."""
+    (``use_fast_impl``) only where it was compiled. ``distributed``: gather the predictions of all
+    processes before evaluating (Detectron2's default); False evaluates this process's predictions
+    only (a single-process benchmark, or a loop that runs in every process on its own)."""
     return COCOEvaluator(
         dataset_name,
         tasks=tuple(tasks),
-        distributed=True,
+        distributed=bool(distributed),
         output_dir=output_dir,
         use_fast_impl=has_compiled_ops(),
     )

@@ -1,4 +1,5 @@
-"""The SAHI baseline: same detector, same views, slices mapped to the original frame, pixel accounting."""
+"""The SAHI rows of the benchmark (run_sahi through the public SAHI wrapper): same detector, same views,
+slices mapped to the original frame, pixel accounting, per-pass timing records."""
 import os
 
 import numpy as np
@@ -14,18 +15,18 @@ from detectron2.modeling.postprocessing import detector_postprocess  # noqa: E40
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
 from autofocus_d2 import add_autofocus_config  # noqa: E402
-from autofocus_d2.evaluation.sahi_baseline import (  # noqa: E402
-    AutoFocusSahiModel,
+from autofocus_d2.benchmark.sahi_method import (  # noqa: E402
+    parse_sahi_method,
     run_sahi,
-    sahi_available,
     sahi_pixels,
     sahi_slice_boxes,
     sahi_slice_params,
 )
+from autofocus_d2.integrations.sahi import AutoFocusSahiModel, sahi_available  # noqa: E402
 from autofocus_d2.inference import ScaleChain  # noqa: E402
 from autofocus_d2.inference.views import View, zoomed_hw  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 H, W = 700, 900
 
 
@@ -101,7 +102,7 @@ def test_a_zoomed_slice_is_the_pipelines_view_of_that_box(compact, bgr_image):
     cfg, model = compact
     zoom = 0.5
     out = run_sahi(
-        model, bgr_image, slice_size=max(H, W), overlap=0.2, zoom=zoom, confidence=0.05, image_format="BGR",
+        AutoFocusSahiModel(model=model), bgr_image, slice_size=max(H, W), overlap=0.2, zoom=zoom, confidence=0.05, image_format="BGR",
         postprocess_type="NMS", postprocess_match_metric="IOU", postprocess_match_threshold=0.5,
     )
     view = View(0, 1, (0, 0, W, H), zoomed_hw((0, 0, W, H), zoom))
@@ -130,7 +131,7 @@ def test_built_from_cfg_and_a_checkpoint_it_is_the_same_detector(compact, bgr_im
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
     kwargs = dict(slice_size=max(H, W), overlap=0.2, zoom=0.5, confidence=0.05, image_format="BGR")
     loaded = run_sahi(AutoFocusSahiModel(cfg, model_path=path), bgr_image, **kwargs)
-    live = run_sahi(model, bgr_image, **kwargs)
+    live = run_sahi(AutoFocusSahiModel(cfg, model=model), bgr_image, **kwargs)
     assert len(live.instances) > 0
     assert _rows(loaded.instances) == _rows(live.instances)
 
@@ -209,6 +210,9 @@ def test_the_standard_prediction_runs_on_the_whole_image_at_the_first_scale():
     detector = PlantedDetector()
     sahi_model = planted_sahi_model(detector)
     out = run_sahi(sahi_model, planted_rgb(), slice_size=400, overlap=0.2, zoom=2.0, confidence=0.3, image_format="RGB")
+    assert [p.scale for p in out.passes] == [1] * out.num_slices + [0]  # slices, then the whole image
+    assert [p.pixels for p in out.passes] == [h * w for h, w in detector.inputs]
+    assert all(p.seconds >= 0 for p in out.passes)
     assert detector.inputs[-1] == ScaleChain(scales=[[512, 768]]).image_hw((H, W), 0) == (512, 658)
     assert out.standard_pixels == 512 * 658
     classes, boxes = _by_class(out.instances)
@@ -267,3 +271,11 @@ def test_slice_params_match_the_finest_scales_smallest_chip():
     cfg.MODEL.AUTOFOCUS.SCALES = [[512, 768]]
     with pytest.raises(ValueError, match="one scale"):
         sahi_slice_params(cfg, (480, 640))
+
+
+def test_sahi_method_names():
+    assert parse_sahi_method("sahi") is None
+    assert parse_sahi_method("sahi@512") == 512
+    for bad in ("sahi@", "sahi@0", "sahi@x", "sahi512", "tta"):
+        with pytest.raises(ValueError, match="not a SAHI method"):
+            parse_sahi_method(bad)

@@ -1,0 +1,103 @@
+"""The public SAHI wrapper through SAHI's own API: the README snippet as written, and the
+whole-image pass at scale 0 when the image size is set."""
+import os
+import re
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sahi", reason="sahi is optional (pip install sahi)")
+
+import torch  # noqa: E402
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data import MetadataCatalog  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from PIL import Image  # noqa: E402
+from sahi.predict import get_sliced_prediction  # noqa: E402
+
+from autofocus_d2 import add_autofocus_config  # noqa: E402
+from autofocus_d2.integrations.sahi import AutoFocusSahiModel, require_sahi, sahi_available  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = "configs/Synthetic/autofocus_compact_fpn.yaml"
+H, W = 700, 900
+
+
+def compact_cfg():
+    cfg = get_cfg()
+    add_autofocus_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, CONFIG))
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def readme_snippet() -> str:
+    text = open(os.path.join(REPO, "README.md")).read()
+    section = text.split("## Using autofocus-d2 models from SAHI", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A random-init checkpoint of the compact config, and the model it came from."""
+    torch.manual_seed(0)
+    model = build_model(compact_cfg()).eval()
+    out = tmp_path_factory.mktemp("sahi_ckpt")
+    DetectionCheckpointer(model, save_dir=str(out)).save("model")
+    return str(out / "model.pth"), model
+
+
+def test_sahi_is_there():
+    assert sahi_available() == (True, "")
+    require_sahi()  # no error
+
+
+def test_the_readme_snippet_runs_as_written(checkpoint, tmp_path, monkeypatch, capsys):
+    weights, _ = checkpoint
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8)
+    image[200:320, 300:480] = (40, 200, 90)
+    image_path = str(tmp_path / "image.png")
+    Image.fromarray(image).save(image_path)
+    code = readme_snippet()
+    assert '"output/demo/train/model_final.pth"' in code and '"image.png"' in code
+    code = code.replace('"output/demo/train/model_final.pth"', repr(weights)).replace('"image.png"', repr(image_path))
+    monkeypatch.chdir(REPO)  # the config path is relative to the repository, as in the README
+    scope = {}
+    exec(compile(code, "README snippet", "exec"), scope)
+
+    detection_model, result = scope["detection_model"], scope["result"]
+    assert isinstance(detection_model, AutoFocusSahiModel)
+    names = MetadataCatalog.get("autofocus_synth_val").thing_classes
+    assert detection_model.category_mapping == {str(i): n for i, n in enumerate(names)}
+    # 700 x 900 with 512 px slices, overlap 0.2: 2 x 2 slices, plus SAHI's whole-image pass.
+    calls = detection_model.model.calls
+    assert [c.kind for c in calls] == ["slice"] * 4 + ["slice"]  # no full-image size set: all at zoom 1
+    assert calls[-1].input_hw == (H, W)
+    assert all(p.score.value >= 0.3 for p in result.object_prediction_list)
+    printed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("Performing")]
+    assert len(printed) == len(result.object_prediction_list)
+
+
+def test_a_built_model_with_the_full_image_size_runs_the_whole_image_at_scale_0(checkpoint):
+    _, model = checkpoint
+    cfg = compact_cfg()
+    detection_model = AutoFocusSahiModel(cfg, model=model, confidence_threshold=0.05)
+    assert detection_model.detector is model
+    detection_model.set_full_image_size((H, W))
+    image = np.zeros((H, W, 3), dtype=np.uint8)
+    get_sliced_prediction(image, detection_model, slice_height=512, slice_width=512, verbose=0)
+    calls = detection_model.model.calls
+    assert [c.kind for c in calls] == ["slice"] * 4 + ["full"]
+    assert calls[-1].input_hw == (512, 658)  # scale 0 of [[512, 768], [-1, -1]]
+    assert [c.input_hw for c in calls[:4]] == [c.image_hw for c in calls[:4]]  # slices at zoom 1
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="needs a cfg or a model"):
+        AutoFocusSahiModel()
+    with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty"):
+        AutoFocusSahiModel(compact_cfg())
+    with pytest.raises(ValueError, match="slice zoom"):
+        AutoFocusSahiModel(compact_cfg(), model=build_model(compact_cfg()), slice_zoom=0.0)
