@@ -1,4 +1,4 @@
-"""Every config under configs/ builds an AutoFocusRCNN that trains one step (and, but for the
+"""Every config under configs/ builds an AutoFocus model that trains one step (and, but for the
 _BASE_ files, runs the AutoFocus pipeline) on CPU; the COCO configs are Detectron2's detectors with
 the paper's AutoFocus settings."""
 import os
@@ -8,14 +8,14 @@ import torch
 from detectron2 import model_zoo as d2_model_zoo
 from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
 import autofocus_d2
 from autofocus_d2 import model_zoo
 from autofocus_d2.config import sniper_training_scales
 from autofocus_d2.inference import ScaleChain
-from autofocus_d2.modeling import AutoFocusRCNN
+from autofocus_d2.modeling import FocusDetectorMixin
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COCO = [
@@ -38,11 +38,11 @@ SNIPER_VARIANTS = {"RPN": "SNIPERRPN", "StandardROIHeads": "SNIPERStandardROIHea
                    "Res5ROIHeads": "SNIPERRes5ROIHeads"}
 
 
-def all_config_names():
+def all_config_names(suffixes=(".yaml",)):
     names = []
     for dirpath, _, files in os.walk(os.path.join(REPO, "configs")):
         for f in files:
-            if f.endswith(".yaml"):
+            if f.endswith(suffixes) and not f.startswith("__"):
                 names.append(os.path.relpath(os.path.join(dirpath, f), os.path.join(REPO, "configs")))
     return sorted(n.replace(os.sep, "/") for n in names)
 
@@ -55,11 +55,13 @@ def cpu_cfg(name):
 
 
 def tiny_input():
-    """A 64x96 image with two ground-truth boxes (one FocusPixel-sized, one larger)."""
+    """A 64x96 image with two ground-truth boxes (one FocusPixel-sized, one larger) and masks."""
     g = torch.Generator().manual_seed(0)
     inst = Instances((64, 96))
     inst.gt_boxes = Boxes(torch.tensor([[10.0, 10.0, 30.0, 40.0], [40.0, 5.0, 90.0, 60.0]]))
     inst.gt_classes = torch.tensor([0, 1])
+    # Polygons tracing the boxes, for the mask configs (others ignore the field).
+    inst.gt_masks = PolygonMasks([[[10, 10, 30, 10, 30, 40, 10, 40]], [[40, 5, 90, 5, 90, 60, 40, 60]]])
     image = torch.randint(0, 256, (3, 64, 96), generator=g).float()
     return {"image": image, "instances": inst, "height": 64, "width": 96}
 
@@ -75,9 +77,21 @@ def flat(cfg, prefix=""):
 
 
 def test_model_zoo_lists_every_config():
-    assert model_zoo.list_configs() == all_config_names()
+    assert model_zoo.list_configs() == all_config_names((".yaml", ".py"))  # LazyConfig .py too
     assert set(COCO) | {"Synthetic/autofocus_compact_fpn.yaml", "Base-AutoFocus.yaml",
                         "Base-AutoFocus-C4.yaml"} <= set(all_config_names())
+
+
+def expected_losses(cfg):
+    """The training losses of a config's model: the detector's and ``loss_focus`` (the focus loss
+    only when retrofitting a frozen detector, MODEL.FOCUS_HEAD.TRAIN_ONLY)."""
+    if cfg.MODEL.FOCUS_HEAD.TRAIN_ONLY:
+        return {"loss_focus"}
+    if cfg.MODEL.META_ARCHITECTURE == "AutoFocusRetinaNet":
+        return {"loss_cls", "loss_box_reg", "loss_focus"}
+    losses = {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc", "loss_focus"}
+    return losses | ({"loss_mask"} if cfg.MODEL.MASK_ON else set()) | (
+        {"loss_keypoint"} if cfg.MODEL.KEYPOINT_ON else set())
 
 
 @pytest.mark.parametrize("name", all_config_names())
@@ -85,13 +99,13 @@ def test_config_builds_and_runs_on_cpu(name):
     cfg = cpu_cfg(name)
     torch.manual_seed(0)
     model = build_model(cfg)
-    assert isinstance(model, AutoFocusRCNN)
+    assert isinstance(model, FocusDetectorMixin)
     assert model.focus_stride == 16
 
     x = tiny_input()
     with EventStorage():
         losses = model([x])
-    assert {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc", "loss_focus"} <= set(losses)
+    assert set(losses) == expected_losses(cfg)
     total = sum(losses.values())
     assert torch.isfinite(total), losses
     total.backward()

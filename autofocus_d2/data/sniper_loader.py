@@ -39,6 +39,7 @@ __all__ = [
     "load_negative_chips",
     "check_negative_chips",
     "chip_transform",
+    "transform_polygons",
     "SNIPERDatasetMapper",
     "ChipEpochSampler",
     "build_sniper_train_loader",
@@ -241,6 +242,28 @@ def chip_transform(chip: Sequence[float], zoom: float, image_hw: Tuple[int, int]
     return T.TransformList(tfms)
 
 
+def transform_polygons(polygons: Sequence[Sequence[float]], transforms: T.TransformList) -> List[np.ndarray]:
+    """
+    COCO polygons (flat [x, y, ...] lists, original frame) -> the same polygons in the chip frame,
+    every vertex moved by ``transforms.apply_coords`` and nothing clipped.
+
+    Detectron2's ``CropTransform.apply_polygons`` clips with shapely and keeps only each piece's
+    exterior, which fills the holes of a polygon that encodes one (the synthetic "ring" is an
+    even-odd "keyhole" polygon); unclipped polygons keep them, and a mask target is rasterized
+    inside its proposal box, so vertices beyond the chip do no harm.
+
+    Returns:
+        list of (2P,) float64 arrays, one per polygon.
+    """
+    out = []
+    for polygon in polygons:
+        points = np.asarray(polygon, dtype=np.float64)
+        if points.ndim != 1 or len(points) < 6 or len(points) % 2:
+            raise ValueError(f"a polygon must be a flat [x, y, ...] list of >= 3 points, got {len(points)} values")
+        out.append(transforms.apply_coords(points.reshape(-1, 2)).reshape(-1))
+    return out
+
+
 class SNIPERDatasetMapper:
     """
     Map a chip record (:func:`sniper_chip_records`) to the input of a Detectron2 model, like
@@ -253,6 +276,8 @@ class SNIPERDatasetMapper:
     (:func:`chip_box_validity` on the box clipped to the image, with the record's valid range):
     out of the scale's size range, or cut by the chip. The model ignores those (neither
     foreground nor background). Instances whose box is empty in the chip frame are dropped.
+    With ``use_instance_mask``, polygon masks are moved into the chip frame by
+    :func:`transform_polygons` (unclipped, holes kept) and RLE masks by Detectron2.
 
     The output dict has "image" (C, h, w) uint8 tensor, "instances", "height"/"width" (h, w of
     the chip-frame image), "file_name", "image_id" and "sniper_scale".
@@ -325,10 +350,14 @@ class SNIPERDatasetMapper:
         for anno, keep in zip(annos, overlaps.tolist()):
             if keep:
                 anno = copy.deepcopy(anno)
-                if not self.use_instance_mask:
-                    anno.pop("segmentation", None)
+                segm = anno.pop("segmentation", None)
                 anno.pop("keypoints", None)
-                kept.append(utils.transform_instance_annotations(anno, transforms, out_hw))
+                if self.use_instance_mask and isinstance(segm, dict):  # RLE: Detectron2 pastes it
+                    anno["segmentation"] = segm
+                anno = utils.transform_instance_annotations(anno, transforms, out_hw)
+                if self.use_instance_mask and isinstance(segm, list):
+                    anno["segmentation"] = transform_polygons(segm, transforms)
+                kept.append(anno)
         instances = utils.annotations_to_instances(kept, out_hw, mask_format=self.instance_mask_format)
         instances.gt_ignore = ~valid[overlaps]
         return {

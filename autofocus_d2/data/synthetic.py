@@ -8,7 +8,8 @@ pixels). A few medium/large objects (48-400 px) are scattered over the rest of t
 
 Each split is generated once from its seed into ``<root>/<split>/`` (``images/*.jpg``,
 ``instances_<split>.json`` in COCO format, and a ``_COMPLETE.json`` marker) and reused afterwards.
-All boxes are XYWH in integer pixels of the original image.
+All boxes are XYWH in integer pixels of the original image; each annotation's "segmentation" is
+the shape's exact outline as a COCO polygon (``synthetic_shapes``); "area" stays the box area.
 """
 import functools
 import json
@@ -24,6 +25,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
+from .synthetic_shapes import shape_polygons
+from .synthetic_stats import dataset_statistics  # re-exported: statistics of a split's json
+
 __all__ = [
     "SYNTHETIC_CATEGORIES",
     "SYNTHETIC_SPLITS",
@@ -37,8 +41,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Bump when the rendering changes: a cached split made by another version is refused.
-GENERATOR_VERSION = 1
+# Bump when the rendering changes: a cached split made by another version is refused, except a
+# version-1 split (same images and boxes, no masks), which gets its polygons added in place.
+GENERATOR_VERSION = 2
 _MARKER = "_COMPLETE.json"
 _JPEG_QUALITY = 90
 # A placement is rejected when it covers more than this share of the smaller of two boxes
@@ -74,7 +79,8 @@ class SplitSpec:
     large_max_frac: float = 0.4  # cap on a large object's side, as a share of the short side
 
 
-# Constant table of the splits (seed, default count, geometry). "tiny" is for quick tests.
+# Constant table of the splits (seed, default count, geometry). "tiny" is for quick tests,
+# "large_val" for large-frame benchmarks.
 SYNTHETIC_SPLITS: Dict[str, SplitSpec] = {
     "train": SplitSpec(
         seed=1000, num_images=240, side_range=(1000, 2000), clusters=(1, 3),
@@ -87,6 +93,12 @@ SYNTHETIC_SPLITS: Dict[str, SplitSpec] = {
     "tiny": SplitSpec(
         seed=3000, num_images=6, side_range=(600, 900), clusters=(1, 2),
         cluster_radius=(60, 140), small_per_cluster=(5, 12), large=(1, 3),
+    ),
+    # Drone/satellite-frame sizes (2000-4000 px a side) for timing the R50-FPN chain
+    # (configs/Synthetic/autofocus_R_50_FPN_large.yaml); same objects, more clusters per frame.
+    "large_val": SplitSpec(
+        seed=4000, num_images=12, side_range=(2000, 4000), clusters=(2, 6),
+        cluster_radius=(150, 400), small_per_cluster=(10, 30), large=(4, 10),
     ),
 }
 
@@ -247,27 +259,35 @@ def _split_dirname(split: str, seed: int, num_images: int) -> str:
     return f"{split}-seed{seed}-n{num_images}"
 
 
-def _write_split(out_dir: str, split: str, spec: SplitSpec, seed: int, num_images: int,
-                 info: Dict[str, Any]) -> None:
-    """Render all images of a split into ``out_dir`` and write its json, then the marker."""
-    os.makedirs(os.path.join(out_dir, "images"))
+def _render_split(spec: SplitSpec, seed: int, num_images: int, split: str,
+                  image_dir: Optional[str]) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """Render a split's images (saved into ``image_dir`` unless None) and return the COCO
+    "images" and "annotations" (polygons from :func:`shape_polygons`)."""
     images, annotations = [], []
     start = time.perf_counter()
     for idx in range(num_images):
         rng = np.random.default_rng(np.random.SeedSequence([seed, idx]))
         img, objects = _render_image(rng, spec)
         file_name = f"{idx + 1:06d}.jpg"
-        img.save(os.path.join(out_dir, "images", file_name), format="JPEG", quality=_JPEG_QUALITY)
+        if image_dir is not None:
+            img.save(os.path.join(image_dir, file_name), format="JPEG", quality=_JPEG_QUALITY)
         images.append({"id": idx + 1, "file_name": file_name,
                        "width": img.width, "height": img.height})
         for category, (x0, y0, w, h) in objects:
             annotations.append({
                 "id": len(annotations) + 1, "image_id": idx + 1, "category_id": category + 1,
                 "bbox": [x0, y0, w, h], "area": w * h, "iscrowd": 0,
+                "segmentation": shape_polygons(SYNTHETIC_CATEGORIES[category], (x0, y0, w, h)),
             })
         if (idx + 1) % 20 == 0 or idx + 1 == num_images:
             logger.info(f"Synthetic split {split!r}: {idx + 1}/{num_images} images "
                         f"({time.perf_counter() - start:.1f} s)")
+    return images, annotations
+
+
+def _write_json(out_dir: str, split: str, info: Dict[str, Any], images: List[Dict[str, Any]],
+                annotations: List[Dict[str, Any]]) -> None:
+    """Write (atomically replace) the split's json, then its marker."""
     coco = {
         "info": info,
         "licenses": [],
@@ -276,26 +296,57 @@ def _write_split(out_dir: str, split: str, spec: SplitSpec, seed: int, num_image
         "categories": [{"id": i + 1, "name": name, "supercategory": "shape"}
                        for i, name in enumerate(SYNTHETIC_CATEGORIES)],
     }
-    with open(os.path.join(out_dir, f"instances_{split}.json"), "w") as f:
-        json.dump(coco, f)
-    with open(os.path.join(out_dir, _MARKER), "w") as f:
-        json.dump(info, f)
+    for name, content in ((f"instances_{split}.json", coco), (_MARKER, info)):
+        path = os.path.join(out_dir, name)
+        with open(path + f".tmp-{os.getpid()}", "w") as f:
+            json.dump(content, f)
+        os.replace(path + f".tmp-{os.getpid()}", path)
 
 
-def _check_complete(split_dir: str, info: Dict[str, Any]) -> bool:
-    """Whether ``split_dir`` holds a finished split made with ``info``; raise if it is foreign."""
+def _write_split(out_dir: str, split: str, spec: SplitSpec, seed: int, num_images: int,
+                 info: Dict[str, Any]) -> None:
+    """Render all images of a split into ``out_dir`` and write its json, then the marker."""
+    os.makedirs(os.path.join(out_dir, "images"))
+    images, annotations = _render_split(spec, seed, num_images, split,
+                                        os.path.join(out_dir, "images"))
+    _write_json(out_dir, split, info, images, annotations)
+
+
+def _add_masks(split_dir: str, split: str, spec: SplitSpec, seed: int, num_images: int,
+               info: Dict[str, Any]) -> None:
+    """Upgrade a version-1 split (boxes only) in place: version 2 renders the same images and
+    boxes, so only the json (now with polygons) and the marker are rewritten; the re-rendered
+    boxes are checked against the cached ones first."""
+    logger.info(f"Adding instance masks to the synthetic split in {split_dir} (generator version "
+                f"1 -> {GENERATOR_VERSION}; images unchanged) ...")
+    images, annotations = _render_split(spec, seed, num_images, split, None)
+    with open(os.path.join(split_dir, f"instances_{split}.json")) as f:
+        cached = json.load(f)
+    strip = [{k: v for k, v in a.items() if k != "segmentation"} for a in annotations]
+    if cached["images"] != images or cached["annotations"] != strip:
+        raise RuntimeError(f"{split_dir} (generator version 1) does not match what version "
+                           f"{GENERATOR_VERSION} renders; delete it to regenerate.")
+    _write_json(split_dir, split, info, images, annotations)
+
+
+def _check_complete(split_dir: str, info: Dict[str, Any]) -> Optional[str]:
+    """Whether ``split_dir`` holds a finished split made with ``info``: None if there is no
+    folder, "complete", or "boxes-only" (made by generator version 1 with the same settings);
+    raise if it is foreign."""
     if not os.path.isdir(split_dir):
-        return False
+        return None
     marker = os.path.join(split_dir, _MARKER)
     if not os.path.isfile(marker):
         raise RuntimeError(f"{split_dir} exists but is not a completed synthetic split "
                            f"(no {_MARKER}); delete it to regenerate.")
     with open(marker) as f:
         found = json.load(f)
-    if found != info:
-        raise RuntimeError(f"{split_dir} was generated with {found}, expected {info}; "
-                           "delete it to regenerate.")
-    return True
+    if found == info:
+        return "complete"
+    if found.get("version") == 1 and {**found, "version": info["version"]} == info:
+        return "boxes-only"
+    raise RuntimeError(f"{split_dir} was generated with {found}, expected {info}; "
+                       "delete it to regenerate.")
 
 
 def generate_synthetic_split(root: str, split: str, *, num_images: Optional[int] = None,
@@ -327,7 +378,10 @@ def generate_synthetic_split(root: str, split: str, *, num_images: Optional[int]
             "version": GENERATOR_VERSION, "split": split, "seed": seed,
             "num_images": num_images, "spec": asdict(spec)}
     info = json.loads(json.dumps(info))  # tuples -> lists, as read back from the marker
-    if _check_complete(split_dir, info):
+    state = _check_complete(split_dir, info)
+    if state == "boxes-only":
+        _add_masks(split_dir, split, spec, seed, num_images, info)
+    if state is not None:
         return json_path
 
     try:
@@ -343,7 +397,7 @@ def generate_synthetic_split(root: str, split: str, *, num_images: Optional[int]
             os.rename(tmp_dir, split_dir)
         except OSError:
             # Another process finished the same split first: use theirs.
-            if not _check_complete(split_dir, info):
+            if _check_complete(split_dir, info) != "complete":
                 raise
     finally:
         if os.path.isdir(tmp_dir):
@@ -419,52 +473,3 @@ def ensure_split(dataset_name: str) -> str:
         raise ValueError(f"{dataset_name!r} is not a registered synthetic dataset; call "
                          "register_synthetic_datasets() first")
     return generate_synthetic_split(meta.synthetic_root, meta.synthetic_split)
-
-
-# --------------------------------------------------------------------------------------------
-# Statistics
-# --------------------------------------------------------------------------------------------
-def dataset_statistics(json_path: str) -> Dict[str, Any]:
-    """
-    Summary of a COCO-format json, with COCO's size classes on ``area`` (small < 32^2 <= medium
-    < 96^2 <= large). ``small_pixel_coverage`` is the union of small boxes' pixels over all image
-    pixels; ``sqrt_area_percentiles`` maps percentile (0, 5, 25, 50, 75, 95, 100) to sqrt(area).
-    """
-    with open(json_path) as f:
-        coco = json.load(f)
-    images = {im["id"]: im for im in coco["images"]}
-    anns = coco["annotations"]
-    areas = np.asarray([a["area"] for a in anns], dtype=np.float64)
-    n = max(len(anns), 1)
-    small_pixels, total_pixels = 0, 0
-    by_image: Dict[int, List[List[float]]] = {i: [] for i in images}
-    for a in anns:
-        if a["area"] < 32 ** 2:
-            by_image[a["image_id"]].append(a["bbox"])
-    for image_id, im in images.items():
-        total_pixels += im["width"] * im["height"]
-        mask = np.zeros((im["height"], im["width"]), dtype=bool)
-        for x, y, w, h in by_image[image_id]:
-            mask[int(y):int(math.ceil(y + h)), int(x):int(math.ceil(x + w))] = True
-        small_pixels += int(mask.sum())
-    widths = [im["width"] for im in images.values()]
-    heights = [im["height"] for im in images.values()]
-    pcts = (0, 5, 25, 50, 75, 95, 100)
-    sqrt_areas = np.sqrt(areas) if len(anns) else np.zeros(1)
-    return {
-        "num_images": len(images),
-        "num_instances": len(anns),
-        "instances_per_image": len(anns) / max(len(images), 1),
-        "width_range": (min(widths), max(widths)) if widths else (0, 0),
-        "height_range": (min(heights), max(heights)) if heights else (0, 0),
-        "small_share": float(np.sum(areas < 32 ** 2)) / n,
-        "medium_share": float(np.sum((areas >= 32 ** 2) & (areas < 96 ** 2))) / n,
-        "large_share": float(np.sum(areas >= 96 ** 2)) / n,
-        "small_pixel_coverage": small_pixels / max(total_pixels, 1),
-        "sqrt_area_percentiles": {p: float(v) for p, v in
-                                  zip(pcts, np.percentile(sqrt_areas, pcts))},
-        "instances_per_category": {
-            c["name"]: sum(1 for a in anns if a["category_id"] == c["id"])
-            for c in coco["categories"]
-        },
-    }

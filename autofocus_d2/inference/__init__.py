@@ -1,7 +1,7 @@
 """AutoFocus inference: the scale chain, FocusChip generation and focus stacking."""
 from .detector_interface import FocusDetector, require_focus_detector
 from .focus_chips import generate_focus_chips, merge_overlapping_boxes
-from .focus_stacking import drop_border_cut, drop_small_covered, in_size_range, merge_detections
+from .focus_stacking import drop_border_cut, drop_small_covered, in_size_range, merge_detections, merge_indices
 from .scale_chain import ScaleChain, scale_zoom
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     "drop_small_covered",
     "in_size_range",
     "merge_detections",
+    "merge_indices",
 ]

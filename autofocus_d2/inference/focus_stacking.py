@@ -1,7 +1,7 @@
 """Focus stacking: the rules that decide which detections of which scale and chip survive.
 
 Every rule is a small pure function returning an (R,) bool keep-mask over (R, 4) XYXY float boxes;
-:func:`merge_detections` then merges the survivors of all scales and chips. Unless said otherwise,
+:func:`merge_indices` then merges the survivors of all scales and chips. Unless said otherwise,
 boxes, chips and sizes are in the **original image frame** (pixels of the input image before any
 test-time resizing).
 """
@@ -19,6 +19,7 @@ __all__ = [
     "drop_small_covered",
     "in_size_range",
     "merge_detections",
+    "merge_indices",
     "trusted_chip_area",
 ]
 
@@ -193,7 +194,7 @@ def _soft_nms(
     return keep_t, scores[keep_t]
 
 
-def merge_detections(
+def merge_indices(
     boxes: Tensor,
     scores: Tensor,
     classes: Tensor,
@@ -203,9 +204,11 @@ def merge_detections(
     method: str = "nms",
     soft_nms_sigma: float = 0.5,
     score_thresh: float = 0.0,
-) -> Tuple[Tensor, Tensor, Tensor]:
+) -> Tuple[Tensor, Tensor]:
     """
-    Merge the detections of all scales and chips of one image.
+    Merge the detections of all scales and chips of one image, as indices: the caller indexes
+    its concatenated ``Instances`` with them, so every per-instance field (masks, keypoints, ...)
+    follows its box.
 
     ``method="nms"``: drop scores ``< score_thresh``, then class-wise NMS at IoU ``nms_thresh``
     (``detectron2.layers.batched_nms``). ``method="soft_nms"``: class-wise Gaussian Soft-NMS with
@@ -218,8 +221,8 @@ def merge_detections(
         classes (Tensor): (R,) int class ids.
 
     Returns:
-        (Tensor, Tensor, Tensor): the kept (K, 4) boxes, (K,) scores (decayed for Soft-NMS) and
-        (K,) classes, sorted by score, descending.
+        (Tensor, Tensor): (K,) int64 indices into the R detections, sorted by merged score,
+        descending, and the (K,) merged scores (the input scores for NMS, decayed for Soft-NMS).
     """
     _check_boxes(boxes)
     if scores.shape != (boxes.shape[0],) or classes.shape != (boxes.shape[0],):
@@ -232,11 +235,23 @@ def merge_detections(
         keep = idx[batched_nms(boxes[idx], scores[idx], classes[idx], nms_thresh)]
         if max_det >= 0:
             keep = keep[:max_det]
-        kept_scores = scores[keep]
-    elif method == "soft_nms":
+        return keep, scores[keep]
+    if method == "soft_nms":
         if not soft_nms_sigma > 0:
             raise ValueError(f"soft_nms_sigma must be > 0, got {soft_nms_sigma}")
-        keep, kept_scores = _soft_nms(boxes, scores, classes, soft_nms_sigma, score_thresh, max_det)
-    else:
-        raise ValueError(f"Unknown merge method {method!r}; expected 'nms' or 'soft_nms'")
+        return _soft_nms(boxes, scores, classes, soft_nms_sigma, score_thresh, max_det)
+    raise ValueError(f"Unknown merge method {method!r}; expected 'nms' or 'soft_nms'")
+
+
+def merge_detections(
+    boxes: Tensor,
+    scores: Tensor,
+    classes: Tensor,
+    **kwargs,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """
+    :func:`merge_indices` (same arguments), returning the kept (K, 4) boxes, (K,) scores (decayed
+    for Soft-NMS) and (K,) classes, sorted by score, descending.
+    """
+    keep, kept_scores = merge_indices(boxes, scores, classes, **kwargs)
     return boxes[keep], kept_scores, classes[keep]

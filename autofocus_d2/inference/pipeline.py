@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from detectron2.config import configurable
 from detectron2.modeling.postprocessing import detector_postprocess
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Instances
 from detectron2.utils.registry import Registry
 
 from ..config import lookup_registry
@@ -18,11 +18,11 @@ from .focus_stacking import (
     drop_border_cut,
     drop_small_covered,
     in_size_range,
-    merge_detections,
+    merge_indices,
     trusted_chip_area,
 )
 from .scale_chain import ScaleChain
-from .views import View, crop_and_resize, tile_box, zoomed_hw
+from .views import View, crop_and_resize, instances_to_original, tile_box, zoomed_hw
 
 __all__ = ["AUTOFOCUS_PIPELINE_REGISTRY", "CoarseToFinePipeline", "build_autofocus_pipeline"]
 
@@ -70,6 +70,17 @@ class CoarseToFinePipeline:
     ``chip_batch_size``. Detections of every view are mapped to the original frame and
     focus-stacked. With ``raw_score_thresh`` set, each view's detections are raw (the detector's
     per-view NMS and top-k off, score threshold ``raw_score_thresh``): the paper's merge.
+
+    Every per-instance field a Detectron2 head predicts crosses views (:func:`instances_to_original`:
+    boxes and keypoint x, y are mapped, box-relative ``pred_masks`` (N, 1, M, M) and
+    ``pred_keypoint_heatmaps`` carried as they are, an unknown field raises ValueError naming it),
+    and stacking selects whole Instances, so masks and keypoints follow their boxes through
+    Soft-NMS; ``detector_postprocess`` pastes the masks and scales the keypoints for the output
+    size at the end. The head runs inside ``detect`` on whatever detections the view gives: with
+    ``VIEW_DETECTIONS: filtered`` on the view's top-k after per-view NMS (about 40 per view on the
+    small synthetic Mask R-CNN, +30% time per image over no mask head), in raw mode on every raw
+    detection (about 780 per view there, 4x the time per image), so mask / keypoint configs use
+    ``filtered`` (README, "Instance masks and keypoints", has the measurement).
     """
 
     @configurable
@@ -173,7 +184,8 @@ class CoarseToFinePipeline:
     ) -> Tuple[List[Instances], List[Optional[torch.Tensor]]]:
         """Run the detector on ``views`` in padded batches (largest first, to limit padding).
 
-        Returns, aligned with ``views``: Instances with boxes in the ORIGINAL image frame, and the
+        Returns, aligned with ``views``: Instances in the ORIGINAL image frame (every field mapped
+        by :func:`instances_to_original`, which raises on a field it cannot map), and the
         FocusPixel map (h, w) of each view in its own frame (None without focus).
         """
         results: List[Optional[Instances]] = [None] * len(views)
@@ -192,9 +204,7 @@ class CoarseToFinePipeline:
                 options["raw_score_thresh"] = self.raw_score_thresh
             instances, focus = model.detect(image_list, with_focus=with_focus, **options)
             for j, i in enumerate(batch):
-                inst = instances[j]
-                inst.pred_boxes = Boxes(views[i].to_original(inst.pred_boxes.tensor))
-                results[i] = inst
+                results[i] = instances_to_original(instances[j], views[i], images[views[i].image_index].shape[-2:])
                 if focus is not None:
                     focus_maps[i] = focus[j]
         return results, focus_maps
@@ -271,9 +281,11 @@ class CoarseToFinePipeline:
     ) -> Instances:
         """Focus stacking of one image: border rule, valid ranges, small-and-covered rule (covered =
         inside the part of a finer chip that the border rule trusts), then class-wise NMS /
-        Soft-NMS. Returns Instances in the original image frame."""
+        Soft-NMS over the concatenated detections, whose kept indices select whole Instances: every
+        field (box-relative masks, keypoints, ...) follows its box, and ``scores`` become the merged
+        (Soft-NMS decayed) scores. Returns Instances in the original image frame."""
         num_scales = len(views_per_scale)
-        boxes, scores, classes = [], [], []
+        survivors = []
         for k in range(num_scales):
             finer = [
                 v.box_tensor() for v in (views_per_scale[k + 1] if k + 1 < num_scales else [])
@@ -291,22 +303,19 @@ class CoarseToFinePipeline:
                 if finer:
                     chips = trusted_chip_area(torch.stack(finer).to(b.device), image_hw, self.border_margin)
                     keep &= drop_small_covered(b, chips, self.small_drop_size / view.zoom)
-                boxes.append(b[keep])
-                scores.append(inst.scores[keep])
-                classes.append(inst.pred_classes[keep])
-        b, s, c = merge_detections(
-            torch.cat(boxes),
-            torch.cat(scores),
-            torch.cat(classes),
+                survivors.append(inst[keep])
+        candidates = Instances.cat(survivors)
+        keep, scores = merge_indices(
+            candidates.pred_boxes.tensor,
+            candidates.scores,
+            candidates.pred_classes,
             nms_thresh=self.nms_thresh,
             max_det=self.detections_per_image,
             method=self.nms_method,
             soft_nms_sigma=self.soft_nms_sigma,
         )
-        result = Instances(image_hw)
-        result.pred_boxes = Boxes(b)
-        result.scores = s
-        result.pred_classes = c
+        result = candidates[keep]
+        result.scores = scores
         return result
 
     def image_stats(

@@ -10,6 +10,7 @@ from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from detectron2.structures import Boxes, Instances
 
 __all__ = [
     "View",
@@ -18,7 +19,14 @@ __all__ = [
     "tile_box",
     "snap_to_pixels",
     "crop_and_resize",
+    "FRAME_FREE_FIELDS",
+    "instances_to_original",
 ]
+
+# Per-instance fields that do not depend on the frame: values, or maps relative to the instance's
+# own box (Detectron2's mask head: (N, 1, M, M) probabilities; keypoint head: (N, K, R, R)
+# heatmaps), which stay valid when the box is mapped.
+FRAME_FREE_FIELDS = ("scores", "pred_classes", "pred_masks", "pred_keypoint_heatmaps")
 
 Box = Tuple[int, int, int, int]
 
@@ -55,6 +63,11 @@ class View:
         scale = boxes.new_tensor([sx, sy, sx, sy])
         offset = boxes.new_tensor([self.box[0], self.box[1], self.box[0], self.box[1]])
         return boxes / scale + offset
+
+    def points_to_original(self, points: torch.Tensor) -> torch.Tensor:
+        """(..., 2) xy points in the view's frame -> (..., 2) in the original image frame."""
+        sx, sy = self.factors
+        return points / points.new_tensor([sx, sy]) + points.new_tensor([self.box[0], self.box[1]])
 
     def box_tensor(self, device=None) -> torch.Tensor:
         return torch.tensor(self.box, dtype=torch.float32, device=device)
@@ -110,3 +123,50 @@ def crop_and_resize(image: torch.Tensor, box: Sequence[int], out_hw: Tuple[int, 
     return F.interpolate(
         crop[None], size=tuple(out_hw), mode="bilinear", align_corners=False, antialias=shrinking
     )[0]
+
+
+def instances_to_original(instances: Instances, view: View, image_hw: Tuple[int, int]) -> Instances:
+    """
+    Map one view's detections to the original image frame.
+
+    ``pred_boxes`` (R, 4) and the x, y of ``pred_keypoints`` (R, K, 3: x, y, score) are mapped
+    with :meth:`View.to_original` / :meth:`View.points_to_original`; the
+    :data:`FRAME_FREE_FIELDS` are kept as they are. ``pred_masks`` must be box-relative
+    (R, 1, M, M), as Detectron2's mask head gives them before ``detector_postprocess`` pastes them.
+
+    Args:
+        instances: detections of ``view``, in the view's frame.
+        view: the view they come from.
+        image_hw: (H, W) of the original image, the ``image_size`` of the result.
+
+    Returns:
+        Instances of ``image_size`` ``image_hw`` with the same fields, in the original frame.
+
+    Raises:
+        ValueError: for a field this function does not know how to map (naming it), or
+            ``pred_masks`` that are not box-relative.
+    """
+    out = Instances(tuple(image_hw))
+    for name, value in instances.get_fields().items():
+        if name == "pred_boxes":
+            out.pred_boxes = Boxes(view.to_original(value.tensor))
+        elif name == "pred_keypoints":
+            if value.dim() != 3 or value.shape[-1] != 3:
+                raise ValueError(f"pred_keypoints must be (R, K, 3) x, y, score; got {tuple(value.shape)}")
+            out.pred_keypoints = torch.cat([view.points_to_original(value[..., :2]), value[..., 2:]], dim=-1)
+        elif name in FRAME_FREE_FIELDS:
+            if name == "pred_masks" and not (
+                isinstance(value, torch.Tensor) and value.dim() == 4 and value.shape[1] == 1
+            ):
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(
+                    f"pred_masks must be box-relative (R, 1, M, M) probabilities (Detectron2's mask "
+                    f"head output), got {shape}; image-frame masks cannot cross views"
+                )
+            out.set(name, value)
+        else:
+            raise ValueError(
+                f"the AutoFocus pipeline cannot map the per-instance field {name!r} of a view to the "
+                f"original image (known: pred_boxes, pred_keypoints, {', '.join(FRAME_FREE_FIELDS)})"
+            )
+    return out

@@ -1,6 +1,8 @@
+import hashlib
 import json
 import math
 import os
+import shutil
 import uuid
 
 import numpy as np
@@ -18,6 +20,7 @@ from autofocus_d2.data.synthetic import (
     generate_synthetic_split,
     register_synthetic_datasets,
 )
+from autofocus_d2.data.synthetic_shapes import shape_polygons
 
 
 @pytest.fixture(scope="module")
@@ -269,3 +272,95 @@ def test_layout_respects_sizes():
             assert inter <= 0.1 * min(b[i, 2] * b[i, 3], b[j, 2] * b[j, 3])
     sides = np.sqrt(b[:, 2] * b[:, 3])
     assert math.floor(sides.min()) >= 7 and sides.max() <= 400
+
+
+# ------------------------------------------------------------------------------ instance masks
+# Hashes of the "tiny" split of generator version 1 (boxes only), taken before masks were added:
+# version 2 must render the same image bytes and boxes.
+_V1_TINY_IMAGES_SHA256 = "ed3bea4dbbd8104406fdf8bb72c5502185a6df8078c82d026fabf11b389112b3"
+_V1_TINY_BOXES_SHA256 = "929d765afdb6df2d097cb0ada8e118d3b99d392b594c262931c54a9577b1b090"
+
+
+def _boxes_sha256(json_path):
+    boxes = [[a["image_id"], a["category_id"], *a["bbox"]] for a in _load(json_path)["annotations"]]
+    return hashlib.sha256(json.dumps(boxes).encode()).hexdigest()
+
+
+def test_masks_leave_images_and_boxes_byte_identical(tiny_json):
+    assert hashlib.sha256(b"".join(_image_bytes(tiny_json))).hexdigest() == _V1_TINY_IMAGES_SHA256
+    assert _boxes_sha256(tiny_json) == _V1_TINY_BOXES_SHA256
+    coco = COCO(tiny_json)
+    for a in _load(tiny_json)["annotations"]:
+        assert a["area"] == a["bbox"][2] * a["bbox"][3]  # box area, as before
+        ys, xs = np.nonzero(coco.annToMask(a))
+        x0, y0, w, h = a["bbox"]
+        # The outline's rasterization stays inside the box and reaches (within 1 px) its sides.
+        assert x0 <= xs.min() <= x0 + 1 and y0 <= ys.min() <= y0 + 1
+        assert x0 + w - 2 <= xs.max() <= x0 + w - 1 and y0 + h - 2 <= ys.max() <= y0 + h - 1
+
+
+@pytest.mark.parametrize("name", SYNTHETIC_CATEGORIES)
+@pytest.mark.parametrize("wh", [(13, 17), (40, 30), (210, 160)])
+def test_polygons_outline_the_drawn_shapes(name, wh):
+    from PIL import ImageDraw
+    from pycocotools import mask as mask_utils
+
+    w, h = wh
+    canvas = Image.new("RGB", (w + 20, h + 20))
+    box = (10, 10, w, h)
+    synthetic._draw_object(ImageDraw.Draw(canvas), SYNTHETIC_CATEGORIES.index(name), box, (255, 255, 255))
+    drawn = np.asarray(canvas)[:, :, 0] > 0
+    polygons = shape_polygons(name, box)
+    rle = mask_utils.merge(mask_utils.frPyObjects(polygons, h + 20, w + 20))
+    outline = mask_utils.decode(rle).astype(bool)
+    iou = (drawn & outline).sum() / (drawn | outline).sum()
+    # PIL's and COCO's rasterizers differ by under half a pixel along slanted edges.
+    assert iou >= 0.95, iou
+    cy, cx = 10 + h // 2, 10 + w // 2
+    if name == "ring" and min(w, h) >= 30:
+        assert not drawn[cy, cx] and not outline[cy, cx]  # the hole is kept
+
+
+def test_shape_polygon_errors():
+    with pytest.raises(ValueError, match="'hexagon'"):
+        shape_polygons("hexagon", (0, 0, 10, 10))
+    with pytest.raises(ValueError, match="empty"):
+        shape_polygons("circle", (0, 0, 0, 10))
+
+
+def _as_version_1(split_dir, json_name):
+    """Rewrite a split as generator version 1 left it: no polygons, marker version 1."""
+    path = os.path.join(split_dir, json_name)
+    coco = _load(path)
+    for a in coco["annotations"]:
+        del a["segmentation"]
+    coco["info"]["version"] = 1
+    with open(path, "w") as f:
+        json.dump(coco, f)
+    with open(os.path.join(split_dir, "_COMPLETE.json"), "w") as f:
+        json.dump(coco["info"], f)
+    return coco
+
+
+def test_version_1_cache_gets_its_masks_in_place(tiny_json, tmp_path):
+    split_dir = tmp_path / "tiny"
+    shutil.copytree(os.path.dirname(tiny_json), split_dir)
+    _as_version_1(str(split_dir), "instances_tiny.json")
+    image_mtimes = sorted(os.path.getmtime(p) for p in (split_dir / "images").iterdir())
+    path = generate_synthetic_split(str(tmp_path), "tiny")
+    with open(path, "rb") as f1, open(tiny_json, "rb") as f2:
+        assert f1.read() == f2.read()  # same json as a fresh version-2 split
+    assert _load(str(split_dir / "_COMPLETE.json"))["version"] == synthetic.GENERATOR_VERSION
+    assert sorted(os.path.getmtime(p) for p in (split_dir / "images").iterdir()) == image_mtimes
+    assert sorted(os.listdir(split_dir)) == ["_COMPLETE.json", "images", "instances_tiny.json"]
+
+
+def test_version_1_cache_with_other_boxes_is_refused(tiny_json, tmp_path):
+    split_dir = tmp_path / "tiny"
+    shutil.copytree(os.path.dirname(tiny_json), split_dir)
+    coco = _as_version_1(str(split_dir), "instances_tiny.json")
+    coco["annotations"][0]["bbox"][0] += 1
+    with open(split_dir / "instances_tiny.json", "w") as f:
+        json.dump(coco, f)
+    with pytest.raises(RuntimeError, match="version 1.*does not match.*delete it to regenerate"):
+        generate_synthetic_split(str(tmp_path), "tiny")

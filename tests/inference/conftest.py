@@ -5,6 +5,11 @@ Images carry one object per colour channel (value 255 on a black background). Th
 in the view it is given (class c, score 0.9 - 0.1 * c), and its FocusPixel map is 1 in every
 stride cell that holds a pixel of a channel listed in ``focus_channels``. So whatever the pipeline
 crops and resizes, the detections it gets back show where the objects really landed.
+
+With ``with_masks`` it also returns Detectron2-style box-relative ``pred_masks`` (N, 1, 8, 8):
+the left half of each box (columns 0-3) is 1, the right half 0. With ``with_keypoints`` it returns
+``pred_keypoints`` (N, 2, 3) in the view frame: the box's top-left corner (score 1.0) and its
+centre (score 0.5), and box-relative ``pred_keypoint_heatmaps`` (N, 2, 4, 4) filled with the class.
 """
 import pytest
 import torch
@@ -13,13 +18,15 @@ from detectron2.structures import Boxes, ImageList, Instances
 
 
 class PlantedDetector:
-    def __init__(self, focus_channels=(1, 2), stride=16, focus_value=None):
+    def __init__(self, focus_channels=(1, 2), stride=16, focus_value=None, with_masks=False, with_keypoints=False):
         self.device = torch.device("cpu")
         self.input_channels = 3
         self.focus_stride = stride
         self.focus_channels = list(focus_channels)
         self.focus_value = focus_value  # a float: a constant map of that value instead
         self.batches = []  # (batch size, padded h, padded w) of every call
+        self.with_masks = with_masks
+        self.with_keypoints = with_keypoints
 
     def to(self, device):
         self.device = torch.device(device)
@@ -44,6 +51,17 @@ class PlantedDetector:
             inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32, device=tensor.device).reshape(-1, 4))
             inst.pred_classes = torch.tensor(classes, dtype=torch.long, device=tensor.device)
             inst.scores = 0.9 - 0.1 * inst.pred_classes.float()
+            n = len(inst)
+            if self.with_masks:
+                inst.pred_masks = torch.zeros(n, 1, 8, 8, device=tensor.device)
+                inst.pred_masks[:, :, :, :4] = 1.0
+            if self.with_keypoints:
+                b = inst.pred_boxes.tensor
+                corner = torch.stack([b[:, 0], b[:, 1], torch.ones(n, device=tensor.device)], dim=1)
+                centre = torch.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2,
+                                      torch.full((n,), 0.5, device=tensor.device)], dim=1)
+                inst.pred_keypoints = torch.stack([corner, centre], dim=1)
+                inst.pred_keypoint_heatmaps = inst.pred_classes.float()[:, None, None, None].expand(n, 2, 4, 4).clone()
             results.append(inst)
         focus = None
         if with_focus:
