@@ -21,11 +21,14 @@ class FocusDetector(Protocol):
         device: where the model's tensors live; the pipeline moves the input images there.
         input_channels: channels of an input image (3 for BGR/RGB).
         focus_stride: stride, in pixels of the view, of the FocusPixel maps ``detect`` returns.
+        size_divisibility: :meth:`normalize` pads a batch to a multiple of it (the backbone's);
+            the pipeline groups views into batches knowing what padding costs.
     """
 
     device: torch.device
     input_channels: int
     focus_stride: int
+    size_divisibility: int
 
     def normalize(self, images: Sequence[torch.Tensor]) -> ImageList:
         """Float images (C, h, w) on ``device``, in the model's input format and pixel range ->
@@ -50,7 +53,8 @@ class FocusDetector(Protocol):
 
 def require_focus_detector(model) -> None:
     """Raise TypeError naming what is missing when ``model`` does not provide :class:`FocusDetector`."""
-    missing = [name for name in ("device", "input_channels", "focus_stride", "normalize", "detect")
+    missing = [name for name in ("device", "input_channels", "focus_stride", "size_divisibility",
+                                 "normalize", "detect")
                if not hasattr(model, name)]
     if missing:
         raise TypeError(

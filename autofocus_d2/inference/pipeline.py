@@ -12,8 +12,10 @@ from detectron2.structures import Instances
 from detectron2.utils.registry import Registry
 
 from ..config import lookup_registry
-from .chip_policies import ChipPolicy, build_chip_policy
+from .chip_policies import ChipPolicy, build_chip_policy, input_gt_boxes
 from .detector_interface import require_focus_detector
+from .precision import inference_autocast, outputs_to_float32
+from .view_batching import plan_view_batches
 from .focus_stacking import (
     drop_border_cut,
     drop_small_covered,
@@ -102,6 +104,8 @@ class CoarseToFinePipeline:
         soft_nms_sigma: float,
         detections_per_image: int,
         raw_score_thresh: Optional[float] = None,
+        max_batch_padding: float = 0.1,
+        inference_dtype: str = "float32",
     ):
         """See the MODEL.AUTOFOCUS keys of config.py for each argument's meaning and unit."""
         self.policy = policy
@@ -119,6 +123,8 @@ class CoarseToFinePipeline:
         self.soft_nms_sigma = soft_nms_sigma
         self.detections_per_image = detections_per_image
         self.raw_score_thresh = raw_score_thresh
+        self.max_batch_padding = max_batch_padding
+        self.inference_dtype = inference_dtype
 
     @classmethod
     def from_config(cls, cfg):
@@ -139,6 +145,8 @@ class CoarseToFinePipeline:
             "soft_nms_sigma": af.SOFT_NMS_SIGMA,
             "detections_per_image": af.DETECTIONS_PER_IMAGE,
             "raw_score_thresh": af.RAW_SCORE_THRESH if af.VIEW_DETECTIONS == "raw" else None,
+            "max_batch_padding": af.MAX_BATCH_PADDING,
+            "inference_dtype": af.INFERENCE_DTYPE,
         }
 
     # ------------------------------------------------------------------------------ views
@@ -182,7 +190,9 @@ class CoarseToFinePipeline:
     def run_views(
         self, model, images: List[torch.Tensor], views: List[View], with_focus: bool
     ) -> Tuple[List[Instances], List[Optional[torch.Tensor]]]:
-        """Run the detector on ``views`` in padded batches (largest first, to limit padding).
+        """Run the detector on ``views`` in padded batches of at most ``chip_batch_size`` views,
+        grouped by :func:`plan_view_batches` so that padding adds at most ``max_batch_padding`` of
+        a batch's own pixels, under autocast when ``inference_dtype`` is not float32.
 
         Returns, aligned with ``views``: Instances in the ORIGINAL image frame (every field mapped
         by :func:`instances_to_original`, which raises on a field it cannot map), and the
@@ -190,9 +200,13 @@ class CoarseToFinePipeline:
         """
         results: List[Optional[Instances]] = [None] * len(views)
         focus_maps: List[Optional[torch.Tensor]] = [None] * len(views)
-        order = sorted(range(len(views)), key=lambda i: -views[i].pixels)
-        for start in range(0, len(order), self.chip_batch_size):
-            batch = order[start : start + self.chip_batch_size]
+        batches = plan_view_batches(
+            [v.out_hw for v in views],
+            max_batch_size=self.chip_batch_size,
+            size_divisibility=model.size_divisibility,
+            max_padding=self.max_batch_padding,
+        )
+        for batch in batches:
             image_list = model.normalize(
                 [crop_and_resize(images[views[i].image_index], views[i].box, views[i].out_hw) for i in batch]
             )
@@ -202,11 +216,13 @@ class CoarseToFinePipeline:
                 options["max_proposals"] = max(self.min_proposals, math.ceil(self.proposals_per_mpix * largest))
             if self.raw_score_thresh is not None:
                 options["raw_score_thresh"] = self.raw_score_thresh
-            instances, focus = model.detect(image_list, with_focus=with_focus, **options)
+            with inference_autocast(model.device, self.inference_dtype):
+                instances, focus = model.detect(image_list, with_focus=with_focus, **options)
             for j, i in enumerate(batch):
-                results[i] = instances_to_original(instances[j], views[i], images[views[i].image_index].shape[-2:])
+                inst = outputs_to_float32(instances[j])
+                results[i] = instances_to_original(inst, views[i], images[views[i].image_index].shape[-2:])
                 if focus is not None:
-                    focus_maps[i] = focus[j]
+                    focus_maps[i] = focus[j].float()
         return results, focus_maps
 
     def __call__(
@@ -222,6 +238,8 @@ class CoarseToFinePipeline:
             for i, x in enumerate(batched_inputs)
         ]
         sizes = [tuple(img.shape[-2:]) for img in images]
+        # Ground truth (original frame) where an input carries it: the oracle policy's FocusPixels.
+        gt_boxes = [input_gt_boxes(x, hw) for x, hw in zip(batched_inputs, sizes)]
         zooms = [self.scale_chain.zooms(hw) for hw in sizes]
         num_scales = self.policy.num_scales(len(self.scale_chain))
 
@@ -247,6 +265,7 @@ class CoarseToFinePipeline:
                     parents=[views[j] for j in idx],
                     focus_maps=[focus_maps[j] for j in idx],
                     focus_stride=model.focus_stride,
+                    gt_boxes=gt_boxes[i],
                 )
                 next_views.extend(self.views_for_chips(i, k + 1, chips, zooms[i][k + 1]))
             views_per_scale.append(next_views)

@@ -22,6 +22,7 @@ class PlantedDetector:
         self.device = torch.device("cpu")
         self.input_channels = 3
         self.focus_stride = stride
+        self.size_divisibility = 32
         self.focus_channels = list(focus_channels)
         self.focus_value = focus_value  # a float: a constant map of that value instead
         self.batches = []  # (batch size, padded h, padded w) of every call
@@ -33,7 +34,7 @@ class PlantedDetector:
         return self
 
     def normalize(self, images):
-        return ImageList.from_tensors(list(images), 32)
+        return ImageList.from_tensors(list(images), self.size_divisibility)
 
     def detect(self, images, with_focus=True):
         tensor = images.tensor

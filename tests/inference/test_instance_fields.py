@@ -118,6 +118,7 @@ class _ExtraField:
     def __init__(self, model, name=None, make=None):
         self.model, self.name, self.make = model, name, make
         self.device, self.input_channels, self.focus_stride = model.device, 3, model.focus_stride
+        self.size_divisibility = model.size_divisibility
         self.raw_calls = []
 
     def normalize(self, images):

@@ -85,7 +85,7 @@ def test_image_without_objects_gives_no_chips_and_missing_ground_truth_raises():
 
 def test_pipeline_input_without_ground_truth_raises():
     class Detector:  # enough of FocusDetector for scale 0; the oracle must fail before scale 1
-        device, input_channels, focus_stride = torch.device("cpu"), 3, 16
+        device, input_channels, focus_stride, size_divisibility = torch.device("cpu"), 3, 16, 32
 
         def normalize(self, images):
             from detectron2.structures import ImageList

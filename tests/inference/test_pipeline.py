@@ -226,6 +226,7 @@ class RawPlantedDetector:
         self.inner = planted_detector()
         self.device, self.input_channels = self.inner.device, self.inner.input_channels
         self.focus_stride, self.normalize = self.inner.focus_stride, self.inner.normalize
+        self.size_divisibility = self.inner.size_divisibility
         self.raw_calls = []
 
     def detect(self, images, with_focus=True, raw_score_thresh=None):
@@ -258,3 +259,104 @@ def test_papers_merge_soft_nms_over_raw_views(planted_detector, paint_image):
     out = run(pipeline_cfg("pyramid", SCALES=scales), filtered, [image])[0]["instances"]
     assert filtered.raw_calls == [None, None]
     assert out.scores.tolist() == pytest.approx([0.9])
+
+
+def test_chips_of_different_shapes_are_not_padded_into_one_batch(planted_detector, paint_image):
+    # Two focus objects far apart, one wide (channel 1) and one tall (channel 2): at zoom 1 their
+    # FocusChips are 272 x 64 and 64 x 272 (rounded to the grid); padded together they would cost
+    # a 288 x 288 square each.
+    wide, tall = (1, 100, 100, 360, 108), (2, 800, 300, 808, 560)
+    image = paint_image((800, 1200), [wide, tall])
+    cfg = pipeline_cfg(SCALES=[[400, 600], [-1, -1]], MIN_CHIP_SIZE=[16.0], SMALL_DROP_SIZE=0.0)
+    plain = planted_detector()
+    run(pipeline_cfg(SCALES=[[400, 600], [-1, -1]], MIN_CHIP_SIZE=[16.0], MAX_BATCH_PADDING=1e9), plain, [image])
+    assert plain.batches[1][0] == 2  # plain batching: both chips in one square batch
+    grouped = planted_detector()
+    out = run(cfg, grouped, [image])[0]
+    assert out["autofocus"]["chips_per_scale"] == [1, 2]
+    assert [b[0] for b in grouped.batches[1:]] == [1, 1]  # each chip padded only to its own shape
+    padded = sum(n * h * w for n, h, w in grouped.batches[1:])
+    assert padded < 0.5 * plain.batches[1][0] * plain.batches[1][1] * plain.batches[1][2]
+    # Same detections either way (the planted detector sees each chip's own pixels).
+    assert boxes_by_class(out["instances"]) == {1: [100, 100, 360, 108], 2: [800, 300, 808, 560]}
+
+
+def test_oracle_policy_reads_the_inputs_ground_truth(planted_detector, paint_image):
+    from detectron2.structures import Boxes
+
+    # Focus maps of the planted detector would mark B and C; the oracle uses the ground truth
+    # instead: only B is given (in a half-size frame, as a mapper's resized annotations).
+    image = paint_image((800, 1200), [A, B, C])
+    gt = Instances((400, 600))
+    gt.gt_boxes = Boxes(torch.tensor([[300.0, 100.0, 308.0, 108.0]]))
+    gt.gt_classes = torch.tensor([1])
+    cfg = pipeline_cfg("oracle", SCALES=[[400, 600], [-1, -1]])
+    out = run(cfg, planted_detector(), [image], instances=gt)[0]
+    chips = out["autofocus"]["chip_boxes_per_scale"][1]
+    assert len(chips) == 1
+    x0, y0, x1, y1 = chips[0]
+    assert x0 <= 600 and y0 <= 200 and x1 >= 616 and y1 >= 216  # B, in the original frame
+    assert not (x0 <= 900 and x1 >= 908 and y0 <= 600 and y1 >= 608)  # not C
+    with pytest.raises(ValueError, match="ground truth"):
+        run(cfg, planted_detector(), [image])
+
+
+def test_bfloat16_inference_agrees_with_float32():
+    """The compact model, random weights, on CPU: the detector passes under bfloat16 autocast."""
+    from detectron2.modeling import build_model
+    from autofocus_d2 import model_zoo
+    from autofocus_d2.inference.precision import inference_autocast
+
+    cfg = model_zoo.get_config("Synthetic/autofocus_compact_fpn.yaml")
+    cfg.MODEL.AUTOFOCUS.VIEW_DETECTIONS = "filtered"
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    torch.manual_seed(1)
+    image = (torch.rand(3, 400, 560) * 255).round()
+    pipeline = build_autofocus_pipeline(cfg)
+    images = model.normalize([image])
+    with torch.no_grad():
+        _, ref_focus = model.detect(images)
+        with inference_autocast(model.device, "bfloat16"):
+            _, focus = model.detect(images)
+        full = pipeline(model, [{"image": image}])[0]
+    # FocusPixel probabilities within 0.05, 0.01 on average (bfloat16 has an 8-bit mantissa).
+    diff = (focus.float() - ref_focus).abs()
+    assert diff.max() < 0.05 and diff.mean() < 0.01, (diff.max(), diff.mean())
+    # Backbone features within 2% (relative L2) on every level. (Detections of random weights
+    # are near-ties, so their order is no test of precision.)
+    with torch.no_grad():
+        ref_feats = model.backbone(images.tensor)
+        with inference_autocast(model.device, "bfloat16"):
+            feats = model.backbone(images.tensor)
+    for name, ref_f in ref_feats.items():
+        rel = (feats[name].float() - ref_f).norm() / ref_f.norm()
+        assert rel < 0.02, (name, rel)
+    # Through the pipeline the outputs come back as float32.
+    cfg.MODEL.AUTOFOCUS.INFERENCE_DTYPE = "bfloat16"
+    with torch.no_grad():
+        out = build_autofocus_pipeline(cfg)(model, [{"image": image}])[0]["instances"]
+    assert out.pred_boxes.tensor.dtype == torch.float32 and out.scores.dtype == torch.float32
+    assert len(out) > 0 and len(full["instances"]) > 0
+    with pytest.raises(ValueError, match="needs CUDA"):
+        cfg.MODEL.AUTOFOCUS.INFERENCE_DTYPE = "float16"
+        build_autofocus_pipeline(cfg)(model, [{"image": image}])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_on_cuda_agrees_with_float32(dtype):
+    from detectron2.modeling import build_model
+    from autofocus_d2 import model_zoo
+
+    cfg = model_zoo.get_config("Synthetic/autofocus_compact_fpn.yaml")
+    cfg.MODEL.DEVICE = "cuda"
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    image = (torch.rand(3, 400, 560, generator=torch.Generator().manual_seed(1)) * 255).round().cuda()
+    with torch.no_grad():
+        ref = build_autofocus_pipeline(cfg)(model, [{"image": image}])[0]
+        cfg.MODEL.AUTOFOCUS.INFERENCE_DTYPE = dtype
+        out = build_autofocus_pipeline(cfg)(model, [{"image": image}])[0]
+    assert out["instances"].pred_boxes.tensor.dtype == torch.float32
+    assert out["autofocus"]["chips_per_scale"][0] == ref["autofocus"]["chips_per_scale"][0]

@@ -50,4 +50,6 @@ model.pipeline = L(CoarseToFinePipeline)(
     soft_nms_sigma=0.55,
     detections_per_image=100,
     raw_score_thresh=0.001,
+    max_batch_padding=0.1,
+    inference_dtype="float32",
 )
