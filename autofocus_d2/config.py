@@ -43,6 +43,10 @@ def add_autofocus_config(cfg: CN) -> None:
     # them by size like every other box (official code: the coarse scale's chips then teach where
     # the small objects are); "ignore" ignores their cells (unless a valid box makes them positive).
     cfg.MODEL.FOCUS_HEAD.IGNORED_BOX_LABELS = "size"
+    # Retrofit (bool): train only the FocusPixel head on a trained detector (MODEL.WEIGHTS, e.g. a
+    # stock GeneralizedRCNN checkpoint). The detector is frozen (no gradients, no detection losses,
+    # its modules kept in eval mode so BatchNorm statistics do not move); training gives loss_focus only.
+    cfg.MODEL.FOCUS_HEAD.TRAIN_ONLY = False
 
     # ------------------------------------------------------------- coarse-to-fine inference
     cfg.MODEL.AUTOFOCUS = CN()
@@ -70,6 +74,13 @@ def add_autofocus_config(cfg: CN) -> None:
     cfg.MODEL.AUTOFOCUS.MAX_CHIPS_PER_IMAGE = 32
     # Chips per forward pass at a finer scale (padded ImageList batches): bounds memory.
     cfg.MODEL.AUTOFOCUS.CHIP_BATCH_SIZE = 8
+    # Views share a detector batch only while the batch's padded area stays within (1 + this)
+    # times their own padded areas (fraction; 0: equal shapes only; a large value: plain batching).
+    # FocusChips come in every shape: a wide and a tall chip padded together cost their square.
+    cfg.MODEL.AUTOFOCUS.MAX_BATCH_PADDING = 0.1
+    # Precision of the detector passes: "float32", or autocast "bfloat16" / "float16" (CUDA only).
+    # Chips, frame mapping and stacking stay float32; the README gives the AP measured against float32.
+    cfg.MODEL.AUTOFOCUS.INFERENCE_DTYPE = "float32"
     # A chip (or whole image) longer than this, in pixels of its scale, runs as overlapping tiles
     # of at most this side (bounds memory on very large images; every policy tiles alike).
     cfg.MODEL.AUTOFOCUS.MAX_CHIP_SIDE = 2048
@@ -188,7 +199,7 @@ def lookup_registry(registry, name: str, key: str):
         return registry.get(name)
     except KeyError:
         raise ValueError(
-            f"Invalid config {key}: {name!r} is not in {registry._name}_REGISTRY "
+            f"Invalid config {key}: {name!r} is not registered "
             f"(registered: {sorted(k for k, _ in registry)})"
         ) from None
 
@@ -217,6 +228,10 @@ def validate_autofocus_config(cfg: CN) -> None:
     _check(head.IGNORED_BOX_LABELS in ("size", "ignore"), "MODEL.FOCUS_HEAD.IGNORED_BOX_LABELS",
            f"{head.IGNORED_BOX_LABELS!r} is not 'size' or 'ignore'")
     _check(head.LOSS_WEIGHT >= 0, "MODEL.FOCUS_HEAD.LOSS_WEIGHT", f"got {head.LOSS_WEIGHT}")
+    _check(isinstance(head.TRAIN_ONLY, bool), "MODEL.FOCUS_HEAD.TRAIN_ONLY",
+           f"must be True or False, got {head.TRAIN_ONLY!r}")
+    _check(not head.TRAIN_ONLY or head.LOSS_WEIGHT > 0, "MODEL.FOCUS_HEAD.LOSS_WEIGHT",
+           "is 0 while MODEL.FOCUS_HEAD.TRAIN_ONLY is on: nothing would be trained")
 
     af = cfg.MODEL.AUTOFOCUS
     check_scale_chain(af.SCALES, "MODEL.AUTOFOCUS.SCALES")
@@ -235,6 +250,10 @@ def validate_autofocus_config(cfg: CN) -> None:
            f"must be >= 1, got {af.MAX_CHIPS_PER_IMAGE}")
     _check(af.CHIP_BATCH_SIZE >= 1, "MODEL.AUTOFOCUS.CHIP_BATCH_SIZE",
            f"must be >= 1, got {af.CHIP_BATCH_SIZE}")
+    _check(af.INFERENCE_DTYPE in ("float32", "float16", "bfloat16"), "MODEL.AUTOFOCUS.INFERENCE_DTYPE",
+           f"{af.INFERENCE_DTYPE!r} is not 'float32', 'float16' or 'bfloat16'")
+    _check(af.MAX_BATCH_PADDING >= 0, "MODEL.AUTOFOCUS.MAX_BATCH_PADDING",
+           f"must be >= 0 (a fraction of the views' own area), got {af.MAX_BATCH_PADDING}")
     _check(af.MAX_CHIP_SIDE >= 32, "MODEL.AUTOFOCUS.MAX_CHIP_SIDE", f"must be >= 32, got {af.MAX_CHIP_SIDE}")
     _check(0 <= af.TILE_OVERLAP < af.MAX_CHIP_SIDE / 2, "MODEL.AUTOFOCUS.TILE_OVERLAP",
            f"must be in [0, MAX_CHIP_SIDE / 2), got {af.TILE_OVERLAP}")

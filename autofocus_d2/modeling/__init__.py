@@ -1,7 +1,8 @@
-"""Modeling: the AutoFocusRCNN meta-architecture, the FocusPixel head, labels and loss, and the
-ignore-aware RPN / ROI heads of SNIPER chip training (registered on import)."""
+"""Modeling: the AutoFocusRCNN and AutoFocusRetinaNet meta-architectures, the FocusPixel head,
+labels and loss, and the ignore-aware RPN / ROI heads of SNIPER chip training (registered on import)."""
 from . import compact_resnet as _compact_resnet  # noqa: F401  (registers the compact backbones)
 from .autofocus_rcnn import AutoFocusRCNN
+from .autofocus_retinanet import AutoFocusRetinaNet, raw_dense_outputs
 from .focus_detector import FocusDetectorMixin
 from .focus_head import FOCUS_HEAD_REGISTRY, StandardFocusHead, build_focus_head, focus_pixel_loss
 from .focus_labels import focus_pixel_targets
@@ -17,6 +18,8 @@ from .sniper_heads import (  # importing it registers the SNIPER RPN and ROI hea
 
 __all__ = [
     "AutoFocusRCNN",
+    "AutoFocusRetinaNet",
+    "raw_dense_outputs",
     "FocusDetectorMixin",
     "FOCUS_HEAD_REGISTRY",
     "StandardFocusHead",

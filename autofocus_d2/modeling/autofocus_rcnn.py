@@ -81,7 +81,9 @@ class AutoFocusRCNN(FocusDetectorMixin, GeneralizedRCNN):
     """
     GeneralizedRCNN (any backbone, proposal generator and ROI heads Detectron2 builds) plus a
     FocusPixel head on one backbone feature. Training adds ``loss_focus`` to Detectron2's losses.
-    A stock GeneralizedRCNN checkpoint loads into it; only ``focus_head.*`` is new.
+    A stock GeneralizedRCNN checkpoint loads into it; only ``focus_head.*`` is new. With
+    ``focus_train_only`` (MODEL.FOCUS_HEAD.TRAIN_ONLY) training gives ``loss_focus`` only and the
+    detector is frozen (retrofit, see :class:`FocusDetectorMixin`).
 
     In eval mode, ``forward`` runs the AutoFocus coarse-to-fine ``pipeline`` (chip policy picked by
     config) and returns Detectron2 outputs in the original image frame; :meth:`inference` stays
@@ -99,11 +101,12 @@ class AutoFocusRCNN(FocusDetectorMixin, GeneralizedRCNN):
         focus_ignore_max: float = 90.0,
         focus_ignore_ignored_boxes: bool = False,
         pipeline=None,
+        focus_train_only: bool = False,
         **kwargs,
     ):
         """
         Args:
-            focus_*, pipeline: see :meth:`FocusDetectorMixin.init_focus`.
+            focus_*, pipeline, focus_train_only: see :meth:`FocusDetectorMixin.init_focus`.
             kwargs: the arguments of :class:`GeneralizedRCNN`.
         """
         super().__init__(**kwargs)
@@ -115,6 +118,7 @@ class AutoFocusRCNN(FocusDetectorMixin, GeneralizedRCNN):
             focus_ignore_max=focus_ignore_max,
             focus_ignore_ignored_boxes=focus_ignore_ignored_boxes,
             pipeline=pipeline,
+            focus_train_only=focus_train_only,
         )
 
     @classmethod
@@ -142,11 +146,14 @@ class AutoFocusRCNN(FocusDetectorMixin, GeneralizedRCNN):
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         """Training: Detectron2's losses plus ``loss_focus``. Eval: the AutoFocus pipeline; each
         output dict holds ``instances`` (original image frame, or ``height``/``width`` of the
-        input) and ``autofocus`` (pixels and chips per scale, and the full pyramid's pixels)."""
+        input) and ``autofocus`` (pixels and chips per scale, and the full pyramid's pixels).
+        Retrofit training (``focus_train_only``): ``loss_focus`` only."""
         if not self.training:
             if self.pipeline is None:
                 return self.inference(batched_inputs)
             return self.pipeline(self, batched_inputs)
+        if self.focus_train_only:
+            return self.focus_only_losses(batched_inputs)
         images = self.preprocess_image(batched_inputs)
         if "instances" not in batched_inputs[0]:
             raise ValueError("AutoFocusRCNN training needs 'instances' (ground truth) in every input")

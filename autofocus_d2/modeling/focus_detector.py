@@ -1,5 +1,7 @@
 """What every AutoFocus meta-architecture shares: the FocusPixel head on one backbone feature, its
-training loss, and the pipeline's interface (:class:`autofocus_d2.inference.FocusDetector`)."""
+training loss, the pipeline's interface (:class:`autofocus_d2.inference.FocusDetector`), and
+retrofitting (training only the head on a trained detector, MODEL.FOCUS_HEAD.TRAIN_ONLY)."""
+import logging
 from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
@@ -14,15 +16,24 @@ from .sniper_heads import split_ignored
 
 __all__ = ["FocusDetectorMixin"]
 
+logger = logging.getLogger(__name__)
+
 
 class FocusDetectorMixin:
     """
     Mixed into a Detectron2 meta-architecture that has ``backbone``, ``pixel_mean`` and
     ``pixel_std`` (GeneralizedRCNN, RetinaNet). The subclass calls :meth:`init_focus` in its
-    ``__init__``, adds :meth:`focus_config` to its ``from_config`` and implements ``detect``.
+    ``__init__``, adds :meth:`focus_config` to its ``from_config`` and implements ``detect``; its
+    training ``forward`` returns :meth:`focus_only_losses` when ``self.focus_train_only`` is set.
 
     Public entries: ``forward`` in eval mode runs the pipeline; :meth:`autofocus_inference` does the
     same and can return per-view details; :meth:`focus_losses` is the training loss.
+
+    Retrofit (``focus_train_only``): every parameter outside ``focus_head`` gets
+    ``requires_grad=False``, every module outside ``focus_head`` stays in eval mode whatever
+    ``train()`` is called with (BatchNorm statistics do not move), and the training loss is
+    ``loss_focus`` alone on backbone features computed under ``torch.no_grad``. The detector's
+    state_dict (parameters and buffers) is thus unchanged by training.
     """
 
     def init_focus(
@@ -35,6 +46,7 @@ class FocusDetectorMixin:
         focus_ignore_max: float = 90.0,
         focus_ignore_ignored_boxes: bool = False,
         pipeline=None,
+        focus_train_only: bool = False,
     ) -> None:
         """
         Args:
@@ -47,6 +59,8 @@ class FocusDetectorMixin:
                 ``gt_ignore`` (else they are labelled by size like any box, as the official code).
             pipeline: called as ``pipeline(model, batched_inputs)`` in eval mode (see
                 autofocus_d2.inference.pipeline); None runs the plain detector's inference instead.
+            focus_train_only: retrofit: freeze the detector and train only ``focus_head`` (see the
+                class docstring). Call :meth:`init_focus` after every detector module is built.
         """
         self.focus_head = focus_head
         self.focus_in_feature = focus_in_feature
@@ -56,6 +70,12 @@ class FocusDetectorMixin:
         self.focus_ignore_max = focus_ignore_max
         self.focus_ignore_ignored_boxes = focus_ignore_ignored_boxes
         self.pipeline = pipeline
+        self.focus_train_only = bool(focus_train_only)
+        if self.focus_train_only:
+            for name, param in self.named_parameters():
+                if not name.startswith("focus_head."):
+                    param.requires_grad_(False)
+            self.train(self.training)  # puts the detector's modules in eval mode now
 
     @staticmethod
     def focus_config(cfg, shapes: Dict[str, ShapeSpec]) -> Dict[str, Any]:
@@ -69,6 +89,7 @@ class FocusDetectorMixin:
             "focus_ignore_max": cfg.MODEL.FOCUS_HEAD.IGNORE_MAX,
             "focus_ignore_ignored_boxes": cfg.MODEL.FOCUS_HEAD.IGNORED_BOX_LABELS == "ignore",
             "pipeline": build_autofocus_pipeline(cfg),
+            "focus_train_only": _retrofit_switch(cfg),
         }
 
     # ---------------------------------------------------------------- the pipeline's interface
@@ -76,6 +97,11 @@ class FocusDetectorMixin:
     def input_channels(self) -> int:
         """Channels of an input image (the length of MODEL.PIXEL_MEAN)."""
         return self.pixel_mean.shape[0]
+
+    @property
+    def size_divisibility(self) -> int:
+        """The backbone's padding multiple (what :meth:`normalize` pads a batch to)."""
+        return self.backbone.size_divisibility
 
     def normalize(self, images: Sequence[torch.Tensor]) -> ImageList:
         """Float (C, h, w) images on ``self.device`` -> normalized batch padded to the backbone's
@@ -99,6 +125,29 @@ class FocusDetectorMixin:
         return self.pipeline(self, batched_inputs, with_details=with_details)
 
     # ---------------------------------------------------------------- training
+    def train(self, mode: bool = True):
+        """``nn.Module.train``; in retrofit mode every module outside ``focus_head`` stays in eval
+        mode (``self.training`` still follows ``mode``, so ``forward`` gives the training loss)."""
+        super().train(mode)
+        if getattr(self, "focus_train_only", False):
+            for name, child in self.named_children():
+                if name != "focus_head":
+                    child.train(False)
+        return self
+
+    def focus_only_losses(self, batched_inputs: List[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
+        """The retrofit training loss: ``{"loss_focus": weight * focus_losses}`` on Detectron2's
+        input dicts (each with ``image`` and ``instances``, boxes in the frame of ``image``); the
+        backbone runs under ``torch.no_grad`` and no detection head runs."""
+        if any("instances" not in x for x in batched_inputs):
+            raise ValueError(f"{type(self).__name__} training needs 'instances' (ground truth) in every input")
+        images = self.normalize([x["image"].to(self.device) for x in batched_inputs])
+        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        with torch.no_grad():
+            features = self.backbone(images.tensor)
+        loss = self.focus_losses(features, gt_instances, images.image_sizes)
+        return {"loss_focus": self.focus_loss_weight * loss}
+
     def focus_losses(
         self,
         features: Dict[str, torch.Tensor],
@@ -126,3 +175,17 @@ class FocusDetectorMixin:
                 )
             )
         return focus_pixel_loss(logits, targets)
+
+
+def _retrofit_switch(cfg) -> bool:
+    """MODEL.FOCUS_HEAD.TRAIN_ONLY. Empty MODEL.WEIGHTS is allowed (tests and smoke runs train the
+    head on a random detector) but logged, since a retrofit of random weights is rarely meant."""
+    train_only = cfg.MODEL.FOCUS_HEAD.TRAIN_ONLY
+    if not isinstance(train_only, bool):
+        raise ValueError(f"Invalid config MODEL.FOCUS_HEAD.TRAIN_ONLY: must be True or False, got {train_only!r}")
+    if train_only and not cfg.MODEL.WEIGHTS:
+        logger.warning(
+            "MODEL.FOCUS_HEAD.TRAIN_ONLY is on but MODEL.WEIGHTS is empty: only the FocusPixel head "
+            "trains, on a detector frozen at its random initialization"
+        )
+    return train_only
