@@ -165,9 +165,13 @@ def _soft_nms(
 ) -> Tuple[Tensor, Tensor]:
     """
     Class-wise Gaussian Soft-NMS (Bodla et al., ICCV 2017), written by hand: neither torchvision
-    nor Detectron2 has one. Repeatedly select the highest remaining score, then decay the score
-    of every remaining box of the same class by ``exp(-iou^2 / sigma)`` and discard the boxes
-    whose decayed score is ``< score_thresh``. Memory is O(R): IoUs are computed one row at a time.
+    nor Detectron2 has one. Within each class: repeatedly select the highest remaining score,
+    decay the score of every remaining box of that class by ``exp(-iou^2 / sigma)`` and discard
+    the boxes whose decayed score is ``< score_thresh``. Classes do not interact, so every class
+    takes one step per iteration (one IoU row per class, O(C * R) memory): the iterations are the
+    most boxes any one class selects, not the total, and each costs one host synchronisation.
+    The result is the selections of all classes merged by selected score, the ``max_det`` best:
+    what selecting the global best each time would give.
 
     Args:
         boxes (Tensor): (R, 4) XYXY boxes, any single frame.
@@ -175,23 +179,57 @@ def _soft_nms(
         classes (Tensor): (R,) int class ids.
 
     Returns:
-        (Tensor, Tensor): (K,) int64 indices of the selected boxes in selection order (scores
-        non-increasing) and their (K,) decayed scores.
+        (Tensor, Tensor): (K,) int64 indices of the selected boxes, scores non-increasing (ties:
+        lower index first), and their (K,) decayed scores.
     """
-    scores = scores.clone()
+    device = boxes.device
+    empty = torch.zeros(0, dtype=torch.int64, device=device)
+    if len(boxes) == 0:
+        return empty, scores[:0]
+    scores = scores.clone().float()
+    _, slot = torch.unique(classes, return_inverse=True)  # (R,) class slot 0..C-1
+    num_classes = int(slot.max()) + 1
     alive = scores >= score_thresh
-    keep = []
     all_boxes = Boxes(boxes)
-    while (max_det < 0 or len(keep) < max_det) and bool(alive.any()):
-        best = int(torch.where(alive, scores, scores.new_tensor(-math.inf)).argmax())
-        keep.append(best)
-        alive[best] = False
-        iou = pairwise_iou(Boxes(boxes[best : best + 1]), all_boxes)[0]
-        iou = iou * (classes == classes[best])
-        scores = torch.where(alive, scores * torch.exp(-(iou**2) / sigma), scores)
+    index = torch.arange(len(boxes), device=device)
+    picked, picked_scores = [], []
+    per_class = torch.zeros(num_classes, dtype=torch.int64, device=device)
+    limit = max_det if max_det >= 0 else len(boxes)
+    while True:
+        active = alive & (per_class[slot] < limit)
+        if not bool(active.any()):
+            break
+        masked = torch.where(active, scores, scores.new_tensor(-math.inf))
+        best_score = masked.new_full((num_classes,), -math.inf).scatter_reduce(0, slot, masked, "amax")
+        is_best = active & (masked == best_score[slot])
+        # The lowest index among a class's best (ties as a serial argmax would break them).
+        best = torch.full((num_classes,), len(boxes), dtype=torch.int64, device=device)
+        best = best.scatter_reduce(0, slot[is_best], index[is_best], "amin")
+        has = best < len(boxes)
+        chosen = best[has]  # (C',) one box per class that still has one
+        picked.append(chosen)
+        picked_scores.append(scores[chosen])
+        per_class[slot[chosen]] += 1
+        alive[chosen] = False
+        # IoU of every box with the box its own class chose this step (0 for other classes).
+        row = torch.full((num_classes,), -1, dtype=torch.int64, device=device)
+        row[slot[chosen]] = torch.arange(len(chosen), device=device)
+        iou = pairwise_iou(Boxes(boxes[chosen]), all_boxes)  # (C', R)
+        own = row[slot]
+        decay = torch.where(own >= 0, iou[own.clamp(min=0), index], iou.new_zeros(()))
+        scores = torch.where(alive, scores * torch.exp(-(decay**2) / sigma), scores)
         alive &= scores >= score_thresh
-    keep_t = torch.tensor(keep, dtype=torch.int64, device=boxes.device)
-    return keep_t, scores[keep_t]
+    if not picked:
+        return empty, scores[:0]
+    keep = torch.cat(picked)
+    kept_scores = torch.cat(picked_scores)
+    # Merge the classes' sequences: by score, descending; ties by index (stable on sorted indices).
+    by_index = torch.argsort(keep)
+    keep, kept_scores = keep[by_index], kept_scores[by_index]
+    order = torch.argsort(kept_scores, descending=True, stable=True)
+    if max_det >= 0:
+        order = order[:max_det]
+    return keep[order], kept_scores[order]
 
 
 def merge_indices(

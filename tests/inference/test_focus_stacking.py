@@ -8,6 +8,7 @@ from autofocus_d2.inference import (
     drop_small_covered,
     in_size_range,
     merge_detections,
+    merge_indices,
 )
 
 
@@ -304,3 +305,38 @@ def test_a_coarse_box_near_an_inner_chip_edge_is_not_covered():
     keep = drop_small_covered(boxes, trusted_chip_area(chip, (1000, 1000), 10.0), 64.0)
     # The first box would be dropped at the finer scale by the border rule, so it stays here.
     assert keep.tolist() == [True, False]
+
+
+def _serial_soft_nms(boxes, scores, classes, sigma, score_thresh, max_det):
+    """Reference: the textbook loop, one global selection at a time."""
+    from detectron2.structures import Boxes, pairwise_iou
+
+    scores = scores.clone()
+    alive = scores >= score_thresh
+    keep, kept = [], []
+    while (max_det < 0 or len(keep) < max_det) and bool(alive.any()):
+        best = int(torch.where(alive, scores, torch.tensor(-math.inf)).argmax())
+        keep.append(best)
+        kept.append(float(scores[best]))
+        alive[best] = False
+        iou = pairwise_iou(Boxes(boxes[best : best + 1]), Boxes(boxes))[0] * (classes == classes[best])
+        scores = torch.where(alive, scores * torch.exp(-(iou**2) / sigma), scores)
+        alive &= scores >= score_thresh
+    return keep, kept
+
+
+@pytest.mark.parametrize("seed,max_det,thresh", [(0, 100, 0.0), (1, 30, 0.001), (2, -1, 0.05), (3, 5, 0.0)])
+def test_soft_nms_equals_the_serial_algorithm(seed, max_det, thresh):
+    g = torch.Generator().manual_seed(seed)
+    n = 400
+    xy = torch.rand(n, 2, generator=g) * 300
+    wh = torch.rand(n, 2, generator=g) * 60 + 4
+    boxes = torch.cat([xy, xy + wh], dim=1)
+    scores = torch.rand(n, generator=g)
+    classes = torch.randint(0, 6, (n,), generator=g)
+    ref_keep, ref_scores = _serial_soft_nms(boxes, scores, classes, 0.55, thresh, max_det)
+    keep, kept = merge_indices(boxes, scores, classes, nms_thresh=0.5, max_det=max_det,
+                               method="soft_nms", soft_nms_sigma=0.55, score_thresh=thresh)
+    assert keep.tolist() == ref_keep
+    assert kept.tolist() == pytest.approx(ref_scores, rel=1e-6, abs=1e-9)
+    assert len(ref_keep) >= min(max_det, 50) if max_det >= 0 else len(ref_keep) > 50
