@@ -170,6 +170,8 @@ def _soft_nms(
     the boxes whose decayed score is ``< score_thresh``. Classes do not interact, so every class
     takes one step per iteration (one IoU row per class, O(C * R) memory): the iterations are the
     most boxes any one class selects, not the total, and each costs one host synchronisation.
+    Once ``max_det`` boxes are selected, a box scoring below the ``max_det``-th best selected score
+    leaves the race (scores only decay), so the classes stop about when the serial loop would.
     The result is the selections of all classes merged by selected score, the ``max_det`` best:
     what selecting the global best each time would give.
 
@@ -195,8 +197,10 @@ def _soft_nms(
     picked, picked_scores = [], []
     per_class = torch.zeros(num_classes, dtype=torch.int64, device=device)
     limit = max_det if max_det >= 0 else len(boxes)
+    floor = -math.inf  # once max_det are picked: the max_det-th best picked score
     while True:
-        active = alive & (per_class[slot] < limit)
+        # A box whose score is below ``floor`` can never enter the best max_det: scores only decay.
+        active = alive & (per_class[slot] < limit) & (scores >= floor)
         if not bool(active.any()):
             break
         masked = torch.where(active, scores, scores.new_tensor(-math.inf))
@@ -219,6 +223,8 @@ def _soft_nms(
         decay = torch.where(own >= 0, iou[own.clamp(min=0), index], iou.new_zeros(()))
         scores = torch.where(alive, scores * torch.exp(-(decay**2) / sigma), scores)
         alive &= scores >= score_thresh
+        if max_det >= 0 and sum(len(p) for p in picked) >= max_det:
+            floor = float(torch.cat(picked_scores).topk(max_det).values[-1])
     if not picked:
         return empty, scores[:0]
     keep = torch.cat(picked)
