@@ -6,6 +6,8 @@ PYTHON       ?= $(VENV)/bin/python
 TORCH_PINS   := torch==2.14.1 torchvision==0.29.1
 EXTRAS       := test,bench
 DEMO_OUTPUT  := output/demo
+# e.g. make demo DEMO_ARGS=--with-masks (also the Mask R-CNN model: box and mask AP)
+DEMO_ARGS    ?=
 
 ifeq ($(PYTHON),$(VENV)/bin/python)
 ENV_READY := $(VENV)/.setup-done
@@ -33,7 +35,7 @@ test: $(ENV_READY)
 	$(PYTHON) -m pytest tests -q
 
 demo: $(ENV_READY)
-	$(PYTHON) tools/run_demo.py --output $(DEMO_OUTPUT)
+	$(PYTHON) tools/run_demo.py --output $(DEMO_OUTPUT) $(DEMO_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

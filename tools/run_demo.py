@@ -28,22 +28,28 @@ sys.path.insert(0, REPO)
 import autofocus_d2  # noqa: E402
 from autofocus_d2.analysis import format_report_table, run_oracle_analysis  # noqa: E402
 from autofocus_d2.benchmark import run_benchmark, summary_text, write_report  # noqa: E402
+from autofocus_d2.benchmark.report import headline_table  # noqa: E402
+from autofocus_d2.benchmark.suite import DEFAULT_METHODS  # noqa: E402
 from autofocus_d2.data import ensure_split  # noqa: E402
 from autofocus_d2.model_zoo.release import release_checkpoint  # noqa: E402
 from autofocus_d2.model_zoo.release_metrics import flatten_mapping  # noqa: E402
 from autofocus_d2.utils.visualization import draw_chips, draw_detections, focus_heatmap  # noqa: E402
 
 CONFIG = "Synthetic/autofocus_compact_fpn.yaml"
+MASK_CONFIG = "Synthetic/autofocus_compact_mask_fpn.yaml"
+# The mask model is fine-tuned from the box model (300 iterations), as in the README.
+MASK_TRAIN_OPTS = ["SOLVER.MAX_ITER", "300", "SOLVER.STEPS", "(240,)", "SOLVER.CHECKPOINT_PERIOD", "300",
+                   "SOLVER.WARMUP_ITERS", "20"]
 
 
 def say(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def load_cfg(weights: str, opts):
+def load_cfg(weights: str, opts, config: str = CONFIG):
     cfg = get_cfg()
     autofocus_d2.add_autofocus_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs", CONFIG))
+    cfg.merge_from_file(os.path.join(REPO, "configs", config))
     cfg.merge_from_list(opts)
     cfg.MODEL.WEIGHTS = weights
     cfg.freeze()
@@ -55,7 +61,7 @@ def _comparable(value):
     return [_comparable(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
-def stale_keys(train_dir: str, opts) -> list:
+def stale_keys(train_dir: str, opts, config: str = CONFIG) -> list:
     """MODEL.* / INPUT.* / SOLVER.* keys in which the config a model in ``train_dir`` was trained
     with (its config.yaml) differs from the demo's config now (all of them if it is unreadable).
     MODEL.AUTOFOCUS.* (inference only: the scale chain, chips, merge) does not change the weights."""
@@ -67,17 +73,19 @@ def stale_keys(train_dir: str, opts) -> list:
     except Exception as e:  # missing file, or keys this version no longer has
         return [f"{saved} ({type(e).__name__}: {e})"]
     a = flatten_mapping(trained, sep=".")
-    b = flatten_mapping(load_cfg("", opts), sep=".")
+    b = flatten_mapping(load_cfg("", opts, config), sep=".")
     return [k for k in sorted(set(a) | set(b))
             if k.startswith(("MODEL.", "INPUT.", "SOLVER.")) and not k.startswith("MODEL.AUTOFOCUS.")
             and k not in ("MODEL.WEIGHTS", "MODEL.DEVICE")
             and _comparable(a.get(k)) != _comparable(b.get(k))]
 
 
-def train(train_dir: str, opts) -> str:
+def train(train_dir: str, opts, config: str = CONFIG, train_opts=()) -> str:
+    """Train ``config`` (+ ``opts``, + ``train_opts`` that only the training takes) into
+    ``train_dir``, or reuse the model there if it was trained with the same config."""
     final = os.path.join(train_dir, "model_final.pth")
     if os.path.isfile(final):
-        stale = stale_keys(train_dir, opts)
+        stale = stale_keys(train_dir, [*train_opts, *opts], config)
         if not stale:
             say(f"reusing the trained model {final} (delete it to retrain)")
             return final
@@ -85,9 +93,10 @@ def train(train_dir: str, opts) -> str:
         os.rename(train_dir, moved)
         say(f"the model in {train_dir} was trained with another config ({', '.join(stale[:5])}"
             f"{' ...' if len(stale) > 5 else ''}); moved it to {moved} and training anew")
-    say(f"training the small CPU model into {train_dir} (progress every 20 iterations)")
+    say(f"training {config} into {train_dir} (progress every 20 iterations)")
     cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file",
-           os.path.join(REPO, "configs", CONFIG), "OUTPUT_DIR", train_dir, "DATASETS.TEST", "()", *opts]
+           os.path.join(REPO, "configs", config), "OUTPUT_DIR", train_dir, "DATASETS.TEST", "()",
+           *train_opts, *opts]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # stream the progress lines as they come
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
                             env=env)
@@ -136,6 +145,9 @@ def main(argv=None) -> int:
     p.add_argument("--bench-images", type=int, default=20, help="val images for the benchmark")
     p.add_argument("--sweep", nargs="*", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9])
     p.add_argument("--pictures", type=int, default=2)
+    p.add_argument("--with-masks", action="store_true",
+                   help=f"also fine-tune the Mask R-CNN config ({MASK_CONFIG}, about 7 more minutes) "
+                   "and report box and mask AP of single / pyramid / autofocus")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs (training too)")
     args = p.parse_args(argv)
     start = time.time()
@@ -149,7 +161,8 @@ def main(argv=None) -> int:
     dataset = cfg.DATASETS.TEST[0]
     val_json = ensure_split(dataset)
 
-    say(f"benchmark on {args.bench_images} images of {dataset} (5 methods + {len(args.sweep)}-point sweep)")
+    say(f"benchmark on {args.bench_images} images of {dataset} ({len(DEFAULT_METHODS)} methods + "
+        f"{len(args.sweep)}-point sweep)")
     report = run_benchmark(cfg, dataset_name=dataset, max_images=args.bench_images, sweep=args.sweep)
     report["config"] = f"configs/{CONFIG}"
 
@@ -175,6 +188,14 @@ def main(argv=None) -> int:
                                  metrics_file=metrics_file, checkpoint=weights)
     report["release"] = {"file": os.path.relpath(release.checkpoint, out), "sha256": release.sha256,
                          "model_zoo_row": release.row}
+    if args.with_masks:
+        say("masks: fine-tuning the Mask R-CNN config from the box model, then single / pyramid / autofocus")
+        mask_weights = train(os.path.join(out, "train_mask"), args.opts, MASK_CONFIG,
+                             ["MODEL.WEIGHTS", weights, *MASK_TRAIN_OPTS])
+        mask_cfg = load_cfg(mask_weights, args.opts, MASK_CONFIG)
+        masks = run_benchmark(mask_cfg, dataset_name=dataset, max_images=args.bench_images,
+                              methods=("single", "pyramid", "autofocus"), sweep=())
+        report["masks"] = {"config": f"configs/{MASK_CONFIG}", "methods": masks["methods"]}
     report["wall_time_s"] = time.time() - start
 
     paths = write_report(report, out)
@@ -182,6 +203,9 @@ def main(argv=None) -> int:
         f.write("\n## Oracle chips (ground-truth FocusPixels, val)\n\n```\n" + report["oracle_table"] + "\n```\n")
         f.write("\n## Pictures\n\n" + "\n".join(f"![{q}]({q})" for q in report["pictures"]) + "\n")
         f.write(f"\n## Release\n\n{report['release']['model_zoo_row']}\n")
+        if "masks" in report:
+            f.write(f"\n## Masks ({report['masks']['config']}, fine-tuned from the box model)\n\n"
+                    + headline_table(report["masks"]["methods"]) + "\n")
         f.write(f"\nWhole `make demo` run: {report['wall_time_s'] / 60:.1f} min.\n")
     print()
     print(summary_text(report))

@@ -25,8 +25,9 @@ logger = logging.getLogger(__name__)
 
 # sahi: matched to AutoFocus's finest chips; sahi@S: SAHI as its users run it (S x S slices,
 # sahi@512 is SAHI's default); tta: Detectron2's GeneralizedRCNNWithTTA over the scale chain.
-DEFAULT_METHODS = ("single", "pyramid", "grid", "autofocus", "sahi", "sahi@512", "sahi@256", "sahi@768",
-                   "tta")
+# oracle: the same chips from ground-truth FocusPixels (AutoFocus's upper bound).
+DEFAULT_METHODS = ("single", "pyramid", "grid", "autofocus", "oracle", "sahi", "sahi@512", "sahi@256",
+                   "sahi@768", "tta")
 # --timing-only (random init): the pipeline's policies, the oracle where it is registered.
 TIMING_METHODS = ("single", "pyramid", "grid", "autofocus", "oracle")
 
