@@ -43,6 +43,7 @@ model.pipeline.policy.min_sizes = [96.0]
 model.pipeline.valid_ranges = [[-1.0, -1.0], [-1.0, -1.0]]
 model.pipeline.small_drop_size = 64.0
 model.pipeline.proposals_per_mpix = 500.0
+model.pipeline.min_proposals = 100
 
 dataloader.train.cfg.config_file.name = "Synthetic/autofocus_compact_fpn.yaml"
 dataloader.test.dataset.names = "autofocus_synth_val"
