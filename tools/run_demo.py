@@ -183,9 +183,14 @@ def main(argv=None) -> int:
         json.dump({"bbox": {"AP": af["AP"], "APs": af["APs"]},
                    "autofocus_efficiency": {"pixel_ratio": af["pixel_ratio"]},
                    "images_per_s": 1.0 / af["median_time_s"], "device": report["device"]}, f)
+    # The released config is the one benchmarked: the training run's, with the demo config's
+    # inference-only MODEL.AUTOFOCUS keys (a reused model may predate a change of those).
+    release_cfg = os.path.join(out, "release_config.yaml")
+    with open(release_cfg, "w") as f:
+        f.write(cfg.dump())
     release = release_checkpoint(os.path.join(out, "train"), CONFIG, os.path.join(out, "release"),
                                  manifest=os.path.join(out, "release", "manifest.json"),
-                                 metrics_file=metrics_file, checkpoint=weights)
+                                 metrics_file=metrics_file, checkpoint=weights, config_yaml=release_cfg)
     report["release"] = {"file": os.path.relpath(release.checkpoint, out), "sha256": release.sha256,
                          "model_zoo_row": release.row}
     if args.with_masks:
