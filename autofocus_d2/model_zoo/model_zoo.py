@@ -36,7 +36,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, LazyConfig, get_cfg
+from detectron2.config import LazyConfig, get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.file_io import PathManager
 from iopath.common.file_io import get_cache_dir

@@ -1,6 +1,6 @@
 """``AutoFocusRCNN``: Detectron2's GeneralizedRCNN with a FocusPixel head."""
 import contextlib
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -11,7 +11,7 @@ from detectron2.structures import ImageList, Instances
 from torch import nn
 
 from ..config import validate_autofocus_config
-from .focus_detector import FocusDetectorMixin
+from .focus_detector import FocusDetectorMixin, split_focus_arguments
 from .sniper_heads import require_ignore_support
 
 __all__ = ["AutoFocusRCNN"]
@@ -91,35 +91,16 @@ class AutoFocusRCNN(FocusDetectorMixin, GeneralizedRCNN):
     """
 
     @configurable
-    def __init__(
-        self,
-        *,
-        focus_head: nn.Module,
-        focus_in_feature: str,
-        focus_loss_weight: float = 1.0,
-        focus_small_range: Sequence[float] = (5.0, 64.0),
-        focus_ignore_max: float = 90.0,
-        focus_ignore_ignored_boxes: bool = False,
-        pipeline=None,
-        focus_train_only: bool = False,
-        **kwargs,
-    ):
+    def __init__(self, **kwargs):
         """
         Args:
-            focus_*, pipeline, focus_train_only: see :meth:`FocusDetectorMixin.init_focus`.
-            kwargs: the arguments of :class:`GeneralizedRCNN`.
+            kwargs: the arguments of :meth:`FocusDetectorMixin.init_focus` (``focus_head``,
+                ``focus_in_feature``, ..., ``pipeline``, ``focus_train_only``) and of
+                :class:`GeneralizedRCNN`.
         """
+        focus = split_focus_arguments(kwargs)
         super().__init__(**kwargs)
-        self.init_focus(
-            focus_head=focus_head,
-            focus_in_feature=focus_in_feature,
-            focus_loss_weight=focus_loss_weight,
-            focus_small_range=focus_small_range,
-            focus_ignore_max=focus_ignore_max,
-            focus_ignore_ignored_boxes=focus_ignore_ignored_boxes,
-            pipeline=pipeline,
-            focus_train_only=focus_train_only,
-        )
+        self.init_focus(**focus)
 
     @classmethod
     def from_config(cls, cfg):

@@ -7,7 +7,7 @@ Only public behaviour that Detectron2 0.6 and upstream main's RetinaNet share is
 """
 import contextlib
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -16,7 +16,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
 from ..config import validate_autofocus_config
-from .focus_detector import FocusDetectorMixin
+from .focus_detector import FocusDetectorMixin, split_focus_arguments
 from .sniper_heads import ignored_overlap_mask, split_ignored
 
 __all__ = ["AutoFocusRetinaNet", "raw_dense_outputs"]
@@ -74,41 +74,20 @@ class AutoFocusRetinaNet(FocusDetectorMixin, RetinaNet):
     supports_ignored_boxes = True
 
     @configurable
-    def __init__(
-        self,
-        *,
-        focus_head: nn.Module,
-        focus_in_feature: str,
-        focus_loss_weight: float = 1.0,
-        focus_small_range: Sequence[float] = (5.0, 64.0),
-        focus_ignore_max: float = 90.0,
-        focus_ignore_ignored_boxes: bool = False,
-        pipeline=None,
-        focus_train_only: bool = False,
-        ignore_iou: float = 0.3,
-        **kwargs,
-    ):
+    def __init__(self, *, ignore_iou: float = 0.3, **kwargs):
         """
         Args:
-            focus_*, pipeline, focus_train_only: see :meth:`FocusDetectorMixin.init_focus`.
             ignore_iou: an anchor whose max IoU with an ignored ground-truth box is above this
                 gives no loss (MODEL.SNIPER.IGNORE_IOU), in (0, 1].
-            kwargs: the arguments of Detectron2's :class:`RetinaNet`.
+            kwargs: the arguments of :meth:`FocusDetectorMixin.init_focus` (``focus_head``, ...,
+                ``pipeline``, ``focus_train_only``) and of Detectron2's :class:`RetinaNet`.
         """
+        focus = split_focus_arguments(kwargs)
         super().__init__(**kwargs)
         if not 0.0 < ignore_iou <= 1.0:
             raise ValueError(f"Invalid MODEL.SNIPER.IGNORE_IOU: must be in (0, 1], got {ignore_iou}")
         self.ignore_iou = float(ignore_iou)
-        self.init_focus(
-            focus_head=focus_head,
-            focus_in_feature=focus_in_feature,
-            focus_loss_weight=focus_loss_weight,
-            focus_small_range=focus_small_range,
-            focus_ignore_max=focus_ignore_max,
-            focus_ignore_ignored_boxes=focus_ignore_ignored_boxes,
-            pipeline=pipeline,
-            focus_train_only=focus_train_only,
-        )
+        self.init_focus(**focus)
 
     @classmethod
     def from_config(cls, cfg):

@@ -14,7 +14,25 @@ from .focus_head import build_focus_head, focus_pixel_loss, resolve_focus_featur
 from .focus_labels import focus_pixel_targets
 from .sniper_heads import split_ignored
 
-__all__ = ["FocusDetectorMixin"]
+__all__ = ["FocusDetectorMixin", "split_focus_arguments"]
+
+# The keyword arguments of FocusDetectorMixin.init_focus.
+FOCUS_ARGUMENTS = (
+    "focus_head",
+    "focus_in_feature",
+    "focus_loss_weight",
+    "focus_small_range",
+    "focus_ignore_max",
+    "focus_ignore_ignored_boxes",
+    "pipeline",
+    "focus_train_only",
+)
+
+
+def split_focus_arguments(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Pop the :meth:`FocusDetectorMixin.init_focus` arguments out of a meta-architecture's
+    keyword arguments, in place; what is left are the detector's own."""
+    return {k: kwargs.pop(k) for k in FOCUS_ARGUMENTS if k in kwargs}
 
 logger = logging.getLogger(__name__)
 

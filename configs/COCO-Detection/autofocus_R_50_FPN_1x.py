@@ -3,7 +3,7 @@
 #   python lazyconfig_train_net.py --config-file configs/COCO-Detection/autofocus_R_50_FPN_1x.py
 from detectron2.model_zoo import get_config
 
-from ..common.data.autofocus import dataloader
+from ..common.data.autofocus import dataloader  # noqa: F401  (a config key)
 from ..common.models.autofocus_rcnn_fpn import model
 
 model.roi_heads.num_classes = 80

@@ -3,7 +3,6 @@ import os
 
 import pytest
 import torch
-from detectron2.structures import ImageList
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
