@@ -7,14 +7,13 @@ import os
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, BoxMode, Instances
 from PIL import Image
 
-from autofocus_d2 import add_autofocus_config
+from autofocus_d2 import model_zoo
 from autofocus_d2.benchmark.runner import load_inputs, measure_method
 from autofocus_d2.benchmark.suite import available_methods, build_method, check_methods
 from autofocus_d2.benchmark.tta_method import ScaleChainTTAMapper
@@ -24,9 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def compact_cfg():
-    cfg = get_cfg()
-    add_autofocus_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs/Synthetic/autofocus_compact_fpn.yaml"))
+    cfg = model_zoo.get_config("Synthetic/autofocus_compact_fpn.yaml")
     cfg.MODEL.DEVICE = "cpu"
     return cfg
 

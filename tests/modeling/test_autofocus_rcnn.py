@@ -9,7 +9,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from autofocus_d2 import add_autofocus_config
+from autofocus_d2 import add_autofocus_config, model_zoo
 from autofocus_d2.data import build_sniper_train_loader
 from autofocus_d2.modeling import AutoFocusRCNN
 
@@ -17,9 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def compact_fpn_cfg():
-    cfg = get_cfg()
-    add_autofocus_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs/Synthetic/autofocus_compact_fpn.yaml"))
+    cfg = model_zoo.get_config("Synthetic/autofocus_compact_fpn.yaml")
     cfg.MODEL.DEVICE = "cpu"
     return cfg
 

@@ -12,15 +12,14 @@ from detectron2.utils.events import EventStorage
 from autofocus_d2 import add_autofocus_config
 from autofocus_d2.inference import ScaleChain
 from autofocus_d2.inference.views import crop_and_resize
+from autofocus_d2 import model_zoo
 from autofocus_d2.modeling import AutoFocusRetinaNet
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def compact_cfg(**opts):
-    cfg = get_cfg()
-    add_autofocus_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs/Synthetic/autofocus_compact_retinanet.yaml"))
+    cfg = model_zoo.get_config("Synthetic/autofocus_compact_retinanet.yaml")
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.AUTOFOCUS.SCALES = [[320, 480], [-1, -1]]
     for key, value in opts.items():
