@@ -36,6 +36,12 @@ def add_autofocus_config(cfg: CN) -> None:
     # [min, max] of sqrt(box area), in input-image pixels, of the objects whose cells are
     # FocusPixels (label 1). Paper: 5 <= r <= 64.
     cfg.MODEL.FOCUS_HEAD.SMALL_RANGE = [5.0, 64.0]
+    # Frame of SMALL_RANGE[0]: "input" = pixels of the scale that predicts the map (the paper's
+    # rule, made for its chain of 1.67x steps); "next_scale" = pixels of the next finer scale of the
+    # chain, so an object is a FocusPixel whenever the scale its chip goes to sees it at a
+    # detectable size (bound / zoom step in the predicting scale's pixels). With steps of 2-4x
+    # the paper's rule drops objects of 10-20 px at the next scale (docs/training.md).
+    cfg.MODEL.FOCUS_HEAD.SMALL_MIN_FRAME = "input"
     # Cells of objects with r < SMALL_RANGE[0] or SMALL_RANGE[1] < r <= IGNORE_MAX (input-image
     # pixels) are ignored (label -1) unless a FocusPixel; the paper uses 90.
     cfg.MODEL.FOCUS_HEAD.IGNORE_MAX = 90.0
@@ -116,8 +122,9 @@ def add_autofocus_config(cfg: CN) -> None:
     cfg.MODEL.AUTOFOCUS.NMS_THRESH = 0.5
     # Gaussian sigma of Soft-NMS (dimensionless, on IoU^2; paper code: 0.55).
     cfg.MODEL.AUTOFOCUS.SOFT_NMS_SIGMA = 0.55
-    # Detections kept per image after the final merge.
-    cfg.MODEL.AUTOFOCUS.DETECTIONS_PER_IMAGE = 100
+    # Detections kept per image after the final merge (official code: 200; COCO's AP counts up to
+    # 100 per image *and category*, so more than 100 per image still score).
+    cfg.MODEL.AUTOFOCUS.DETECTIONS_PER_IMAGE = 200
     # "grid" policy: square tile side, in pixels of the finer scale, and overlap ratio of tiles.
     cfg.MODEL.AUTOFOCUS.GRID_TILE_SIZE = 512
     cfg.MODEL.AUTOFOCUS.GRID_OVERLAP = 0.2
@@ -224,6 +231,8 @@ def validate_autofocus_config(cfg: CN) -> None:
         "MODEL.FOCUS_HEAD.IGNORE_MAX",
         f"{head.IGNORE_MAX} is below SMALL_RANGE max {hi}",
     )
+    _check(head.SMALL_MIN_FRAME in ("input", "next_scale"), "MODEL.FOCUS_HEAD.SMALL_MIN_FRAME",
+           f"{head.SMALL_MIN_FRAME!r} is not 'input' or 'next_scale'")
     _check(head.CONV_DIM > 0, "MODEL.FOCUS_HEAD.CONV_DIM", f"must be > 0, got {head.CONV_DIM}")
     _check(head.IGNORED_BOX_LABELS in ("size", "ignore"), "MODEL.FOCUS_HEAD.IGNORED_BOX_LABELS",
            f"{head.IGNORED_BOX_LABELS!r} is not 'size' or 'ignore'")

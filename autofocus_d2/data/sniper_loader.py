@@ -124,13 +124,17 @@ def _records_from_config(cfg: CfgNode, dataset_dicts, negative_chips=None):
     }
 
 
-def _chip_record(d: Dict[str, Any], chip: Sequence[float], scale: int, zoom: float,
+def _chip_record(d: Dict[str, Any], chip: Sequence[float], scale: int, zooms: Sequence[float],
                  valid_range: Sequence[float], negative: bool) -> Dict[str, Any]:
     record = dict(d)  # shallow: the annotations are shared, the mapper copies what it changes
+    zoom = float(zooms[scale])
     record.update(
         sniper_chip=[float(v) for v in chip],
         sniper_scale=int(scale),
-        sniper_zoom=float(zoom),
+        sniper_zoom=zoom,
+        # The next finer training scale's zoom over this one (1 at the finest): the FocusPixel
+        # label rule MODEL.FOCUS_HEAD.SMALL_MIN_FRAME "next_scale" needs it.
+        sniper_zoom_step=float(zooms[scale + 1]) / zoom if scale + 1 < len(zooms) else 1.0,
         sniper_valid_range=[float(v) for v in valid_range],
         sniper_negative=bool(negative),
     )
@@ -154,6 +158,7 @@ def sniper_chip_records(
     Call as ``sniper_chip_records(cfg, dataset_dicts, negative_chips=None)`` or with the keyword
     arguments. Each record is a shallow copy of its image dict plus ``sniper_chip`` ([x0, y0, x1,
     y1], original frame), ``sniper_scale`` (index into ``scales``), ``sniper_zoom``,
+    ``sniper_zoom_step`` (the next scale's zoom / ``sniper_zoom``; 1 at the finest scale),
     ``sniper_valid_range`` ([lo, hi], sqrt(area) in original pixels) and ``sniper_negative``.
 
     Args:
@@ -185,7 +190,7 @@ def sniper_chip_records(
         for scale, (zoom, vr) in enumerate(zip(zooms, valid_ranges)):
             chips = positive_chips(boxes, image_hw=hw, zoom=zoom, chip_size=chip_size,
                                    valid_range=vr, stride=chip_stride)
-            positives += [_chip_record(d, c.tolist(), scale, zoom, vr, False) for c in chips]
+            positives += [_chip_record(d, c.tolist(), scale, zooms, vr, False) for c in chips]
             per_scale[scale] += len(chips)
         seen_ids.add(str(d["image_id"]))
         for *chip, scale in (negative_chips or {"chips": {}})["chips"].get(str(d["image_id"]), []):
@@ -195,7 +200,7 @@ def sniper_chip_records(
             if x0 < -tol or y0 < -tol or x1 > hw[1] + tol or y1 > hw[0] + tol:
                 raise ValueError(f"negative chip {chip} lies outside image {d['image_id']} "
                                  f"of (H, W) = {hw}")
-            negatives.append(_chip_record(d, chip, scale, zooms[scale], valid_ranges[scale], True))
+            negatives.append(_chip_record(d, chip, scale, zooms, valid_ranges[scale], True))
             neg_per_scale[scale] += 1
     if negative_chips is not None:
         unknown = len(set(negative_chips["chips"]) - seen_ids)
@@ -280,7 +285,8 @@ class SNIPERDatasetMapper:
     :func:`transform_polygons` (unclipped, holes kept) and RLE masks by Detectron2.
 
     The output dict has "image" (C, h, w) uint8 tensor, "instances", "height"/"width" (h, w of
-    the chip-frame image), "file_name", "image_id" and "sniper_scale".
+    the chip-frame image), "file_name", "image_id", "sniper_scale" and "focus_zoom_step" (the
+    record's ``sniper_zoom_step``: the FocusPixel labels' zoom step to the next scale).
     """
 
     @configurable
@@ -368,6 +374,7 @@ class SNIPERDatasetMapper:
             "image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "instances": utils.filter_empty_instances(instances),
             "sniper_scale": int(record["sniper_scale"]),
+            "focus_zoom_step": float(record.get("sniper_zoom_step", 1.0)),
         }
 
 

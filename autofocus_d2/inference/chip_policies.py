@@ -14,7 +14,7 @@ from detectron2.structures import Boxes
 from detectron2.utils.registry import Registry
 
 from ..config import lookup_registry, per_transition
-from ..modeling.focus_labels import FOCUS_POSITIVE, focus_pixel_targets
+from ..modeling.focus_labels import FOCUS_POSITIVE, focus_pixel_targets, focus_size_range
 from .focus_chips import generate_focus_chips, merge_overlapping_boxes
 from .views import View, snap_to_pixels, tile_box
 
@@ -285,6 +285,7 @@ class OracleChipPolicy(ChipPolicy):
         max_chips: int,
         small_range: Sequence[float],
         ignore_max: float,
+        small_min_frame: str = "input",
     ):
         """
         Args:
@@ -293,6 +294,8 @@ class OracleChipPolicy(ChipPolicy):
             max_chips: MODEL.AUTOFOCUS.MAX_CHIPS_PER_IMAGE.
             small_range, ignore_max: MODEL.FOCUS_HEAD.SMALL_RANGE / IGNORE_MAX, sqrt(area) in
                 pixels of the parent view.
+            small_min_frame: MODEL.FOCUS_HEAD.SMALL_MIN_FRAME, as the training labels
+                (:func:`focus_size_range`, with the zoom step from the parent to the next scale).
         """
         if len(dilations) != len(min_sizes) or not dilations:
             raise ValueError(
@@ -313,6 +316,8 @@ class OracleChipPolicy(ChipPolicy):
                 f"MODEL.FOCUS_HEAD.IGNORE_MAX, got {list(small_range)} and {ignore_max}"
             )
         self.small_range = (float(small_range[0]), float(small_range[1]))
+        focus_size_range(self.small_range, 1.0, small_min_frame)  # checks the frame's name
+        self.small_min_frame = small_min_frame
         self.ignore_max = float(ignore_max)
         self.focus = AutoFocusChipPolicy(
             thresholds=[0.5] * len(dilations),
@@ -331,6 +336,7 @@ class OracleChipPolicy(ChipPolicy):
             "max_chips": af.MAX_CHIPS_PER_IMAGE,
             "small_range": list(head.SMALL_RANGE),
             "ignore_max": head.IGNORE_MAX,
+            "small_min_frame": head.SMALL_MIN_FRAME,
         }
 
     def chips(self, *, next_scale, zoom, image_hw, parents, focus_maps, focus_stride, gt_boxes=None):
@@ -349,8 +355,8 @@ class OracleChipPolicy(ChipPolicy):
                 f"got shape {tuple(gt_boxes.shape)}"
             )
         maps = [
-            oracle_focus_map(p, gt_boxes, stride=focus_stride, small_range=self.small_range,
-                             ignore_max=self.ignore_max)
+            oracle_focus_map(p, gt_boxes, stride=focus_stride, ignore_max=self.ignore_max,
+                             small_range=focus_size_range(self.small_range, zoom / p.zoom, self.small_min_frame))
             for p in parents
         ]
         return self.focus.chips(next_scale=next_scale, zoom=zoom, image_hw=image_hw, parents=parents,

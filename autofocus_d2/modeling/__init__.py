@@ -5,7 +5,7 @@ from .autofocus_rcnn import AutoFocusRCNN
 from .autofocus_retinanet import AutoFocusRetinaNet, raw_dense_outputs
 from .focus_detector import FocusDetectorMixin
 from .focus_head import FOCUS_HEAD_REGISTRY, StandardFocusHead, build_focus_head, focus_pixel_loss
-from .focus_labels import focus_pixel_targets
+from .focus_labels import focus_pixel_targets, focus_size_range
 from .sniper_heads import (  # importing it registers the SNIPER RPN and ROI heads
     SNIPERROIHeadsMixin,
     SNIPERRPN,
@@ -26,6 +26,7 @@ __all__ = [
     "build_focus_head",
     "focus_pixel_loss",
     "focus_pixel_targets",
+    "focus_size_range",
     "SNIPERRPN",
     "SNIPERROIHeadsMixin",
     "SNIPERStandardROIHeads",

@@ -11,7 +11,7 @@ from detectron2.structures import ImageList, Instances
 from torch import nn
 
 from ..config import validate_autofocus_config
-from .focus_detector import FocusDetectorMixin, split_focus_arguments
+from .focus_detector import FocusDetectorMixin, focus_zoom_steps, split_focus_arguments
 from .sniper_heads import require_ignore_support
 
 __all__ = ["AutoFocusRCNN"]
@@ -155,7 +155,7 @@ class AutoFocusRCNN(FocusDetectorMixin, GeneralizedRCNN):
         losses.update(detector_losses)
         losses.update(proposal_losses)
         losses["loss_focus"] = self.focus_loss_weight * self.focus_losses(
-            features, gt_instances, images.image_sizes
+            features, gt_instances, images.image_sizes, focus_zoom_steps(batched_inputs)
         )
         return losses
 

@@ -16,7 +16,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
 from ..config import validate_autofocus_config
-from .focus_detector import FocusDetectorMixin, split_focus_arguments
+from .focus_detector import FocusDetectorMixin, focus_zoom_steps, split_focus_arguments
 from .sniper_heads import ignored_overlap_mask, split_ignored
 
 __all__ = ["AutoFocusRetinaNet", "raw_dense_outputs"]
@@ -123,7 +123,7 @@ class AutoFocusRetinaNet(FocusDetectorMixin, RetinaNet):
         predictions = self.head(head_features)
         losses = self.forward_training(images, head_features, predictions, gt_instances)
         losses["loss_focus"] = self.focus_loss_weight * self.focus_losses(
-            features, gt_instances, images.image_sizes
+            features, gt_instances, images.image_sizes, focus_zoom_steps(batched_inputs)
         )
         return losses
 

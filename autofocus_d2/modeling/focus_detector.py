@@ -2,7 +2,7 @@
 training loss, the pipeline's interface (:class:`autofocus_d2.inference.FocusDetector`), and
 retrofitting (training only the head on a trained detector, MODEL.FOCUS_HEAD.TRAIN_ONLY)."""
 import logging
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.layers import ShapeSpec
@@ -12,9 +12,10 @@ from torch import nn
 from ..inference.pipeline import build_autofocus_pipeline
 from .focus_head import build_focus_head, focus_pixel_loss, resolve_focus_feature
 from .focus_labels import focus_pixel_targets
+from .focus_labels import focus_size_range
 from .sniper_heads import split_ignored
 
-__all__ = ["FocusDetectorMixin", "split_focus_arguments"]
+__all__ = ["FocusDetectorMixin", "split_focus_arguments", "focus_zoom_steps"]
 
 # The keyword arguments of FocusDetectorMixin.init_focus.
 FOCUS_ARGUMENTS = (
@@ -22,6 +23,7 @@ FOCUS_ARGUMENTS = (
     "focus_in_feature",
     "focus_loss_weight",
     "focus_small_range",
+    "focus_small_min_frame",
     "focus_ignore_max",
     "focus_ignore_ignored_boxes",
     "pipeline",
@@ -61,6 +63,7 @@ class FocusDetectorMixin:
         focus_in_feature: str,
         focus_loss_weight: float = 1.0,
         focus_small_range: Sequence[float] = (5.0, 64.0),
+        focus_small_min_frame: str = "input",
         focus_ignore_max: float = 90.0,
         focus_ignore_ignored_boxes: bool = False,
         pipeline=None,
@@ -73,6 +76,8 @@ class FocusDetectorMixin:
             focus_loss_weight: weight of ``loss_focus``.
             focus_small_range, focus_ignore_max: label size ranges of :func:`focus_pixel_targets`,
                 in input-image pixels.
+            focus_small_min_frame: frame of ``focus_small_range[0]`` (:func:`focus_size_range`):
+                "input" or "next_scale" (then each training input's ``focus_zoom_step`` is used).
             focus_ignore_ignored_boxes: ignore the FocusPixel cells of ground truth marked
                 ``gt_ignore`` (else they are labelled by size like any box, as the official code).
             pipeline: called as ``pipeline(model, batched_inputs)`` in eval mode (see
@@ -85,6 +90,8 @@ class FocusDetectorMixin:
         self.focus_stride = self.backbone.output_shape()[focus_in_feature].stride
         self.focus_loss_weight = focus_loss_weight
         self.focus_small_range = tuple(focus_small_range)
+        focus_size_range(self.focus_small_range, 1.0, focus_small_min_frame)  # checks the frame
+        self.focus_small_min_frame = focus_small_min_frame
         self.focus_ignore_max = focus_ignore_max
         self.focus_ignore_ignored_boxes = focus_ignore_ignored_boxes
         self.pipeline = pipeline
@@ -104,6 +111,7 @@ class FocusDetectorMixin:
             "focus_in_feature": in_feature,
             "focus_loss_weight": cfg.MODEL.FOCUS_HEAD.LOSS_WEIGHT,
             "focus_small_range": cfg.MODEL.FOCUS_HEAD.SMALL_RANGE,
+            "focus_small_min_frame": cfg.MODEL.FOCUS_HEAD.SMALL_MIN_FRAME,
             "focus_ignore_max": cfg.MODEL.FOCUS_HEAD.IGNORE_MAX,
             "focus_ignore_ignored_boxes": cfg.MODEL.FOCUS_HEAD.IGNORED_BOX_LABELS == "ignore",
             "pipeline": build_autofocus_pipeline(cfg),
@@ -163,7 +171,7 @@ class FocusDetectorMixin:
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
         with torch.no_grad():
             features = self.backbone(images.tensor)
-        loss = self.focus_losses(features, gt_instances, images.image_sizes)
+        loss = self.focus_losses(features, gt_instances, images.image_sizes, focus_zoom_steps(batched_inputs))
         return {"loss_focus": self.focus_loss_weight * loss}
 
     def focus_losses(
@@ -171,12 +179,16 @@ class FocusDetectorMixin:
         features: Dict[str, torch.Tensor],
         gt_instances: List[Instances],
         image_sizes: List[Tuple[int, int]],
+        zoom_steps: Optional[Sequence[float]] = None,
     ) -> torch.Tensor:
-        """Unweighted FocusPixel loss of a batch; gt boxes and image_sizes in the input-image frame."""
+        """Unweighted FocusPixel loss of a batch; gt boxes and image_sizes in the input-image frame;
+        ``zoom_steps``: per image, the next scale's zoom over the input's (:func:`focus_zoom_steps`;
+        None = 1 each), used by ``focus_small_min_frame`` "next_scale"."""
         logits = self.focus_head(features[self.focus_in_feature])
         feature_hw = tuple(logits.shape[-2:])
         targets = []
-        for inst, size in zip(gt_instances, image_sizes):
+        steps = [1.0] * len(gt_instances) if zoom_steps is None else list(zoom_steps)
+        for inst, size, step in zip(gt_instances, image_sizes, steps):
             boxes, ignored = inst.gt_boxes, None
             if self.focus_ignore_ignored_boxes:
                 valid, ignored = split_ignored(inst)
@@ -187,12 +199,18 @@ class FocusDetectorMixin:
                     image_hw=size,
                     feature_hw=feature_hw,
                     stride=self.focus_stride,
-                    small_range=self.focus_small_range,
+                    small_range=focus_size_range(self.focus_small_range, step, self.focus_small_min_frame),
                     ignore_max=self.focus_ignore_max,
                     ignored_boxes=ignored,
                 )
             )
         return focus_pixel_loss(logits, targets)
+
+
+def focus_zoom_steps(batched_inputs: List[Dict[str, Any]]) -> List[float]:
+    """Per input, its ``focus_zoom_step`` (the SNIPER mapper's: the next training scale's zoom over
+    the chip's), 1.0 where an input has none (whole-image training: the paper's label rule)."""
+    return [float(x.get("focus_zoom_step", 1.0)) for x in batched_inputs]
 
 
 def _retrofit_switch(cfg) -> bool:

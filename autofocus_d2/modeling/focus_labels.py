@@ -4,11 +4,52 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from detectron2.structures import Boxes
 
-__all__ = ["focus_pixel_targets", "FOCUS_POSITIVE", "FOCUS_NEGATIVE", "FOCUS_IGNORE"]
+__all__ = [
+    "focus_pixel_targets",
+    "focus_size_range",
+    "SMALL_MIN_FRAMES",
+    "FOCUS_POSITIVE",
+    "FOCUS_NEGATIVE",
+    "FOCUS_IGNORE",
+]
 
 FOCUS_POSITIVE = 1
 FOCUS_NEGATIVE = 0
 FOCUS_IGNORE = -1
+
+# Frames in which MODEL.FOCUS_HEAD.SMALL_RANGE[0] (the smallest FocusPixel object) is measured.
+SMALL_MIN_FRAMES = ("input", "next_scale")
+
+
+def focus_size_range(
+    small_range: Sequence[float], zoom_step: float, small_min_frame: str = "input"
+) -> Tuple[float, float]:
+    """
+    The FocusPixel size range of one input, sqrt(area) in pixels of the input that predicts the
+    map (the frame :func:`focus_pixel_targets` works in).
+
+    With ``small_min_frame`` "input" (the paper's rule) ``small_range`` is returned as it is. With
+    "next_scale" the lower bound is measured at the next finer scale of the chain: an object is a
+    FocusPixel when the next scale, ``zoom_step`` times finer, sees it at ``small_range[0]`` pixels
+    or more, so the bound in the input's pixels is ``small_range[0] / zoom_step``. A step below 1
+    (no finer scale, or the finest scale) counts as 1: the rule is then the paper's. The upper
+    bound is always in input pixels (what the next scale must take over).
+
+    Args:
+        small_range: [min, max] of sqrt(area) (MODEL.FOCUS_HEAD.SMALL_RANGE), pixels.
+        zoom_step: zoom of the next finer scale divided by the zoom of the input (>= 1 in a
+            coarse-to-fine chain), dimensionless.
+        small_min_frame: "input" or "next_scale" (MODEL.FOCUS_HEAD.SMALL_MIN_FRAME).
+
+    Returns:
+        (min, max) in input pixels.
+    """
+    if small_min_frame not in SMALL_MIN_FRAMES:
+        raise ValueError(f"small_min_frame must be one of {SMALL_MIN_FRAMES}, got {small_min_frame!r}")
+    lo, hi = float(small_range[0]), float(small_range[1])
+    if small_min_frame == "next_scale":
+        lo = lo / max(1.0, float(zoom_step))
+    return lo, hi
 
 
 def _cell_overlap(lo: torch.Tensor, hi: torch.Tensor, num_cells: int, stride: int) -> torch.Tensor:

@@ -36,6 +36,7 @@ model.roi_heads.box_predictor.input_shape = ShapeSpec(channels=256)
 model.focus_head.in_channels = 64
 model.focus_head.conv_dim = 64
 model.focus_loss_weight = 2.0
+model.focus_small_min_frame = "next_scale"
 model.pipeline.scale_chain.scales = [[512, 768], [-1, -1]]
 model.pipeline.policy.thresholds = [0.3]
 model.pipeline.policy.dilations = [3]

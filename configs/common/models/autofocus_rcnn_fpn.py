@@ -28,6 +28,7 @@ model.focus_head = L(StandardFocusHead)(in_channels=256, conv_dim=256)
 model.focus_in_feature = "p4"
 model.focus_loss_weight = 1.0
 model.focus_small_range = (5.0, 64.0)
+model.focus_small_min_frame = "input"  # MODEL.FOCUS_HEAD.SMALL_MIN_FRAME: the paper's rule
 model.focus_ignore_max = 90.0
 model.focus_ignore_ignored_boxes = False
 
@@ -48,7 +49,7 @@ model.pipeline = L(CoarseToFinePipeline)(
     proposals_per_mpix=0.0,
     min_proposals=300,
     soft_nms_sigma=0.55,
-    detections_per_image=100,
+    detections_per_image=200,
     raw_score_thresh=0.001,
     max_batch_padding=0.1,
     inference_dtype="float32",
