@@ -237,7 +237,9 @@ class CoarseToFinePipeline:
         """Run the pipeline; see AutoFocusRCNN.forward for the outputs. With ``with_details``,
         each output also has ``autofocus_details``: ``views_per_scale`` (the :class:`View` s of
         that image per scale) and ``focus_maps_per_scale`` (per view, its FocusPixel map (h, w)
-        at ``model.focus_stride`` in the view's frame, on the CPU; None where not computed)."""
+        at ``model.focus_stride`` in the view's frame, on the CPU; None where not computed) and
+        ``detections_per_scale`` (per view, its Instances in the ORIGINAL frame before stacking, on
+        the CPU: what :func:`autofocus_d2.tuning.restack_views` re-stacks)."""
         require_focus_detector(model)
         images = [
             prepare_image(x["image"], model.input_channels, i, model.device)
@@ -292,6 +294,10 @@ class CoarseToFinePipeline:
                     "focus_maps_per_scale": [
                         [m for v, m in zip(vs, ms) if v.image_index == i]
                         for vs, ms in zip(views_per_scale, maps_per_scale)
+                    ],
+                    "detections_per_scale": [
+                        [d.to("cpu") for v, d in zip(vs, ds) if v.image_index == i]
+                        for vs, ds in zip(views_per_scale, dets_per_scale)
                     ],
                 }
         return outputs

@@ -83,6 +83,9 @@ def test_chip_records_from_a_dataset_dict():
         assert r["sniper_chip"] == chip and r["sniper_scale"] == scale
         assert r["sniper_zoom"] == zoom and r["sniper_valid_range"] == vr
         assert r["sniper_negative"] is neg
+        # The zoom step to the next training scale (FocusPixel labels, SMALL_MIN_FRAME next_scale):
+        # 1.0 / 0.5 from scale 0, and 1 at the finest scale.
+        assert r["sniper_zoom_step"] == (2.0 if scale == 0 else 1.0)
         assert r["file_name"] == "a.png" and r["image_id"] == 7
         assert r["annotations"] is d["annotations"]  # shallow copy
     assert not any(k.startswith("sniper_") for k in d)
@@ -143,6 +146,8 @@ def test_mapper_cuts_zooms_and_marks_ignored_boxes(white_box_image):
     assert out["image"].shape == (3, 128, 128) and out["image"].dtype == torch.uint8
     assert (out["height"], out["width"]) == (128, 128)
     assert out["file_name"] == white_box_image and out["image_id"] == 3 and out["sniper_scale"] == 1
+    assert out["focus_zoom_step"] == 1.0  # a record without a step: the paper's label rule
+    assert mapper({**record, "sniper_zoom_step": 2.5})["focus_zoom_step"] == 2.5
     inst = out["instances"]
     # (box - chip origin) * zoom, clipped to the chip.
     expected = torch.tensor([[25.0, 25, 45, 55], [50, 50, 100, 100], [115, 5, 128, 20]])

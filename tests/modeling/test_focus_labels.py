@@ -171,3 +171,57 @@ def test_model_focus_loss_follows_ignored_box_labels():
 def test_ignored_boxes_must_be_n_by_4():
     with pytest.raises(ValueError, match="ignored_boxes must be"):
         _targets([], ignored_boxes=torch.zeros(8))
+
+
+# ------------------------------------------------------------ the small-object bound's frame
+@pytest.mark.parametrize("step", [1.0, 1.67, 2.0, 3.8])
+def test_next_scale_rule_measures_the_lower_bound_at_the_next_scale(step):
+    """With SMALL_MIN_FRAME next_scale an object is a FocusPixel when the next scale, ``step`` times
+    finer, sees it at >= 5 px: r >= 5 / step here. Boxes just inside and just outside the bound."""
+    from autofocus_d2.modeling import focus_size_range
+
+    lo, hi = focus_size_range((5.0, 64.0), step, "next_scale")
+    assert hi == 64.0 and lo == pytest.approx(5.0 / step)
+    inside, outside = lo * 1.01, lo * 0.99
+    for side, label in ((inside, 1), (outside, -1)):
+        t = _targets([[20.0, 20.0, 20.0 + side, 20.0 + side]], small_range=(lo, hi))
+        assert t[1, 1].item() == label
+    # The paper's rule keeps 5 px at this scale whatever the step: the same small box is ignored.
+    assert focus_size_range((5.0, 64.0), step, "input") == (5.0, 64.0)
+    if step > 1.02:
+        t = _targets([[20.0, 20.0, 20.0 + inside, 20.0 + inside]], small_range=(5.0, 64.0))
+        assert t[1, 1].item() == -1
+
+
+def test_next_scale_rule_is_the_paper_rule_without_a_finer_scale():
+    from autofocus_d2.modeling import focus_size_range
+
+    assert focus_size_range((5.0, 64.0), 0.8, "next_scale") == (5.0, 64.0)  # not finer: step 1
+    with pytest.raises(ValueError, match="small_min_frame"):
+        focus_size_range((5.0, 64.0), 2.0, "original")
+
+
+def test_training_loss_uses_each_chips_zoom_step():
+    """A 3 px object is ignored by the paper's rule and a FocusPixel under next_scale with a zoom
+    step of 2 (6 px at the next scale): the loss differs, and equals the paper's at step 1."""
+    from detectron2.structures import Instances
+
+    from autofocus_d2.config import add_autofocus_config
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    cfg = get_cfg()
+    add_autofocus_config(cfg)
+    cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "Synthetic",
+                                     "autofocus_compact_fpn.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    assert model.focus_small_min_frame == "next_scale"
+    features = {model.focus_in_feature: torch.randn(1, 64, 8, 8)}
+    inst = Instances((128, 128))
+    inst.gt_boxes = Boxes(torch.tensor([[40.0, 40.0, 43.0, 43.0]]))
+    paper = model.focus_losses(features, [inst], [(128, 128)], [1.0]).item()
+    assert model.focus_losses(features, [inst], [(128, 128)]).item() == paper
+    stepped = model.focus_losses(features, [inst], [(128, 128)], [2.0]).item()
+    assert stepped != paper
