@@ -148,6 +148,12 @@ def add_autofocus_config(cfg: CN) -> None:
     # (COCO), coarse to fine as here: scales (-1, 512), (800, 1280), (1400, 2000) with ranges
     # (120, -1), (32, 150), (-1, 80).
     cfg.INPUT.SNIPER.VALID_RANGES = []
+    # FocusPixel chips (bool): at every training scale but the last, the objects that are
+    # FocusPixels there (MODEL.FOCUS_HEAD.SMALL_RANGE / SMALL_MIN_FRAME) and lie in no positive chip
+    # get chips of their own, so the focus head learns wherever the coarse scale must find small
+    # objects, not only around the objects that scale detects. The official code needs none: its
+    # coarsest scale (512 px) is one chip holding the whole image; the built-in chain's is not.
+    cfg.INPUT.SNIPER.FOCUS_CHIPS = False
     # Negative chips (regions with proposals but no valid box), a json written by
     # tools/mine_negative_chips.py; "" = positive chips only.
     cfg.INPUT.SNIPER.NEGATIVE_CHIPS_FILE = ""
@@ -299,6 +305,8 @@ def validate_sniper_config(cfg: CN) -> None:
     _check(len(ranges) == len(scales), "INPUT.SNIPER.VALID_RANGES",
            f"{len(ranges)} ranges for {len(scales)} training scales (INPUT.SNIPER.SCALES)")
     _check_ranges(ranges, "INPUT.SNIPER.VALID_RANGES")
+    _check(isinstance(sn.FOCUS_CHIPS, bool), "INPUT.SNIPER.FOCUS_CHIPS",
+           f"must be True or False, got {sn.FOCUS_CHIPS!r}")
     _check(sn.NEGATIVES_PER_EPOCH >= 0, "INPUT.SNIPER.NEGATIVES_PER_EPOCH",
            f"must be >= 0, got {sn.NEGATIVES_PER_EPOCH}")
     _check(sn.NEGATIVE_MIN_PROPOSALS >= 1, "INPUT.SNIPER.NEGATIVE_MIN_PROPOSALS",

@@ -32,6 +32,7 @@ import autofocus_d2  # noqa: F401  (registers the model, heads and datasets)
 from autofocus_d2.benchmark.runner import load_inputs
 from autofocus_d2.config import load_autofocus_config
 from autofocus_d2.data import add_register_coco_argument, register_coco_datasets
+from autofocus_d2.inference.chip_policies import build_chip_policy
 from autofocus_d2.inference.pipeline import build_autofocus_pipeline
 from autofocus_d2.tuning import ChipSetting, config_fragment, confirm_setting, setting_grid, tune_chip_settings
 
@@ -49,10 +50,19 @@ def parse_args(argv=None):
     p.add_argument("--bootstrap-samples", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-confirm", action="store_true", help="skip the real run of the pick")
+    p.add_argument("--with-oracle", action="store_true",
+                   help="also re-stack the oracle policy (FocusPixels from the ground truth) as a reference row")
     p.add_argument("--output", default="output/tune")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                    help="config KEY VALUE pairs (last on the command line)")
     return add_register_coco_argument(p).parse_args(argv)
+
+
+def oracle_cfg(cfg):
+    c = cfg.clone()
+    c.defrost()
+    c.MODEL.AUTOFOCUS.CHIP_POLICY = "oracle"
+    return c
 
 
 def say(msg: str) -> None:
@@ -107,7 +117,7 @@ def main(argv=None) -> int:
         DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     else:
         say("MODEL.WEIGHTS is empty: tuning a randomly initialised model")
-    inputs = load_inputs(cfg, dataset, args.max_images)
+    inputs = load_inputs(cfg, dataset, args.max_images, with_ground_truth=args.with_oracle)
     if len(inputs) < 10:
         say(f"only {len(inputs)} images: the intervals will be wide and the pick fragile")
     pipeline = build_autofocus_pipeline(cfg)
@@ -115,7 +125,8 @@ def main(argv=None) -> int:
     report = tune_chip_settings(
         model, pipeline, inputs, dataset, coco_gt, settings, tolerance=args.tolerance,
         max_chips=cfg.MODEL.AUTOFOCUS.MAX_CHIPS_PER_IMAGE, num_samples=args.bootstrap_samples,
-        seed=args.seed, progress=say)
+        seed=args.seed, progress=say,
+        references={"oracle": build_chip_policy(oracle_cfg(cfg))} if args.with_oracle else None)
     pick = report["pick"]
     setting = ChipSetting(pick["threshold"], pick["dilation"], pick["min_chip_size"])
     say(f"pick ({pick['criterion']}): threshold {setting.threshold:g}, dilation {setting.dilation}, min chip "
@@ -164,6 +175,9 @@ def main(argv=None) -> int:
     md = [f"# AutoFocus chip tuning on {dataset} ({len(inputs)} images)", "", *[f"- {c}" for c in comments], "",
           f"Views stored in {report['collect_s']:.0f} s; {report['restack_s_per_setting']:.1f} s per re-stacked "
           "setting (bootstrap included).", "", _table(report["rows"], pick)]
+    for r in report["reference_rows"]:
+        md.append(f"\n{r['method']} (reference, not picked): AP {r['AP']:.2f} ({r['AP_diff_vs_pyramid']:+.2f}, 95% "
+                  f"[{r['AP_diff_ci95'][0]:+.2f}, {r['AP_diff_ci95'][1]:+.2f}]) at {r['pixel_ratio']:.3f} of the pixels")
     with open(os.path.join(args.output, "tune.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..inference.focus_stacking import in_size_range
 
-__all__ = ["positive_chips", "negative_chips", "chip_box_validity"]
+__all__ = ["positive_chips", "negative_chips", "chip_box_validity", "chips_holding"]
 
 # Tolerance of the containment tests, in pixels of the scale frame (float64 arithmetic).
 _TOL = 1e-6
@@ -272,6 +272,17 @@ def negative_chips(
     chips, held = _cover_in_original(boxes, image_hw, zoom, int(chip_size), int(stride))
     chips = chips[held >= min_proposals]
     return chips.to(device=proposals.device, dtype=torch.float32)
+
+
+def chips_holding(boxes: Tensor, chips: Tensor) -> Tensor:
+    """(M,) bool: whether each of the (M, 4) ``boxes`` lies inside one of the (N, 4) ``chips``
+    (XYXY, one frame; 1 px tolerance, as :func:`chip_box_validity`)."""
+    _check_boxes(boxes, "boxes")
+    _check_boxes(chips, "chips")
+    if len(boxes) == 0 or len(chips) == 0:
+        return torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+    b, c = boxes.to(torch.float64)[:, None], chips.to(device=boxes.device, dtype=torch.float64)[None]
+    return ((b[..., :2] >= c[..., :2] - _INSIDE_TOL) & (b[..., 2:] <= c[..., 2:] + _INSIDE_TOL)).all(2).any(1)
 
 
 def chip_box_validity(

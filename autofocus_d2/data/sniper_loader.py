@@ -30,7 +30,8 @@ from ..config import sniper_training_scales, sniper_valid_ranges, validate_snipe
 from ..inference.scale_chain import ScaleChain
 from ..modeling.sniper_heads import require_ignore_support
 from .chip_sampler import ChipEpochSampler
-from .sniper_chips import chip_box_validity, positive_chips
+from ..modeling.focus_labels import focus_size_range
+from .sniper_chips import chip_box_validity, chips_holding, positive_chips
 
 __all__ = [
     "NEGATIVE_CHIPS_VERSION",
@@ -114,6 +115,7 @@ def load_negative_chips(path: str, scales: Sequence[Sequence[float]]) -> Dict[st
 
 
 def _records_from_config(cfg: CfgNode, dataset_dicts, negative_chips=None):
+    head = cfg.MODEL.FOCUS_HEAD
     return {
         "dataset_dicts": dataset_dicts,
         "scales": sniper_training_scales(cfg),
@@ -121,7 +123,18 @@ def _records_from_config(cfg: CfgNode, dataset_dicts, negative_chips=None):
         "chip_size": cfg.INPUT.SNIPER.CHIP_SIZE,
         "chip_stride": cfg.INPUT.SNIPER.CHIP_STRIDE,
         "negative_chips": negative_chips,
+        "focus_range": (list(head.SMALL_RANGE), head.SMALL_MIN_FRAME) if cfg.INPUT.SNIPER.FOCUS_CHIPS else None,
     }
+
+
+def focus_objects(boxes: torch.Tensor, zoom: float, zoom_step: float, focus_range) -> torch.Tensor:
+    """(N,) bool: which of the original-frame ``boxes`` are FocusPixel objects in a chip of a scale
+    at ``zoom`` whose next scale is ``zoom_step`` times finer (the labels' size range,
+    :func:`autofocus_d2.modeling.focus_labels.focus_size_range`; ``focus_range`` = (SMALL_RANGE,
+    SMALL_MIN_FRAME))."""
+    lo, hi = focus_size_range(focus_range[0], zoom_step, focus_range[1])
+    sizes = ((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)).sqrt() * zoom
+    return (sizes >= lo) & (sizes <= hi)
 
 
 def _chip_record(d: Dict[str, Any], chip: Sequence[float], scale: int, zooms: Sequence[float],
@@ -150,6 +163,7 @@ def sniper_chip_records(
     chip_size: int = 512,
     chip_stride: int = 32,
     negative_chips: Optional[Dict[str, Any]] = None,
+    focus_range: Optional[Tuple[Sequence[float], str]] = None,
 ) -> Tuple[List[Dict[str, Any]], int]:
     """
     Expand Detectron2 dataset dicts into SNIPER chip records: for every image and training scale
@@ -167,6 +181,12 @@ def sniper_chip_records(
         valid_ranges: one ``[lo, hi]`` per scale, original pixels, -1 = no limit.
         chip_size, chip_stride: in pixels of the training scale.
         negative_chips: the content of a negative-chips json (:func:`load_negative_chips`).
+        focus_range: (SMALL_RANGE, SMALL_MIN_FRAME) of the FocusPixel labels, or None. When given,
+            at every scale but the last, the FocusPixel objects (:func:`focus_objects`) that no
+            positive chip holds get chips of their own (greedy cover as for valid boxes; the
+            record's valid range is the scale's, so they train the focus head, not the
+            detector): the head then learns on every region where the coarse scale must find
+            small objects, not only around the objects that scale detects (INPUT.SNIPER.FOCUS_CHIPS).
 
     Returns:
         (list[dict], int): the records, positives first, and the number of positive records.
@@ -179,6 +199,7 @@ def sniper_chip_records(
     positives: List[Dict[str, Any]] = []
     negatives: List[Dict[str, Any]] = []
     per_scale = [0] * len(chain)
+    focus_per_scale = [0] * len(chain)
     neg_per_scale = [0] * len(chain)
     seen_ids = set()
     for d in dataset_dicts:
@@ -190,6 +211,13 @@ def sniper_chip_records(
         for scale, (zoom, vr) in enumerate(zip(zooms, valid_ranges)):
             chips = positive_chips(boxes, image_hw=hw, zoom=zoom, chip_size=chip_size,
                                    valid_range=vr, stride=chip_stride)
+            if focus_range is not None and scale + 1 < len(zooms) and len(boxes):
+                small = boxes[focus_objects(boxes, zoom, zooms[scale + 1] / zoom, focus_range)]
+                held = chips_holding(small, chips)
+                extra = positive_chips(small[~held], image_hw=hw, zoom=zoom, chip_size=chip_size,
+                                       valid_range=(-1, -1), stride=chip_stride)
+                chips = torch.cat([chips, extra])
+                focus_per_scale[scale] += len(extra)
             positives += [_chip_record(d, c.tolist(), scale, zooms, vr, False) for c in chips]
             per_scale[scale] += len(chips)
         seen_ids.add(str(d["image_id"]))
@@ -207,8 +235,8 @@ def sniper_chip_records(
         if unknown:
             logger.warning(f"{unknown} images of the negative chips are not in the dataset")
     logger.info(
-        f"SNIPER chips of {len(dataset_dicts)} images: positive per scale {per_scale}, "
-        f"negative per scale {neg_per_scale}"
+        f"SNIPER chips of {len(dataset_dicts)} images: positive per scale {per_scale} (of which "
+        f"FocusPixel chips {focus_per_scale}), negative per scale {neg_per_scale}"
     )
     return positives + negatives, len(positives)
 

@@ -18,11 +18,8 @@ from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Instances
 
-try:  # TEMP until merge
-    from ..evaluation.paired_bootstrap import paired_ap_difference
-except ImportError:
-    paired_ap_difference = None
-from ..inference.chip_policies import AutoFocusChipPolicy, PyramidChipPolicy, input_gt_boxes
+from ..evaluation.paired_bootstrap import paired_ap_difference
+from ..inference.chip_policies import AutoFocusChipPolicy, ChipPolicy, PyramidChipPolicy, input_gt_boxes
 from ..inference.pipeline import CoarseToFinePipeline
 from .restack import StoredImage, collect_image, restack_image
 
@@ -144,8 +141,13 @@ def tune_chip_settings(
     num_samples: int = 1000,
     seed: int = 0,
     progress: Optional[Callable[[str], None]] = None,
+    references: Optional[Dict[str, ChipPolicy]] = None,
 ) -> Dict[str, Any]:
     """Store every view once, re-stack the pyramid and each setting, compare and pick.
+
+    ``references``: further policies by name (e.g. ``{"oracle": OracleChipPolicy(...)}``; inputs
+    then need ground truth) re-stacked and compared alike, reported in ``reference_rows``, never
+    picked.
 
     Returns a dict: ``rows`` (one per setting: its fields, ``AP``, ``AP_diff_vs_pyramid``,
     ``AP_diff_ci95``, ``pixel_ratio``), ``pyramid_AP``, ``pick`` (:func:`pick_setting`),
@@ -171,9 +173,17 @@ def tune_chip_settings(
             f"95% [{row['AP_diff_ci95'][0]:+.2f}, {row['AP_diff_ci95'][1]:+.2f}]) at "
             f"{ratio:.3f} of the pyramid's pixels")
     restack_s = (time.perf_counter() - start) / max(1, len(settings))
+    reference_rows = []
+    for name, policy in (references or {}).items():
+        results, ratio = _stack_all(stored, inputs, pipeline, policy, dataset_name)
+        row = {"method": name, "pixel_ratio": ratio,
+               **evaluate_setting(coco_gt, results, pyramid_results, num_samples=num_samples, seed=seed)}
+        reference_rows.append(row)
+        say(f"{name}: AP {row['AP']:.2f} ({row['AP_diff_vs_pyramid']:+.2f}, 95% [{row['AP_diff_ci95'][0]:+.2f}, "
+            f"{row['AP_diff_ci95'][1]:+.2f}]) at {ratio:.3f} of the pyramid's pixels")
     return {"rows": rows, "pyramid_AP": rows[0]["pyramid_AP"] if rows else float("nan"),
             "pick": pick_setting(rows, tolerance), "collect_s": collect_s,
-            "restack_s_per_setting": restack_s, "images": len(inputs),
+            "restack_s_per_setting": restack_s, "images": len(inputs), "reference_rows": reference_rows,
             "pyramid_results": pyramid_results}
 
 

@@ -423,3 +423,27 @@ def test_a_very_large_training_image_trains_as_chips(tmp_path):
         assert max(out["image"].shape[-2:]) <= 513, out["image"].shape
         valid = ~out["instances"].gt_ignore
         assert int(valid.sum()) >= 1  # every positive chip trains at least one box
+
+
+def test_focus_chips_hold_every_focus_pixel_object_of_the_coarse_scales():
+    """INPUT.SNIPER.FOCUS_CHIPS: a small object far from the large one gets a scale-0 chip of its
+    own (the focus head trains where it is); without the key only the large object's chip exists."""
+    from autofocus_d2.data.sniper_chips import chips_holding
+
+    d = {"file_name": "a.png", "height": 1000, "width": 1500, "image_id": 1, "annotations": [
+        _anno([100, 100, 200, 200], 0), _anno([1300, 800, 1310, 810], 1), _anno([1400, 20, 1402, 22], 1)]}
+    kw = dict(scales=[[512, 768], [-1, -1]], valid_ranges=[[40, -1], [-1, 160]], chip_size=512, chip_stride=32)
+    plain, _ = sniper_chip_records([d], **kw)
+    focus, n = sniper_chip_records([d], focus_range=([5.0, 64.0], "next_scale"), **kw)
+    scale0 = lambda recs: torch.tensor([r["sniper_chip"] for r in recs if r["sniper_scale"] == 0])
+    boxes = torch.tensor([[100.0, 100, 200, 200], [1300, 800, 1310, 810], [1400, 20, 1402, 22]])
+    assert chips_holding(boxes, scale0(plain)).tolist() == [True, False, False]
+    # The 10 px object (5.1 px at zoom 0.512) is a FocusPixel object; the 2 px one (1 px at scale 0,
+    # 2 px at scale 1: below 5 at the next scale too) is not, and gets no chip.
+    assert chips_holding(boxes, scale0(focus)).tolist() == [True, True, False]
+    assert n == len(focus) == len(plain) + 1
+    # The new chip keeps scale 0's valid range: the small object is ignored by the detector there.
+    extra = [r for r in focus if r not in plain][0]
+    assert extra["sniper_valid_range"] == [40.0, -1.0] and extra["sniper_scale"] == 0
+    # The last scale gets no FocusPixel chips (its maps are never used).
+    assert [r for r in focus if r["sniper_scale"] == 1] == [r for r in plain if r["sniper_scale"] == 1]
