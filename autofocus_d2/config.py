@@ -85,7 +85,8 @@ def add_autofocus_config(cfg: CN) -> None:
     # FocusChips come in every shape: a wide and a tall chip padded together cost their square.
     cfg.MODEL.AUTOFOCUS.MAX_BATCH_PADDING = 0.1
     # Precision of the detector passes: "float32", or autocast "bfloat16" / "float16" (CUDA only).
-    # Chips, frame mapping and stacking stay float32; the README gives the AP measured against float32.
+    # Chips, frame mapping and stacking stay float32 (docs/inference.md, "Mixed precision": what was
+    # measured against float32).
     cfg.MODEL.AUTOFOCUS.INFERENCE_DTYPE = "float32"
     # A chip (or whole image) longer than this, in pixels of its scale, runs as overlapping tiles
     # of at most this side (bounds memory on very large images; every policy tiles alike).

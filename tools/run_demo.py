@@ -37,7 +37,7 @@ from autofocus_d2.utils.visualization import draw_chips, draw_detections, focus_
 
 CONFIG = "Synthetic/autofocus_compact_fpn.yaml"
 MASK_CONFIG = "Synthetic/autofocus_compact_mask_fpn.yaml"
-# The mask model is fine-tuned from the box model (300 iterations), as in the README.
+# The mask model is fine-tuned from the box model (300 iterations), as in docs/model_family.md.
 MASK_TRAIN_OPTS = ["SOLVER.MAX_ITER", "300", "SOLVER.STEPS", "(240,)", "SOLVER.CHECKPOINT_PERIOD", "300",
                    "SOLVER.WARMUP_ITERS", "20"]
 

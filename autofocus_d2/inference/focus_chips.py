@@ -48,7 +48,8 @@ def _window_max(x: Tensor, lo: int, hi: int) -> Tensor:
     Maximum of an (h, w) tensor over the window ``[p - lo, p + hi]`` along both axes, with zero
     padding; returns (h, w) in the same cell frame.
 
-    Separable max over shifted slices: CPU ``max_pool2d`` on a single-channel map is ~50x slower.
+    Separable max over shifted slices: CPU ``max_pool2d`` on a single-channel map is much slower
+    (docs/inference.md, "FocusChip generation cost").
     """
     h, w = x.shape
     x = F.pad(x[None], (lo, hi, lo, hi))[0]

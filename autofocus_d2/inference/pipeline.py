@@ -85,10 +85,9 @@ class CoarseToFinePipeline:
     and stacking selects whole Instances, so masks and keypoints follow their boxes through
     Soft-NMS; ``detector_postprocess`` pastes the masks and scales the keypoints for the output
     size at the end. The head runs inside ``detect`` on whatever detections the view gives: with
-    ``VIEW_DETECTIONS: filtered`` on the view's top-k after per-view NMS (about 40 per view on the
-    small synthetic Mask R-CNN, +30% time per image over no mask head), in raw mode on every raw
-    detection (about 780 per view there, 4x the time per image), so mask / keypoint configs use
-    ``filtered`` (README, "Instance masks and keypoints", has the measurement).
+    ``VIEW_DETECTIONS: filtered`` on the view's top-k after per-view NMS, in raw mode on every raw
+    detection (far more per view, so far more mask / keypoint head work), so mask / keypoint configs
+    use ``filtered`` (docs/model_family.md, "Instance masks and keypoints", has the measurement).
     """
 
     @configurable

@@ -173,8 +173,8 @@ class SNIPERRPN(_IgnoreIoU, RPN):
         """
         :meth:`RPN.predict_proposals` with the same result, faster: Detectron2 decodes the deltas
         of every anchor and then keeps the ``pre_nms_topk`` best of each level; here the best
-        anchors of each level are picked by objectness first and only they are decoded (the
-        decoding was about a sixth of the CPU inference time of the small model). Under tracing
+        anchors of each level are picked by objectness first and only they are decoded (what the
+        decoding cost: docs/inference.md, "Where the time goes"). Under tracing
         the stock path is kept (its top-k count depends on the traced input size).
         """
         if torch.jit.is_tracing() or torch.jit.is_scripting():

@@ -1,5 +1,5 @@
-"""The public SAHI wrapper through SAHI's own API: the README snippet as written, and the
-whole-image pass at scale 0 when the image size is set."""
+"""The public SAHI wrapper through SAHI's own API: the docs/deployment.md snippet as written, and
+the whole-image pass at scale 0 when the image size is set."""
 import os
 import re
 
@@ -32,8 +32,8 @@ def compact_cfg():
     return cfg
 
 
-def readme_snippet() -> str:
-    text = open(os.path.join(REPO, "README.md")).read()
+def docs_snippet() -> str:
+    text = open(os.path.join(REPO, "docs", "deployment.md")).read()
     section = text.split("## Using autofocus-d2 models from SAHI", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
@@ -53,19 +53,19 @@ def test_sahi_is_there():
     require_sahi()  # no error
 
 
-def test_the_readme_snippet_runs_as_written(checkpoint, tmp_path, monkeypatch, capsys):
+def test_the_docs_snippet_runs_as_written(checkpoint, tmp_path, monkeypatch, capsys):
     weights, _ = checkpoint
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8)
     image[200:320, 300:480] = (40, 200, 90)
     image_path = str(tmp_path / "image.png")
     Image.fromarray(image).save(image_path)
-    code = readme_snippet()
+    code = docs_snippet()
     assert '"output/demo/train/model_final.pth"' in code and '"image.png"' in code
     code = code.replace('"output/demo/train/model_final.pth"', repr(weights)).replace('"image.png"', repr(image_path))
-    monkeypatch.chdir(REPO)  # the config path is relative to the repository, as in the README
+    monkeypatch.chdir(REPO)  # the config path is relative to the repository, as in the docs
     scope = {}
-    exec(compile(code, "README snippet", "exec"), scope)
+    exec(compile(code, "docs/deployment.md snippet", "exec"), scope)
 
     detection_model, result = scope["detection_model"], scope["result"]
     assert isinstance(detection_model, AutoFocusSahiModel)
