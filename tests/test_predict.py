@@ -134,6 +134,9 @@ def test_fingerprint_follows_the_weights_content_and_the_config(weights, tmp_pat
     assert model_fingerprint(cfg) == model_fingerprint(load_autofocus_config(CONFIG, ["MODEL.WEIGHTS", copy]))
     other_config = load_autofocus_config(CONFIG, ["MODEL.WEIGHTS", weights, "MODEL.AUTOFOCUS.DILATION", [1]])
     assert model_fingerprint(other_config) != model_fingerprint(cfg)
+    # What does not decide the predictions does not count: the data loader, the device.
+    assert model_fingerprint(cfg) == model_fingerprint(load_autofocus_config(
+        CONFIG, ["MODEL.WEIGHTS", weights, "DATALOADER.NUM_WORKERS", 7, "MODEL.DEVICE", "cuda", "SEED", 3]))
     with open(copy, "ab") as f:
         f.write(b"\0")
     assert model_fingerprint(load_autofocus_config(CONFIG, ["MODEL.WEIGHTS", copy])) != model_fingerprint(cfg)
@@ -298,7 +301,7 @@ def test_two_processes_write_the_outputs_of_one(image_folder, weights, tmp_path)
     proc = subprocess.run(
         [sys.executable, TOOL, "--config-file", CONFIG, "--input", str(image_folder), "--output", str(two),
          "--num-gpus", "2", "--num-workers", "0", "--log-period", "0", "--coco-results",
-         "--opts", "MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu", *SMALL_CHAIN],
+         "--opts", *options([], two, weights).opts],
         capture_output=True, text=True, cwd=REPO, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -40,11 +40,16 @@ OUTPUT_FORMAT = "autofocus_d2.prediction/1"
 PREDICTIONS_DIR = "predictions"
 
 
+# The config sections that decide the predictions (the data loader, solver, output folder... do not).
+FINGERPRINT_SECTIONS = ("MODEL", "INPUT", "TEST")
+
+
 def model_fingerprint(cfg) -> str:
     """
-    sha256 of what decides the predictions: the weights file's sha256, the config (its YAML dump,
-    without ``MODEL.WEIGHTS`` (the file's content counts, not its path) and ``OUTPUT_DIR``) and
-    :data:`OUTPUT_FORMAT`.
+    sha256 of what decides the predictions: the weights file's sha256, the config's
+    :data:`FINGERPRINT_SECTIONS` (their YAML dump) without ``MODEL.WEIGHTS`` (the file's content
+    counts, not its path) and ``MODEL.DEVICE`` (a run may resume on another device; CPU and CUDA
+    agree up to float rounding), and :data:`OUTPUT_FORMAT`.
 
     Raises:
         ValueError: ``MODEL.WEIGHTS`` is empty (a random-init model differs per process and per run).
@@ -56,12 +61,11 @@ def model_fingerprint(cfg) -> str:
     local = PathManager.get_local_path(cfg.MODEL.WEIGHTS)
     if not os.path.isfile(local):
         raise FileNotFoundError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r}: no such file")
-    dumped = cfg.clone()
-    dumped.defrost()
-    dumped.MODEL.WEIGHTS = ""
-    dumped.OUTPUT_DIR = ""
+    sections = type(cfg)({name: cfg[name].clone() for name in FINGERPRINT_SECTIONS})
+    sections.MODEL.WEIGHTS = ""
+    sections.MODEL.DEVICE = ""
     digest = hashlib.sha256()
-    for part in (OUTPUT_FORMAT, sha256_of_file(local), dumped.dump()):
+    for part in (OUTPUT_FORMAT, sha256_of_file(local), sections.dump()):
         digest.update(part.encode("utf-8") + b"\0")
     return digest.hexdigest()
 
