@@ -27,7 +27,6 @@ from autofocus_d2.prediction import (
     collect_inputs,
     model_fingerprint,
     predict,
-    prediction_path,
     shard_indices,
 )
 from autofocus_d2.utils.distributed import launch_starts_cpu_processes

@@ -106,9 +106,6 @@ def _process_logger(output: str) -> logging.Logger:
     logger = logging.getLogger(f"autofocus_d2.prediction.rank{rank}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
     fmt = logging.Formatter(f"[%(asctime)s rank {rank}/{comm.get_world_size()}] %(message)s", "%H:%M:%S")
     name = "log.txt" if rank == 0 else f"log.txt.rank{rank}"
     for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(os.path.join(output, name))):
@@ -171,8 +168,17 @@ def predict_worker(options: PredictOptions, inputs: Sequence[PredictionInput]) -
     """The work of one process (``main_func`` of Detectron2's ``launch``); see the module doc."""
     register_coco_datasets(options.register_coco)
     cfg = _setup_cfg(options)
-    rank, world = comm.get_rank(), comm.get_world_size()
     logger = _process_logger(options.output)
+    try:
+        _predict_shard(options, inputs, cfg, logger)
+    finally:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+
+
+def _predict_shard(options: PredictOptions, inputs: Sequence[PredictionInput], cfg, logger) -> None:
+    rank, world = comm.get_rank(), comm.get_world_size()
     if cfg.MODEL.DEVICE == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
     fingerprint = model_fingerprint(cfg)
