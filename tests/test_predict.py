@@ -300,7 +300,7 @@ def test_two_processes_write_the_outputs_of_one(image_folder, weights, tmp_path)
     proc = subprocess.run(
         [sys.executable, TOOL, "--config-file", CONFIG, "--input", str(image_folder), "--output", str(two),
          "--num-gpus", "2", "--num-workers", "0", "--log-period", "0", "--coco-results",
-         "--opts", *options([], two, weights).opts],
+         "--opts", *map(str, options([], two, weights).opts)],
         capture_output=True, text=True, cwd=REPO, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
