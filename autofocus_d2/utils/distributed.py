@@ -1,10 +1,14 @@
 """Multi-process training helpers that work for CPU models as well as CUDA ones."""
+import inspect
+import sys
+
 import torch
+from detectron2.engine import launch
 from detectron2.utils import comm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["create_ddp_model", "check_amp_device"]
+__all__ = ["create_ddp_model", "check_amp_device", "launch_starts_cpu_processes"]
 
 
 def create_ddp_model(model: nn.Module, *, fp16_compression: bool = False, **kwargs) -> nn.Module:
@@ -43,3 +47,9 @@ def check_amp_device(amp_enabled: bool, device: str, key: str = "SOLVER.AMP.ENAB
             "training) needs CUDA. Set it False on the CPU (the FocusPixel loss is computed in float32 "
             "under autocast either way)"
         )
+
+
+def launch_starts_cpu_processes() -> bool:
+    """Whether this Detectron2's ``launch`` can start several processes without CUDA: upstream
+    main initializes gloo when CUDA is absent, 0.6 asserts CUDA in every worker."""
+    return '"GLOO"' in inspect.getsource(sys.modules[launch.__module__])
