@@ -30,6 +30,9 @@ __all__ = [
 _IMAGE_BORDER_TOL = 0.5
 # Tolerance (original-frame pixels) of the "box lies inside a finer chip" test.
 _INSIDE_TOL = 1e-3
+# trusted_chip_area moves inner edges by the margin plus this (original-frame pixels), so that a
+# box that drop_border_cut drops (inward distance <= margin) is never "covered" despite _INSIDE_TOL.
+_TRUSTED_SLACK = 2 * _INSIDE_TOL
 
 
 def _check_boxes(boxes: Tensor, name: str = "boxes") -> None:
@@ -86,9 +89,11 @@ def drop_border_cut(
 def trusted_chip_area(chips: Tensor, image_hw: Tuple[int, int], margin: float) -> Tensor:
     """
     The part of each chip whose detections survive :func:`drop_border_cut`: every chip edge that
-    is not an image border moved inward by ``margin``. A coarser detection is only "covered" by a
-    finer chip (:func:`drop_small_covered`) when it lies in this area; otherwise the finer scale
-    would drop its copy at the chip border and the object would be lost at both scales.
+    is not an image border moved inward by ``margin`` (plus 0.002 pixel, so that a box exactly
+    ``margin`` from an inner edge, which :func:`drop_border_cut` drops, does not count as inside
+    even with :func:`drop_small_covered`'s 0.001 pixel tolerance). A coarser detection is only
+    "covered" by a finer chip (:func:`drop_small_covered`) when it lies in this area; otherwise the
+    finer scale would drop its copy at the chip border and the object would be lost at both scales.
 
     Args:
         chips (Tensor): (C, 4) XYXY chips in the original image frame.
@@ -110,7 +115,7 @@ def trusted_chip_area(chips: Tensor, image_hw: Tuple[int, int], margin: float) -
         ],
         dim=1,
     ).to(chips.dtype)
-    return chips + margin * inner * chips.new_tensor([1.0, 1.0, -1.0, -1.0])
+    return chips + (margin + _TRUSTED_SLACK) * inner * chips.new_tensor([1.0, 1.0, -1.0, -1.0])
 
 
 def drop_small_covered(boxes: Tensor, finer_chips: Tensor, max_size: float) -> Tensor:

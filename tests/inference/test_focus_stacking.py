@@ -295,8 +295,10 @@ def test_trusted_chip_area_moves_only_inner_edges():
 
     chips = torch.tensor([[0.0, 100.0, 300.0, 800.0], [500.0, 0.0, 1200.0, 400.0]])
     out = trusted_chip_area(chips, (800, 1200), 10.0)
-    # Chip 0 touches the left and bottom image borders, chip 1 the top and right ones.
-    assert out.tolist() == [[0.0, 110.0, 290.0, 800.0], [510.0, 0.0, 1200.0, 390.0]]
+    # Chip 0 touches the left and bottom image borders, chip 1 the top and right ones; inner edges
+    # move by the margin plus 0.002 px.
+    expected = torch.tensor([[0.0, 110.002, 289.998, 800.0], [510.002, 0.0, 1200.0, 389.998]])
+    assert torch.allclose(out, expected, atol=1e-4, rtol=0)
 
 
 def test_a_coarse_box_near_an_inner_chip_edge_is_not_covered():
@@ -307,6 +309,19 @@ def test_a_coarse_box_near_an_inner_chip_edge_is_not_covered():
     keep = drop_small_covered(boxes, trusted_chip_area(chip, (1000, 1000), 10.0), 64.0)
     # The first box would be dropped at the finer scale by the border rule, so it stays here.
     assert keep.tolist() == [True, False]
+
+
+def test_a_coarse_box_exactly_at_the_margin_is_not_covered():
+    # The border rule drops a chip box exactly `margin` from an inner edge, so the coarse copy must
+    # stay; 0.01 px further in, the chip keeps its copy and the coarse one is dropped.
+    from autofocus_d2.inference.focus_stacking import trusted_chip_area
+
+    chip = torch.tensor([[100.0, 100.0, 300.0, 300.0]])
+    boxes = torch.tensor([[110.0, 150.0, 130.0, 170.0], [110.01, 150.0, 130.0, 170.0],
+                          [150.0, 150.0, 170.0, 290.0], [150.0, 150.0, 170.0, 289.99]])
+    assert drop_border_cut(boxes, chip[0], (1000, 1000), 10.0).tolist() == [False, True, False, True]
+    keep = drop_small_covered(boxes, trusted_chip_area(chip, (1000, 1000), 10.0), 64.0)
+    assert keep.tolist() == [True, False, True, False]
 
 
 def _serial_soft_nms(boxes, scores, classes, sigma, score_thresh, max_det):
