@@ -5,8 +5,6 @@ from .oracle import (
     ChipSetting,
     analyze_oracle_chips,
     chip_settings,
-    format_holes,
-    format_report_table,
     oracle_chip_policy,
     oracle_focus_map,
     oracle_views,
@@ -14,6 +12,7 @@ from .oracle import (
     recoverable_per_scale,
     run_oracle_analysis,
 )
+from .report_text import format_holes, format_report_table
 from .size_holes import in_size_holes, kept_size_intervals, objects_in_holes, size_holes
 
 __all__ = [
