@@ -1,4 +1,6 @@
-"""A model-free stand-in detector for pipeline tests.
+"""The one fixture layer of the suite (pytest loads it for every test directory).
+
+``planted_detector``: a model-free stand-in detector for pipeline tests.
 
 Images carry one object per colour channel (value 255 on a black background). The stand-in
 "detects" the object of channel c as the bounding box of the pixels of that channel above 127.5
@@ -10,7 +12,17 @@ With ``with_masks`` it also returns Detectron2-style box-relative ``pred_masks``
 the left half of each box (columns 0-3) is 1, the right half 0. With ``with_keypoints`` it returns
 ``pred_keypoints`` (N, 2, 3) in the view frame: the box's top-left corner (score 1.0) and its
 centre (score 0.5), and box-relative ``pred_keypoint_heatmaps`` (N, 2, 4, 4) filled with the class.
+
+
+``ground_truth_detector``: a model-free FocusDetector whose detections in every view are exactly the
+ground-truth boxes that the view fully contains. The pipeline never tells a detector which view it
+sees, so the input images carry it: :func:`coordinate_image` writes, in every pixel, its own
+original-frame x and y centre coordinates (channels 0 and 1) and the image's index (channel 2).
+Bilinear resizing (antialiased or not) keeps a linear ramp exact away from the view's edges, so two
+interior pixels give the view's zoom and offset, which round to the integer view box.
 """
+from typing import List, Sequence, Tuple
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -91,3 +103,79 @@ def paint(image_hw, objects):
 @pytest.fixture
 def paint_image():
     return paint
+
+
+def coordinate_image(image_hw: Tuple[int, int], index: int) -> torch.Tensor:
+    """(3, H, W) float: x + 0.5, y + 0.5 (the pixel's centre, original frame) and ``index``."""
+    h, w = image_hw
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                            indexing="ij")
+    return torch.stack([xs + 0.5, ys + 0.5, torch.full((h, w), float(index))])
+
+
+def _recover_interval(ramp: torch.Tensor) -> Tuple[int, int]:
+    """The integer original-frame [start, end) of a view axis from its ramp of centre coordinates
+    (length n >= 8): value(j) = start + (j + 0.5) * (end - start) / n at interior pixels j."""
+    n = len(ramp)
+    if n < 8:
+        raise ValueError(f"a view side of {n} px is too short to read its coordinates")
+    j1, j2 = n // 4, n - 1 - n // 4
+    step = float(ramp[j2] - ramp[j1]) / (j2 - j1)  # original pixels per view pixel
+    start = float(ramp[j1]) - (j1 + 0.5) * step
+    end = start + n * step
+    for value in (start, end):
+        if abs(value - round(value)) > 0.05:
+            raise AssertionError(f"view edge {value} read from the coordinate image is not an integer")
+    return round(start), round(end)
+
+
+class GroundTruthDetector:
+    """Detects, in each view, every ground-truth box of its image that the view fully contains, as
+    the box mapped into the view's frame, class = the box's index in its image, score 0.9; a zero
+    FocusPixel map when asked. ``gt_boxes``: per image index, (G, 4) XYXY original-frame boxes.
+    ``views`` records every (image index, view box, view (h, w)) seen."""
+
+    def __init__(self, gt_boxes: Sequence[torch.Tensor], stride: int = 16):
+        self.device = torch.device("cpu")
+        self.input_channels = 3
+        self.focus_stride = stride
+        self.size_divisibility = 32
+        self.gt_boxes = [b.float() for b in gt_boxes]
+        self.views: List[Tuple[int, Tuple[int, int, int, int], Tuple[int, int]]] = []
+
+    def normalize(self, images):
+        return ImageList.from_tensors(list(images), self.size_divisibility)
+
+    def detect(self, images, with_focus=True, **options):
+        results = []
+        for b, (h, w) in enumerate(images.image_sizes):
+            view = images.tensor[b, :, :h, :w]
+            x0, x1 = _recover_interval(view[0, h // 2, :])
+            y0, y1 = _recover_interval(view[1, :, w // 2])
+            index = int(round(float(view[2, h // 2, w // 2])))
+            self.views.append((index, (x0, y0, x1, y1), (h, w)))
+            gt = self.gt_boxes[index]
+            inside = (gt[:, 0] >= x0) & (gt[:, 1] >= y0) & (gt[:, 2] <= x1) & (gt[:, 3] <= y1)
+            idx = inside.nonzero().squeeze(1)
+            sx, sy = w / (x1 - x0), h / (y1 - y0)  # as View.factors
+            boxes = (gt[idx] - gt.new_tensor([x0, y0, x0, y0])) * gt.new_tensor([sx, sy, sx, sy])
+            inst = Instances((h, w))
+            inst.pred_boxes = Boxes(boxes)
+            inst.pred_classes = idx
+            inst.scores = torch.full((len(idx),), 0.9)
+            results.append(inst)
+        focus = None
+        if with_focus:
+            hf, wf = (-(-s // self.focus_stride) for s in images.tensor.shape[-2:])
+            focus = torch.zeros(len(images.image_sizes), hf, wf)
+        return results, focus
+
+
+@pytest.fixture
+def ground_truth_detector():
+    return GroundTruthDetector
+
+
+@pytest.fixture
+def make_coordinate_image():
+    return coordinate_image

@@ -1,8 +1,11 @@
-"""Oracle FocusChip analysis (autofocus_d2.analysis.oracle) and its CLI tools/analyze_chips.py.
+"""Oracle FocusChip analysis (autofocus_d2.analysis), its size holes and its CLI tools/analyze_chips.py.
 
 Hand-made COCO files on 512 x 512 images with scale 0 [256, 256]: scale 0 is the image at zoom
 0.5, so a box [x0, y0, x1, y1] is [x0/2, y0/2, x1/2, y1/2] at scale 0, and the focus stride is 16.
+Stacking: BORDER_MARGIN 10, SMALL_DROP_SIZE 64 (a scale-0 box inside a finer chip is dropped below
+128 original px), open valid ranges unless a test says otherwise.
 """
+import math
 import importlib.util
 import json
 import os
@@ -14,18 +17,28 @@ import torch
 from detectron2.config import get_cfg
 
 from autofocus_d2 import add_autofocus_config
+from detectron2.structures import Boxes, Instances
+
 from autofocus_d2.analysis import (
     ChipSetting,
+    GroundTruthImage,
     analyze_oracle_chips,
     chip_settings,
+    format_holes,
+    in_size_holes,
+    kept_size_intervals,
     load_coco_ground_truth,
+    objects_in_holes,
+    oracle_chip_policy,
     oracle_focus_map,
     oracle_views,
+    perfect_detections,
+    recoverable_per_scale,
     run_oracle_analysis,
+    size_holes,
 )
-from autofocus_d2.analysis.oracle import detectable_at_scale
 from autofocus_d2.data import generate_synthetic_split
-from autofocus_d2.inference.chip_policies import AutoFocusChipPolicy
+from autofocus_d2.inference.chip_policies import build_chip_policy
 from autofocus_d2.inference.pipeline import CoarseToFinePipeline
 from autofocus_d2.inference.views import View
 
@@ -38,7 +51,8 @@ PYRAMID_2 = PYRAMID_1 + 1024 * 1024  # with a second finer scale at zoom 2
 
 
 def make_cfg(zooms=(1.0,), **overrides):
-    """Scale 0 [256, 256], then finer scales whose zoom on the 512 x 512 test images is ``zooms``."""
+    """Scale 0 [256, 256], then finer scales whose zoom on the 512 x 512 test images is ``zooms``.
+    ``overrides``: MODEL.AUTOFOCUS keys, or MODEL.FOCUS_HEAD keys prefixed ``HEAD_``."""
     cfg = get_cfg()
     add_autofocus_config(cfg)
     af = cfg.MODEL.AUTOFOCUS
@@ -48,8 +62,12 @@ def make_cfg(zooms=(1.0,), **overrides):
     af.MIN_CHIP_SIZE = [64.0]
     af.VALID_RANGES = [[-1.0, -1.0]] * (1 + len(zooms))
     af.MAX_CHIP_SIDE = 2048
+    af.BORDER_MARGIN = 10.0
+    af.SMALL_DROP_SIZE = 64.0
+    cfg.MODEL.FOCUS_HEAD.SMALL_MIN_FRAME = "input"
     for key, value in overrides.items():
-        setattr(af, key, value)
+        node, name = (cfg.MODEL.FOCUS_HEAD, key[5:]) if key.startswith("HEAD_") else (af, key)
+        setattr(node, name, value)
     return cfg
 
 
@@ -79,36 +97,52 @@ def setting(d, m, n=1):
 
 SMALL = (100, 100, 120, 120)  # r = 20 (COCO small); r0 = 10: a FocusPixel object at scale 0
 MEDIUM = (300, 300, 350, 350)  # r = 50 (medium); r0 = 25: FocusPixel
-LARGE = (0, 0, 200, 200)  # r = 200 (large); r0 = 100 > IGNORE_MAX: negative, found at scale 0
-TINY = (400, 20, 406, 26)  # r = 6 (small); r0 = 3 < 5: ignored, no chip of its own
+LARGE = (0, 0, 200, 200)  # r = 200 (large); r0 = 100 > IGNORE_MAX: negative, kept at scale 0
+TINY = (400, 20, 406, 26)  # r = 6 (small); r0 = 3 < 5: ignored, no chip of its own (paper's rule)
 
 
 def test_hand_made_figures(tmp_path):
     # Image 1: SMALL's cell (3, 3) -> [48, 64] -> min size 64 -> [24, 88] -> original [48, 176].
-    # Image 2: MEDIUM's cells 9..10 -> [144, 176] -> [128, 192] -> original [256, 384]; TINY is in
-    # no chip (not recoverable), LARGE is recoverable at scale 0.
+    # Image 2: MEDIUM's cells 9..10 -> [144, 176] -> [128, 192] -> original [256, 384].
+    # SMALL and MEDIUM lie in the trusted part of their chips and are below 128 px: scale 0 drops
+    # them, their chips keep them. LARGE is kept at scale 0. TINY is in no chip: scale 0 keeps it.
     out = analyze(tmp_path, [(512, 512, [SMALL]), (512, 512, [MEDIUM, LARGE, TINY])],
                   make_cfg(), [setting(1, 64)])
     assert out["objects"] == {"small": 2, "medium": 1, "large": 1, "all": 4}
     s = out["settings"][0]
-    assert s["recall"] == {"small": 0.5, "medium": 1.0, "large": 1.0, "all": 0.75}
+    assert s["recall"] == {"small": 1.0, "medium": 1.0, "large": 1.0, "all": 1.0}
     assert s["pixel_ratio"] == pytest.approx((256 * 256 + 128 * 128) / PYRAMID_1)  # 0.25
     assert s["pixel_ratio"] == pytest.approx(0.25)
     assert [p["chips_per_image"] for p in s["per_scale"]] == [1.0, 1.0]
-    assert s["per_scale"][0]["recoverable"] == {"small": 0, "medium": 0, "large": 1, "all": 1}
+    assert s["per_scale"][0]["recoverable"] == {"small": 1, "medium": 0, "large": 1, "all": 2}
     assert s["per_scale"][1]["recoverable"] == {"small": 1, "medium": 1, "large": 0, "all": 2}
+    assert s["per_scale"][0]["finest"] == {"small": 1, "medium": 0, "large": 1, "all": 2}
     assert s["per_scale"][1]["pixels_per_image"] == 128 * 128
-    # The full pyramid holds TINY too (6 px >= SMALL_RANGE min at the last scale).
-    assert out["pyramid"]["recall"]["small"] == 1.0
-    assert out["pyramid"]["pixel_ratio"] == 1.0
+    # The full pyramid: below 128 px everything is left to scale 1; LARGE is kept at both scales.
+    p = out["pyramid"]
+    assert p["recall"]["all"] == 1.0 and p["pixel_ratio"] == 1.0
+    assert p["per_scale"][0]["recoverable"] == {"small": 0, "medium": 0, "large": 1, "all": 1}
+    assert p["per_scale"][1]["finest"] == {"small": 2, "medium": 1, "large": 1, "all": 4}
+
+
+def test_small_min_frame_next_scale_gives_tiny_objects_a_chip(tmp_path):
+    # With the lower bound measured at scale 1 (zoom step 2): 5 / 2 = 2.5 <= r0 = 3, so TINY is a
+    # FocusPixel: cell (0, 12) -> [192, 208] x [0, 16] -> 64 px, shifted into the image ->
+    # original (336, 0, 464, 128), which keeps TINY; scale 0 drops its copy (covered, small).
+    images = [(512, 512, [MEDIUM, LARGE, TINY])]
+    paper = analyze(tmp_path, images, make_cfg(), [setting(1, 64)])["settings"][0]
+    nxt = analyze(tmp_path, images, make_cfg(HEAD_SMALL_MIN_FRAME="next_scale"), [setting(1, 64)])["settings"][0]
+    assert paper["per_scale"][0]["finest"]["small"] == 1
+    assert nxt["per_scale"][0]["finest"]["small"] == 0
+    assert nxt["per_scale"][1]["recoverable"]["small"] == 1
+    assert [p["chips_per_image"] for p in nxt["per_scale"]] == [1.0, 2.0]
+    assert nxt["pixel_ratio"] == pytest.approx((256 * 256 + 2 * 128 * 128) / PYRAMID_1)
 
 
 def test_oracle_views_match_hand_computed_chips(tmp_path):
     cfg = make_cfg()
     gt, _ = load_coco_ground_truth(write_coco(tmp_path / "gt.json", [(512, 512, [SMALL, MEDIUM])]))
-    policy = AutoFocusChipPolicy(thresholds=[0.5], dilations=[1], min_sizes=[64.0], max_chips=32)
-    views = oracle_views(gt[0], CoarseToFinePipeline(cfg), policy, stride=16, small_range=(5, 64),
-                         ignore_max=90)
+    views = oracle_views(gt[0], CoarseToFinePipeline(cfg), oracle_chip_policy(cfg), stride=16)
     assert views[0] == [View(0, 0, (0, 0, 512, 512), (256, 256))]
     assert views[1] == [View(0, 1, (48, 48, 176, 176), (128, 128)),
                         View(0, 1, (256, 256, 384, 384), (128, 128))]
@@ -119,27 +153,60 @@ TINY2 = (172, 100, 180, 106)
 
 
 @pytest.mark.parametrize(
-    "dilation, min_size, small_recall, chip_side",
+    "dilation, min_size, only_s0, chip_side",
     [
-        (1, 64, 0.5, 128),  # [48, 176]: TINY2 (x1 = 180) is cut
-        (3, 64, 0.5, 128),  # cells 2..4 -> [32, 80] -> 64 around 56 -> [48, 176] again
-        (5, 64, 1.0, 160),  # cells 1..5 -> [16, 96] -> original [32, 192]
-        (1, 128, 1.0, 256),  # [48, 64] -> 128 around 56, shifted into the image: [0, 128] -> [0, 256]
+        (1, 64, 1, 128),  # [48, 176]: TINY2 (x1 = 180) is cut, kept at scale 0 (not covered)
+        (3, 64, 1, 128),  # cells 2..4 -> [32, 80] -> 64 around 56 -> [48, 176] again
+        (5, 64, 0, 160),  # cells 1..5 -> [16, 96] -> original [32, 192]: 12 px from the edge
+        (1, 128, 0, 256),  # [48, 64] -> 128 around 56, shifted into the image: [0, 128] -> [0, 256]
     ],
 )
-def test_dilation_and_min_chip_size(tmp_path, dilation, min_size, small_recall, chip_side):
+def test_dilation_and_min_chip_size(tmp_path, dilation, min_size, only_s0, chip_side):
     out = analyze(tmp_path, [(512, 512, [SMALL, TINY2])], make_cfg(), [setting(dilation, min_size)])
     s = out["settings"][0]
-    assert s["recall"]["small"] == small_recall
+    assert s["recall"]["small"] == 1.0
+    assert s["per_scale"][0]["finest"]["small"] == only_s0
     assert s["pixel_ratio"] == pytest.approx((256 * 256 + chip_side**2) / PYRAMID_1)
 
 
+def test_border_margin_keeps_the_coarse_copy(tmp_path):
+    # TINY3 is 6 px from the inner right edge of SMALL's chip [48, 176]: the chip drops its copy
+    # (border rule), and it lies outside the chip's trusted part, so scale 0 keeps it.
+    tiny3 = (160, 130, 170, 136)
+    s = analyze(tmp_path, [(512, 512, [SMALL, tiny3])], make_cfg(), [setting(1, 64)])["settings"][0]
+    assert s["recall"]["small"] == 1.0
+    assert s["per_scale"][1]["recoverable"]["small"] == 1  # SMALL only
+    assert s["per_scale"][0]["recoverable"]["small"] == 1  # tiny3 only
+
+
+def test_valid_ranges_with_small_drop_lose_covered_objects(tmp_path):
+    # Scale 1 keeps r <= 40; scale 0 drops r < 128 inside a chip. M80 (r = 80, r0 = 40: a
+    # FocusPixel, so inside its chip) is kept by neither; without the small-drop rule scale 0
+    # keeps it. LARGE (r = 200) is kept at scale 0 either way.
+    m80 = (300, 300, 380, 380)
+    images = [(512, 512, [m80, LARGE])]
+    ranges = [[-1.0, -1.0], [-1.0, 40.0]]
+    out = analyze(tmp_path, images, make_cfg(VALID_RANGES=ranges), [setting(1, 64)])
+    assert out["settings"][0]["recall"] == {"small": None, "medium": 0.0, "large": 1.0, "all": 0.5}
+    assert out["pyramid"]["recall"]["medium"] == 0.0
+    # The size holes say why: none by the valid ranges alone, (40, 128) for covered objects.
+    assert out["holes"]["anywhere"]["holes"] == [{"image_hw": [512, 512], "holes": []}]
+    assert out["holes"]["covered"]["holes"] == [{"image_hw": [512, 512], "holes": [[40.0, 128.0]]}]
+    assert out["holes"]["covered"]["objects_in_holes"] == {"small": 0, "medium": 1, "large": 0, "all": 1}
+    kept = analyze(tmp_path, images, make_cfg(VALID_RANGES=ranges, SMALL_DROP_SIZE=0.0), [setting(1, 64)])
+    assert kept["settings"][0]["recall"]["all"] == 1.0
+    assert kept["settings"][0]["per_scale"][0]["recoverable"]["medium"] == 1
+    text = format_holes(out)
+    assert "(40.0, 128.0)" in text and "objects in a hole: 1 (0 small, 1 medium, 0 large)" in text
+
+
 def test_two_finer_scales_delegate_small_objects(tmp_path):
-    # Finer zooms 1 and 2. SMALL: r0 = 10, r1 = 20 (a FocusPixel again at scale 1: delegated), r2 = 40.
+    # Finer zooms 1 and 2. SMALL: r0 = 10, r1 = 20 (a FocusPixel again at scale 1), r2 = 40.
     # Scale 1 chip (48, 48, 176, 176); SMALL there is [52, 72] -> cells 3..4 -> [48, 80] -> [32, 96]
-    # -> original (80, 80, 144, 144) at zoom 2: 128 x 128.
+    # -> original (80, 80, 144, 144) at zoom 2: 128 x 128. SMALL is small and covered at scales 0
+    # and 1: only scale 2 keeps it.
     # M80: r = 80 (medium), r0 = 40 -> chip [136, 200] -> original (272, 272, 400, 400); r1 = 80 is
-    # above SMALL_RANGE: recoverable at scale 1 (and ignored there, so no scale 2 chip).
+    # above SMALL_RANGE (no scale-2 chip): kept at scale 1, dropped at scale 0 (covered, < 128).
     m80 = (300, 300, 380, 380)
     cfg = make_cfg(zooms=(1.0, 2.0))
     out = analyze(tmp_path, [(512, 512, [SMALL, m80])], cfg, [setting(1, 64, n=2)])
@@ -148,23 +215,8 @@ def test_two_finer_scales_delegate_small_objects(tmp_path):
     assert [p["recoverable"]["small"] for p in s["per_scale"]] == [0, 0, 1]
     assert [p["recoverable"]["medium"] for p in s["per_scale"]] == [0, 1, 0]
     assert [p["chips_per_image"] for p in s["per_scale"]] == [1.0, 2.0, 1.0]
-    assert s["pixel_ratio"] == pytest.approx((256 * 256 + 2 * 128 * 128 + 128 * 128) / PYRAMID_2)
+    assert s["pixel_ratio"] == pytest.approx((256 * 256 + 2 * 128 * 128) / PYRAMID_2 + 128 * 128 / PYRAMID_2)
     assert [p["resolution"] for p in s["per_scale"]] == [[256, 256], [512, -1], [1024, -1]]
-
-
-def test_detectable_at_scale():
-    r = torch.tensor([4.9, 5.0, 128.0, 130.0])
-    boxes = torch.stack([torch.zeros(4), torch.zeros(4), r, r], dim=1)
-    # Two scales (zoom 0.5, 1): scale 0 needs r0 > 64; the last scale r1 >= 5.
-    got = detectable_at_scale(boxes, [0.5, 1.0], small_range=(5, 64), valid_ranges=[[-1, -1], [-1, -1]])
-    assert got.tolist() == [[False, False, False, True], [False, True, True, True]]
-    # VALID_RANGES (original pixels) apply with more than one scale.
-    got = detectable_at_scale(boxes, [0.5, 1.0], small_range=(5, 64),
-                              valid_ranges=[[129, -1], [-1, 100]])
-    assert got.tolist() == [[False, False, False, True], [False, True, False, False]]
-    # A single scale is the last one: only SMALL_RANGE min, no VALID_RANGES.
-    got = detectable_at_scale(boxes, [1.0], small_range=(5, 64), valid_ranges=[[200, 300]])
-    assert got.tolist() == [[False, True, True, True]]
 
 
 def test_oracle_focus_map_clips_boxes_to_the_view():
@@ -191,32 +243,40 @@ def tiny_json(tmp_path_factory):
     return generate_synthetic_split(str(tmp_path_factory.mktemp("synth")), "tiny")
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        {},
-        # Two finer scales, tiles at every scale (the first scale is 512 x 7xx > 400).
-        {"SCALES": [[512, 768], [-1, -1], [1000, -1]], "VALID_RANGES": [[-1.0, -1.0]] * 3, "MAX_CHIP_SIDE": 400,
-         "TILE_OVERLAP": 128},
-    ],
-)
-def test_threshold_zero_is_the_pyramid(tiny_json, overrides):
+def compact_cfg(**overrides):
     cfg = get_cfg()
     add_autofocus_config(cfg)
     cfg.merge_from_file(os.path.join(REPO, "configs", "Synthetic", "autofocus_compact_fpn.yaml"))
     for key, value in overrides.items():
         setattr(cfg.MODEL.AUTOFOCUS, key, value)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        # Two finer scales. (Not with tiles: a chip spans at most its parent view, a tile.)
+        {"SCALES": [[512, 768], [-1, -1], [1000, -1]], "VALID_RANGES": [[-1.0, -1.0]] * 3},
+    ],
+)
+def test_whole_image_chips_are_the_pyramid(tiny_json, overrides):
+    # A minimum chip larger than any image: every chip spans the whole image, so (on images with a
+    # FocusPixel at every transition) the views and the figures are the full pyramid's.
+    cfg = compact_cfg(**overrides)
     gt, _ = load_coco_ground_truth(tiny_json)
-    out = analyze_oracle_chips(gt, cfg, [setting(1, 0), setting(3, 64)], threshold=0.0, progress=False)
-    pyramid = out["pyramid"]
-    for s in out["settings"]:
-        # Every valid cell is focus: the chips are the whole image at every scale.
-        assert s["pixel_ratio"] == 1.0
-        assert s["recall"] == pyramid["recall"]
-        chips = [p["chips_per_image"] for p in s["per_scale"]]
-        assert chips == [p["chips_per_image"] for p in pyramid["per_scale"]]
+    n = len(cfg.MODEL.AUTOFOCUS.SCALES) - 1
+    pipeline = CoarseToFinePipeline(cfg)
+    policy = oracle_chip_policy(cfg, ChipSetting((3,) * n, (10000.0,) * n))
+    assert all(oracle_views(im, pipeline, policy, stride=16) == pipeline.pyramid_views(im.image_hw) for im in gt)
+    out = analyze_oracle_chips(gt, cfg, [setting(3, 10000.0, n)], progress=False)
+    pyramid, s = out["pyramid"], out["settings"][0]
+    assert s["pixel_ratio"] == 1.0
+    for key in ("recall", "recoverable", "chips_per_image"):
+        assert s[key] == pyramid[key]
+    assert s["per_scale"] == pyramid["per_scale"]
     if not overrides:
-        # No tiling: every synthetic object (>= 8 px at zoom 1) is recoverable.
+        # No tiling, no valid ranges: every object is recoverable.
         assert all(v == 1.0 for v in pyramid["recall"].values())
 
 
@@ -260,15 +320,16 @@ def test_cli_end_to_end(tiny_json, tmp_path):
         [sys.executable, TOOL, tiny_json, "--dilations", "1", "3", "--min-chip-sizes", "64", "128",
          "--output", str(report_path), "--opts", "MODEL.AUTOFOCUS.MAX_CHIPS_PER_IMAGE", "16",
          "MODEL.AUTOFOCUS.MIN_CHIP_SIZE", "[128.0]", "MODEL.AUTOFOCUS.DILATION", "[3]"],
-        capture_output=True, text=True, cwd=str(tmp_path), timeout=120,
+        capture_output=True, text=True, cwd=str(tmp_path), timeout=300,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])},
     )
     assert proc.returncode == 0, proc.stderr
     assert "pixel ratio" in proc.stdout and "pyramid" in proc.stdout
+    assert "Size holes" in proc.stdout and "objects in a hole: 0" in proc.stdout
     report = json.loads(report_path.read_text())
     for key in ("annotations", "images", "objects", "skipped_annotations", "recoverable_definition",
-                "scale_chain", "focus_labels", "sweep", "settings", "pyramid", "config_file", "opts",
-                "seconds"):
+                "scale_chain", "stacking", "focus_labels", "sweep", "settings", "pyramid", "holes",
+                "config_file", "opts", "seconds"):
         assert key in report
     assert report["images"] == 6
     assert report["scale_chain"]["max_chips_per_image"] == 16
@@ -285,7 +346,9 @@ def test_cli_end_to_end(tiny_json, tmp_path):
         for p in s["per_scale"]:
             assert 0.0 <= p["pixel_ratio"] <= 1.0
             assert set(p) == {"scale", "resolution", "chips_per_image", "pixels_per_image",
-                              "pyramid_pixels_per_image", "pixel_ratio", "recoverable"}
+                              "pyramid_pixels_per_image", "pixel_ratio", "recoverable", "finest"}
+        for c in s["recoverable"]:  # each recoverable object has one finest scale
+            assert sum(p["finest"][c] for p in s["per_scale"]) == s["recoverable"][c]
         total = sum(p["pixels_per_image"] for p in s["per_scale"])
         assert total == pytest.approx(s["pixels_per_image"])
         assert total == pytest.approx(s["pixel_ratio"] * s["pyramid_pixels_per_image"])
@@ -305,3 +368,111 @@ def test_load_coco_ground_truth_size_classes_and_skips(tmp_path):
     assert images[0].size_class.tolist() == [1, 2]  # area 32^2: medium; 96^2: large
     assert len(images[1].boxes) == 0
     assert len(load_coco_ground_truth(path, max_images=1)[0]) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The analysis' "recoverable" is what the pipeline keeps: planted perfect detections
+# ---------------------------------------------------------------------------------------------
+
+
+def random_boxes(generator, image_hw, n):
+    """n float boxes inside the image, sqrt(area) log-uniform in [4, 200] px, aspect 0.5-2."""
+    h, w = image_hw
+    size = torch.exp(torch.empty(n).uniform_(math.log(4), math.log(200), generator=generator))
+    aspect = torch.exp(torch.empty(n).uniform_(math.log(0.5), math.log(2), generator=generator))
+    bw, bh = (size * aspect.sqrt()).clamp(max=w - 2), (size / aspect.sqrt()).clamp(max=h - 2)
+    x0 = torch.rand(n, generator=generator) * (w - bw)
+    y0 = torch.rand(n, generator=generator) * (h - bh)
+    return torch.stack([x0, y0, x0 + bw, y0 + bh], dim=1)
+
+
+CHAINS = {
+    # zooms 0.5 / 1 on 600 x 900; a hole (60, 80) between the two valid ranges.
+    "2 scales": dict(SCALES=[[300, 450], [-1, -1]], VALID_RANGES=[[80.0, -1.0], [-1.0, 60.0]],
+                     DILATION=[1], MIN_CHIP_SIZE=[64.0], MAX_CHIP_SIDE=2048),
+    # zooms 0.5 / 1 / 2; a hole (80, 96); scale-2 chips longer than 400 px run as tiles.
+    "3 scales": dict(SCALES=[[300, 450], [-1, -1], [1200, -1]],
+                     VALID_RANGES=[[96.0, -1.0], [20.0, 80.0], [-1.0, 24.0]],
+                     DILATION=[1, 3], MIN_CHIP_SIZE=[64.0, 96.0], MAX_CHIP_SIDE=400, TILE_OVERLAP=64),
+}
+
+
+@pytest.mark.parametrize("small_drop_size", [0.0, 48.0])
+@pytest.mark.parametrize("chain", sorted(CHAINS))
+def test_recoverable_is_what_the_pipeline_keeps(ground_truth_detector, make_coordinate_image, chain,
+                                                small_drop_size):
+    cfg = make_cfg(**CHAINS[chain], SMALL_DROP_SIZE=small_drop_size, CHIP_POLICY="oracle",
+                   NMS_METHOD="nms", DETECTIONS_PER_IMAGE=1000, HEAD_SMALL_MIN_FRAME="next_scale")
+    generator = torch.Generator().manual_seed(15)
+    sizes = [(600, 900), (500, 820)]
+    gts = [random_boxes(generator, hw, 60) for hw in sizes]
+    inputs = []
+    for i, (hw, gt) in enumerate(zip(sizes, gts)):
+        inst = Instances(hw)
+        inst.gt_boxes = Boxes(gt)
+        inputs.append({"image": make_coordinate_image(hw, i), "instances": inst})
+    pipeline = CoarseToFinePipeline(cfg)
+    outputs = pipeline(ground_truth_detector(gts), inputs, with_details=True)
+    holes = dict(size_holes(pipeline.scale_chain, pipeline.valid_ranges, sizes))
+    num_lost = 0
+    for i, (hw, gt, out) in enumerate(zip(sizes, gts, outputs)):
+        image = GroundTruthImage(i, hw, gt, torch.zeros(len(gt), dtype=torch.long))
+        views = oracle_views(image, pipeline, build_chip_policy(cfg), stride=16)
+        # The analysis sees the views the pipeline ran (its own policy and view building).
+        got_views = out["autofocus_details"]["views_per_scale"]
+        assert [[v.box for v in vs] for vs in views] == [[v.box for v in vs] for vs in got_views]
+        rec = recoverable_per_scale(perfect_detections(image), hw, views, pipeline).any(dim=0)
+        survivors = set(out["instances"].pred_classes.tolist())
+        assert survivors == set(rec.nonzero().flatten().tolist())
+        num_lost += len(gt) - len(survivors)
+        # Objects in a size hole are never kept; the hole is not empty here.
+        in_hole = in_size_holes(gt, holes[hw])
+        assert in_hole.any() and not (rec & in_hole).any()
+    assert 0 < num_lost < sum(len(g) for g in gts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Size holes
+# ---------------------------------------------------------------------------------------------
+
+
+def test_size_holes_of_a_planted_chain():
+    # Zooms on 1080 x 1920: 512 / 1920 and 1280 / 1920 (both capped by the longer side).
+    chain = [[480, 512], [800, 1280]]
+    holes = size_holes(chain, [[281.0, -1.0], [-1.0, 270.0]], [(1080, 1920), (765, 1360), (1080, 1920)])
+    assert holes == [((1080, 1920), [(270.0, 281.0)]), ((765, 1360), [(270.0, 281.0)])]
+    # Overlapping or touching ranges leave none; a lower bound on every scale leaves (0, lo).
+    assert size_holes(chain, [[75.0, -1.0], [32.0, 75.0]], [(1080, 1920)]) == [((1080, 1920), [(0.0, 32.0)])]
+    assert size_holes(chain, [[-1.0, -1.0], [-1.0, -1.0]], [(1080, 1920)]) == [((1080, 1920), [])]
+    # An upper bound on every scale: (hi, inf).
+    assert size_holes(chain, [[-1.0, 100.0], [-1.0, 50.0]], [(100, 100)]) == [((100, 100), [(100.0, math.inf)])]
+    # A single scale applies no valid range (as stacking).
+    assert size_holes([[480, 512]], [[281.0, 300.0]], [(1080, 1920)]) == [((1080, 1920), [])]
+
+
+def test_size_holes_with_the_small_drop_rule_depend_on_the_zoom():
+    # The COCO chain's valid ranges leave no hole; with SMALL_DROP_SIZE 64 a covered object is
+    # dropped at scale 0 below 64 / zoom0 and at scale 1 below 64 / zoom1 original px.
+    chain = [[480, 512], [800, 1280], [1400, 2000]]
+    ranges = [[75.0, -1.0], [32.0, 180.0], [-1.0, 75.0]]
+    assert size_holes(chain, ranges, [(1080, 1920), (480, 640)]) == [((1080, 1920), []), ((480, 640), [])]
+    z0, z1 = 512 / 1920, 1280 / 1920
+    assert kept_size_intervals([z0, z1, 1.0], ranges, small_drop_size=64.0) == [
+        (64 / z0, math.inf), (64 / z1, 180.0), (0.0, 75.0)]
+    got = size_holes(chain, ranges, [(1080, 1920), (480, 640)], small_drop_size=64.0)
+    assert got[0][0] == (1080, 1920)
+    assert got[0][1] == [(pytest.approx(75.0), pytest.approx(64 / z1)), (pytest.approx(180.0), pytest.approx(64 / z0))]
+    # 480 x 640: zooms 0.8 and 800 / 480; 64 / 0.8 = 80 < 180, 64 * 480 / 800 = 38.4 < 75: no hole.
+    assert got[1] == ((480, 640), [])
+
+
+def test_objects_in_holes_counts_boxes_by_their_image_size():
+    holes = size_holes([[480, 512], [800, 1280]], [[281.0, -1.0], [-1.0, 270.0]], [(1080, 1920)])
+    boxes = torch.tensor([[0.0, 0.0, 275.0, 275.0], [0.0, 0.0, 270.0, 270.0], [0.0, 0.0, 281.0, 281.0],
+                          [0.0, 0.0, 250.0, 300.0]])  # 275, 270, 281, 273.9 px
+    assert in_size_holes(boxes, holes[0][1]).tolist() == [True, False, False, True]
+    assert objects_in_holes([boxes, boxes[:1]], [(1080, 1920), (1080, 1920)], holes) == 3
+    with pytest.raises(ValueError, match=r"no holes computed for image size \(10, 10\)"):
+        objects_in_holes([boxes], [(10, 10)], holes)
+    with pytest.raises(ValueError, match="2 valid ranges for 1 scales"):
+        size_holes([[480, 512]], [[1, 2], [3, 4]], [(10, 10)])

@@ -1,15 +1,19 @@
 #!/usr/bin/env python
 """Oracle FocusChip analysis of a COCO json, without a model: the recall upper bound of AutoFocus.
 
-    python tools/analyze_chips.py datasets/autofocus_synth/train/instances_train.json \
+    python tools/analyze_chips.py datasets/autofocus_synth/val/instances_val.json \
         --dilations 1 3 5 --min-chip-sizes 64 128 256 --output output/oracle.json \
-        --opts MODEL.AUTOFOCUS.SCALES "[[512, 768], [-1, -1], [2000, -1]]"
+        --opts MODEL.AUTOFOCUS.SCALES "[[512, 768], [-1, -1], [2000, -1]]" \
+        MODEL.AUTOFOCUS.VALID_RANGES "[[-1, -1], [-1, -1], [-1, -1]]"
 
-The FocusPixel map of every view is built from the ground truth; the chips follow from it over
-the config's scale chain exactly as in the inference pipeline. For each (dilation, min chip size)
-it prints the share of COCO small / medium / large objects that are recoverable (see
-autofocus_d2.analysis.RECOVERABLE_DEFINITION), the pixels processed relative to the full pyramid
-and the chips per image per scale; --output writes everything as JSON.
+The chips are the pipeline's oracle chip policy's (FocusPixels from the ground truth by the
+config's label rule) over the config's scale chain; each object is a perfect detection in every
+view holding it and focus stacking's own rules decide what survives. For each (dilation, min chip
+size) it prints the share of COCO small / medium / large objects that are recoverable (see
+autofocus_d2.analysis.RECOVERABLE_DEFINITION), the small objects only scale 0 keeps, the pixels
+processed relative to the full pyramid and the chips per image per scale; then the object sizes
+that no scale keeps on the dataset's image sizes (size holes) and how many objects fall there.
+--output writes everything as JSON. docs/analysis.md explains the figures.
 """
 import argparse
 import json
@@ -21,7 +25,12 @@ import time
 from detectron2.config import get_cfg
 
 import autofocus_d2
-from autofocus_d2.analysis import RECOVERABLE_DEFINITION, format_report_table, run_oracle_analysis
+from autofocus_d2.analysis import (
+    RECOVERABLE_DEFINITION,
+    format_holes,
+    format_report_table,
+    run_oracle_analysis,
+)
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(_REPO, "configs", "Synthetic", "autofocus_compact_fpn.yaml")
@@ -31,13 +40,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("annotations", help="COCO-format annotation json")
     p.add_argument("--config-file", default=DEFAULT_CONFIG,
-                   help="scale chain, focus label ranges, tiling (default: %(default)s)")
+                   help="scale chain, focus label rule, tiling, stacking rules (default: %(default)s)")
     p.add_argument("--dilations", nargs="+", type=int, default=[1, 3, 5],
                    help="dilation kernel sides to sweep, in focus cells")
     p.add_argument("--min-chip-sizes", nargs="+", type=float, default=[64.0, 128.0, 256.0],
                    help="minimum chip sides to sweep, in pixels of the scale where the map is predicted")
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="focus threshold on the binary oracle map (0: every valid cell is focus)")
     p.add_argument("--stride", type=int, default=16, help="focus map stride, in pixels")
     p.add_argument("--max-images", type=int, default=None, help="only the first N images of the json")
     p.add_argument("--output", default=None, help="write the report as JSON to this path")
@@ -58,7 +65,7 @@ def main(argv=None) -> int:
         cfg.freeze()
         report = run_oracle_analysis(
             args.annotations, cfg, dilations=args.dilations, min_chip_sizes=args.min_chip_sizes,
-            threshold=args.threshold, stride=args.stride, max_images=args.max_images,
+            stride=args.stride, max_images=args.max_images,
             progress=not args.no_progress,
         )
     except (FileNotFoundError, ValueError, KeyError) as e:
@@ -72,7 +79,9 @@ def main(argv=None) -> int:
           f"{objects['small']} small, {objects['medium']} medium, {objects['large']} large objects")
     print(format_report_table(report))
     print(textwrap.fill("*: the config's setting. % = share of the objects of that size that are "
-                        "recoverable. " + RECOVERABLE_DEFINITION, width=100))
+                        "recoverable; small only s0: small objects that only scale 0 keeps. "
+                        + RECOVERABLE_DEFINITION, width=100))
+    print(format_holes(report))
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w") as f:

@@ -1,11 +1,15 @@
-"""Oracle FocusChip analysis: what AutoFocus could recover with a perfect FocusPixel map.
+"""Oracle FocusChip analysis: what AutoFocus could recover with a perfect FocusPixel map and a
+perfect detector.
 
-No model is involved. The FocusPixel map of every view is built from the ground truth with the
-training labels (:func:`focus_pixel_targets` ``== 1``) and turned into chips exactly as
-:class:`CoarseToFinePipeline` does it with :class:`AutoFocusChipPolicy` (Algorithm 1 per parent
-view, chips mapped to the original frame, snapped to pixels, merged across parents, capped at
-``MAX_CHIPS_PER_IMAGE``; chips longer than ``MAX_CHIP_SIDE`` tiled). The share of objects that the
-chips recover is the recall upper bound of AutoFocus for that chip setting.
+No model is involved. The chips of every image come from the pipeline's own
+:class:`OracleChipPolicy` (FocusPixels from the ground truth with the training label rule,
+``MODEL.FOCUS_HEAD.SMALL_RANGE`` / ``IGNORE_MAX`` / ``SMALL_MIN_FRAME``, then FocusChips as
+:class:`AutoFocusChipPolicy` makes them) and the pipeline's own view building
+(:meth:`CoarseToFinePipeline.first_views` / ``views_for_chips``: tiles included). Each
+ground-truth box is then a perfect detection in every view that contains it, and focus stacking's
+own per-view rule (:func:`stacking_keep_mask`: border, valid ranges, small and covered) decides
+which copies survive; see :data:`RECOVERABLE_DEFINITION`. The share of objects recovered is the
+recall upper bound of AutoFocus for that chip setting.
 
 Frames: boxes are XYXY in ORIGINAL image pixels unless a docstring says otherwise; a view's frame
 is its ``out_hw`` image at its scale (see :class:`View`).
@@ -16,8 +20,6 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from detectron2.structures import Boxes
-from tabulate import tabulate
 from torch import Tensor
 from tqdm import tqdm
 
@@ -25,39 +27,39 @@ from ..config import per_transition, validate_autofocus_config
 from ..evaluation.efficiency import summarize_efficiency
 # oracle_focus_map lives beside the oracle chip policy: one place turns ground truth into
 # FocusPixels (re-exported here, its historical home).
-from ..inference.chip_policies import AutoFocusChipPolicy, oracle_focus_map
-from ..inference.focus_stacking import in_size_range
+from ..inference.chip_policies import ChipPolicy, OracleChipPolicy, oracle_focus_map
+from ..inference.focus_stacking import stacking_keep_mask
 from ..inference.pipeline import CoarseToFinePipeline
 from ..inference.views import View
 from .ground_truth import SIZE_CLASSES, GroundTruthImage, load_coco_ground_truth
+from .size_holes import in_size_holes, size_holes
 
 __all__ = [
     "RECOVERABLE_DEFINITION",
     "ChipSetting",
     "oracle_focus_map",
+    "oracle_chip_policy",
     "oracle_views",
-    "detectable_at_scale",
-    "inside_any_view",
+    "perfect_detections",
     "recoverable_per_scale",
     "chip_settings",
     "analyze_oracle_chips",
     "run_oracle_analysis",
-    "format_report_table",
 ]
 
 # Tolerance, in original pixels, of "the box lies inside the view" (as focus stacking's test).
 _INSIDE_TOL = 1e-3
 
 RECOVERABLE_DEFINITION = (
-    "An object (box size r = sqrt(w*h) in original pixels) is recoverable at scale k when (1) its "
-    "box lies completely inside a view processed at scale k (scale 0: the whole image or its "
-    "tiles; k >= 1: a chip or a tile of one), (2) its size at scale k, r * zoom_k, is one the "
-    "pipeline means scale k to detect: above SMALL_RANGE max at every scale but the last (smaller "
-    "objects are FocusPixels or too small: delegated to a finer scale), at least SMALL_RANGE min "
-    "at the last scale, and (3) with more than one scale, r lies in VALID_RANGES[k] (focus "
-    "stacking drops the other detections of scale k). It is recoverable when it is recoverable at "
-    "some scale. zoom_k is the image's zoom at scale k of MODEL.AUTOFOCUS.SCALES (ScaleChain). Size classes use the "
-    "COCO 'area' field: small < 32^2 <= medium < 96^2 <= large."
+    "An object is recoverable when focus stacking keeps it given perfect detections: its ground-"
+    "truth box (clipped to the image) is detected in every view that fully contains it (scale 0: "
+    "the whole image or its tiles; scale k >= 1: the chips of the oracle chip policy, or their "
+    "tiles), and at least one of these copies survives the pipeline's per-view stacking rules "
+    "(stacking_keep_mask): not within BORDER_MARGIN of a chip border that is not an image border; "
+    "sqrt(area) within VALID_RANGES[k] (original pixels, with more than one scale); not both "
+    "smaller than SMALL_DROP_SIZE pixels at scale k and inside the trusted area of a scale k+1 "
+    "chip. Recoverable at scale k: a copy of scale k survives. Size classes use the COCO 'area' "
+    "field: small < 32^2 <= medium < 96^2 <= large."
 )
 
 
@@ -71,85 +73,85 @@ class ChipSetting:
     from_config: bool = False
 
 
+def oracle_chip_policy(cfg, setting: Optional[ChipSetting] = None) -> OracleChipPolicy:
+    """The pipeline's :class:`OracleChipPolicy` of ``cfg`` (focus label rule, chip cap), with the
+    dilation and minimum chip size of ``setting`` when given (one value per transition)."""
+    kwargs = OracleChipPolicy.from_config(cfg)
+    if setting is not None:
+        kwargs.update(dilations=list(setting.dilation), min_sizes=list(setting.min_chip_size))
+    return OracleChipPolicy(**kwargs)
+
+
+def perfect_detections(image: GroundTruthImage) -> Tensor:
+    """(N, 4) float32: the image's ground-truth boxes as a perfect detector outputs them, clipped to
+    the image (a detector's boxes never leave it) in the float32 of detections."""
+    h, w = image.image_hw
+    boxes = image.boxes.float().clone()
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+    return boxes
+
+
 def oracle_views(
-    image: GroundTruthImage,
-    pipeline: CoarseToFinePipeline,
-    policy: AutoFocusChipPolicy,
-    *,
-    stride: int,
-    small_range: Sequence[float],
-    ignore_max: float,
-    map_cache: Optional[Dict] = None,
+    image: GroundTruthImage, pipeline: CoarseToFinePipeline, policy: ChipPolicy, *, stride: int
 ) -> List[List[View]]:
     """
-    The views the pipeline would process for ``image`` if every FocusPixel map were the oracle's:
-    scale 0 as ``pipeline.first_views``, then for each finer scale ``policy.chips`` over the oracle
-    maps of the previous scale's views and ``pipeline.views_for_chips``.
+    The views the pipeline processes for ``image`` with chip policy ``policy`` (an
+    :class:`OracleChipPolicy`, or any policy that needs no FocusPixel map): scale 0 as
+    ``pipeline.first_views``, then for each finer scale ``policy.chips`` over the previous scale's
+    views (given the image's ground truth, float32 as the pipeline passes it) and
+    ``pipeline.views_for_chips``; ``stride`` is the focus map stride in pixels of the view.
 
-    ``map_cache`` (a dict kept per image) reuses oracle maps across calls with other policies.
-    Returns one list of views per scale (``len(pipeline.scale_chain)``).
+    Returns one list of views per scale the policy processes.
     """
-    cache = {} if map_cache is None else map_cache
-    views_per_scale = [pipeline.first_views(0, image.image_hw)]
+    if policy.needs_focus:
+        raise ValueError(f"{type(policy).__name__} needs FocusPixel maps from a model; the oracle "
+                         "analysis runs without one")
+    gt = image.boxes.float()
+    num_scales = policy.num_scales(len(pipeline.scale_chain))
     zooms = pipeline.scale_chain.zooms(image.image_hw)
-    for k in range(1, len(zooms)):
-        zoom = zooms[k]
+    views_per_scale = [pipeline.first_views(0, image.image_hw)]
+    for k in range(1, num_scales):
         parents = views_per_scale[-1]
-        maps = []
-        for view in parents:
-            key = (view.box, view.out_hw)
-            if key not in cache:
-                cache[key] = oracle_focus_map(
-                    view, image.boxes, stride=stride, small_range=small_range, ignore_max=ignore_max
-                )
-            maps.append(cache[key])
-        chips = policy.chips(next_scale=k, zoom=zoom, image_hw=image.image_hw, parents=parents,
-                             focus_maps=maps, focus_stride=stride)
-        views_per_scale.append(pipeline.views_for_chips(0, k, chips, zoom))
+        chips = policy.chips(next_scale=k, zoom=zooms[k], image_hw=image.image_hw, parents=parents,
+                             focus_maps=[None] * len(parents), focus_stride=stride, gt_boxes=gt)
+        views_per_scale.append(pipeline.views_for_chips(0, k, chips, zooms[k]))
     return views_per_scale
 
 
-def detectable_at_scale(
-    boxes: Tensor, zooms: Sequence[float], *, small_range: Sequence[float],
-    valid_ranges: Sequence[Sequence[float]],
-) -> Tensor:
-    """
-    (S, N) bool: whether the size of each of the (N, 4) original-frame ``boxes`` at scale k (of
-    ``S = len(zooms)``) is one the pipeline means scale k to detect, conditions (2) and (3) of
-    :data:`RECOVERABLE_DEFINITION`. ``valid_ranges``: S [min, max] in original pixels (-1: none).
-    """
-    sizes = Boxes(boxes).area().clamp(min=0).sqrt()
-    lo, hi = float(small_range[0]), float(small_range[1])
-    rows = []
-    for k, zoom in enumerate(zooms):
-        at_scale = sizes * zoom
-        ok = at_scale > hi if k + 1 < len(zooms) else at_scale >= lo
-        if len(zooms) > 1:
-            ok &= in_size_range(boxes, *valid_ranges[k])
-        rows.append(ok)
-    return torch.stack(rows) if rows else torch.zeros((0, len(boxes)), dtype=torch.bool)
-
-
-def inside_any_view(boxes: Tensor, views: Sequence[View]) -> Tensor:
-    """(N,) bool: whether each of the (N, 4) original-frame ``boxes`` lies completely inside the
-    box of one of ``views`` (within 1e-3 pixel)."""
-    if not views or len(boxes) == 0:
-        return torch.zeros(len(boxes), dtype=torch.bool)
-    regions = boxes.new_tensor([v.box for v in views])  # (V, 4)
-    inside = (boxes[:, None, :2] >= regions[None, :, :2] - _INSIDE_TOL) & (
-        boxes[:, None, 2:] <= regions[None, :, 2:] + _INSIDE_TOL
-    )
-    return inside.all(dim=2).any(dim=1)
+def _inside(boxes: Tensor, view: View) -> Tensor:
+    """(N,) bool: the (N, 4) original-frame boxes lying inside ``view.box`` (within 1e-3 pixel)."""
+    region = boxes.new_tensor(view.box)
+    return ((boxes[:, :2] >= region[:2] - _INSIDE_TOL) & (boxes[:, 2:] <= region[2:] + _INSIDE_TOL)).all(dim=1)
 
 
 def recoverable_per_scale(
-    boxes: Tensor, views_per_scale: Sequence[Sequence[View]], detectable: Tensor
+    boxes: Tensor,
+    image_hw: Tuple[int, int],
+    views_per_scale: Sequence[Sequence[View]],
+    pipeline: CoarseToFinePipeline,
 ) -> Tensor:
-    """(S, N) bool: object n is recoverable at scale k (:data:`RECOVERABLE_DEFINITION`), given the
-    views processed per scale and :func:`detectable_at_scale`'s (S, N) mask."""
-    return torch.stack(
-        [detectable[k] & inside_any_view(boxes, views) for k, views in enumerate(views_per_scale)]
-    )
+    """
+    (S, N) bool, ``S = len(views_per_scale)``: whether a copy of each of the (N, 4) original-frame
+    ``boxes`` (perfect detections, :func:`perfect_detections`) in a scale-k view that contains it
+    survives :func:`stacking_keep_mask` with the pipeline's stacking settings (border margin,
+    valid ranges, small-drop size). An object is recoverable when its column has a True.
+    """
+    num_scales = len(views_per_scale)
+    out = torch.zeros((num_scales, len(boxes)), dtype=torch.bool)
+    for k, views in enumerate(views_per_scale):
+        finer = list(views_per_scale[k + 1]) if k + 1 < num_scales else []
+        for view in views:
+            idx = _inside(boxes, view).nonzero().squeeze(1)
+            if len(idx) == 0:
+                continue
+            keep = stacking_keep_mask(
+                boxes[idx], view, finer, image_hw, border_margin=pipeline.border_margin,
+                valid_range=pipeline.valid_ranges[k], small_drop_size=pipeline.small_drop_size,
+                num_scales=num_scales,
+            )
+            out[k, idx[keep]] = True
+    return out
 
 
 def chip_settings(cfg, dilations: Sequence[int], min_chip_sizes: Sequence[float]) -> List[ChipSetting]:
@@ -183,28 +185,28 @@ class _Tally:
     """Recoverable objects and per-image pipeline statistics of one setting (or the pyramid)."""
 
     def __init__(self, num_scales: int):
+        # at_scale[k]: recoverable at scale k; finest[k]: scale k is the finest scale keeping it.
         self.at_scale = torch.zeros((num_scales, len(SIZE_CLASSES)), dtype=torch.long)
+        self.finest = torch.zeros((num_scales, len(SIZE_CLASSES)), dtype=torch.long)
         self.total = torch.zeros(len(SIZE_CLASSES), dtype=torch.long)
         self.stats: List[Dict] = []
 
-    def add(self, image: GroundTruthImage, views_per_scale, detectable, pipeline) -> None:
-        rec = recoverable_per_scale(image.boxes, views_per_scale, detectable)  # (S, N)
+    def add(self, image: GroundTruthImage, boxes: Tensor, views_per_scale, pipeline) -> None:
+        rec = recoverable_per_scale(boxes, image.image_hw, views_per_scale, pipeline)  # (S', N)
         onehot = torch.nn.functional.one_hot(image.size_class, len(SIZE_CLASSES))  # (N, C)
-        self.at_scale += rec.long() @ onehot
-        self.total += (rec.any(dim=0).long()[:, None] * onehot).sum(dim=0)
+        s = rec.shape[0]
+        self.at_scale[:s] += rec.long() @ onehot
+        found = rec.any(dim=0)
+        finest = s - 1 - rec.flip(0).long().argmax(dim=0)  # (N,) finest scale with a True
+        self.finest[:s] += torch.nn.functional.one_hot(finest[found], s).t().long() @ onehot[found]
+        self.total += (found.long()[:, None] * onehot).sum(dim=0)
         stats = pipeline.image_stats(0, image.image_hw, views_per_scale)
         stats.pop("chip_boxes_per_scale")
         self.stats.append(stats)
 
     def summary(self, counts: Tensor, scales: Sequence[Sequence[float]]) -> Dict:
         eff = summarize_efficiency(self.stats)
-
-        def by_class(row: Tensor) -> Dict[str, int]:
-            out = {c: int(row[i]) for i, c in enumerate(SIZE_CLASSES)}
-            out["all"] = int(row.sum())
-            return out
-
-        recoverable, num = by_class(self.total), by_class(counts)
+        recoverable, num = _by_class(self.total), _by_class(counts)
         return {
             "recall": {c: (recoverable[c] / num[c] if num[c] else None) for c in num},
             "recoverable": recoverable,
@@ -216,15 +218,45 @@ class _Tally:
                 {
                     "scale": k,
                     "resolution": list(scales[k]),
-                    "chips_per_image": eff[f"chips_scale{k}"],
-                    "pixels_per_image": eff[f"pixels_scale{k}"],
+                    "chips_per_image": eff.get(f"chips_scale{k}", 0.0),
+                    "pixels_per_image": eff.get(f"pixels_scale{k}", 0.0),
                     "pyramid_pixels_per_image": eff[f"pyramid_pixels_scale{k}"],
-                    "pixel_ratio": eff[f"pixel_ratio_scale{k}"],
-                    "recoverable": by_class(self.at_scale[k]),
+                    "pixel_ratio": eff.get(f"pixel_ratio_scale{k}", 0.0),
+                    "recoverable": _by_class(self.at_scale[k]),
+                    "finest": _by_class(self.finest[k]),
                 }
                 for k in range(self.at_scale.shape[0])
             ],
         }
+
+
+def _by_class(row: Tensor) -> Dict[str, int]:
+    """{size class: count, "all": total} of a (C,) count row."""
+    out = {c: int(row[i]) for i, c in enumerate(SIZE_CLASSES)}
+    out["all"] = int(row.sum())
+    return out
+
+
+def _holes_report(images: Sequence[GroundTruthImage], pipeline: CoarseToFinePipeline) -> Dict:
+    """Size holes of the chain (:func:`size_holes`) on the images' sizes, by the valid ranges alone
+    ("anywhere") and with the small-and-covered rule for objects inside a finer chip ("covered"),
+    and how many objects of the images fall in one, per size class."""
+    sizes = [im.image_hw for im in images]
+    out = {}
+    for key, drop in (("anywhere", 0.0), ("covered", pipeline.small_drop_size)):
+        holes = size_holes(pipeline.scale_chain, pipeline.valid_ranges, sizes, small_drop_size=drop)
+        by_size = dict(holes)
+        counts = torch.zeros(len(SIZE_CLASSES), dtype=torch.long)
+        for im in images:
+            mask = in_size_holes(perfect_detections(im), by_size[im.image_hw])
+            counts += torch.bincount(im.size_class[mask], minlength=len(SIZE_CLASSES))
+        out[key] = {
+            "small_drop_size": drop,
+            "holes": [{"image_hw": list(hw), "holes": [[lo, hi if hi < math.inf else None] for lo, hi in iv]}
+                      for hw, iv in holes],
+            "objects_in_holes": _by_class(counts),
+        }
+    return out
 
 
 def analyze_oracle_chips(
@@ -232,30 +264,26 @@ def analyze_oracle_chips(
     cfg,
     settings: Sequence[ChipSetting],
     *,
-    threshold: float = 0.5,
     stride: int = 16,
     progress: bool = True,
 ) -> Dict:
     """
-    Run the oracle for every setting on ``images`` with the scale chain, focus label ranges and
-    tiling of ``cfg`` (the chip policy's threshold is ``threshold`` on the binary oracle map at
-    every transition: 0.5 selects the FocusPixels, 0 every valid cell). A setting's single value
-    applies to every transition.
+    Run the oracle for every setting on ``images`` with the scale chain, tiling, focus label rule
+    and focus stacking settings of ``cfg`` (:func:`oracle_chip_policy`, :func:`oracle_views`,
+    :func:`recoverable_per_scale`). A setting's single value applies to every transition.
+    ``stride``: the focus map stride of the model, pixels of the view.
 
-    Returns ``{"objects": {...}, "settings": [...], "pyramid": {...}}``: the object counts per
-    size class ("all" included); per setting its dilation, min chip size and
-    the figures of ``_Tally.summary`` (recall per size class, pixel ratio to the full pyramid,
-    chips per image, per-scale breakdown); "pyramid" the same figures for the full pyramid.
+    Returns ``{"objects": {...}, "settings": [...], "pyramid": {...}, "holes": {...}}``: the object
+    counts per size class ("all" included); per setting its dilation, min chip size and the
+    figures of ``_Tally.summary`` (recall per size class, pixel ratio to the full pyramid, chips
+    per image, per scale: objects recoverable there and objects whose finest surviving copy is
+    there); "pyramid" the same figures for the full pyramid; "holes" :func:`_holes_report`.
     """
     validate_autofocus_config(cfg)
     if int(stride) != stride or stride <= 0:
         raise ValueError(f"stride must be a positive integer, got {stride}")
-    if math.isnan(threshold):
-        raise ValueError("threshold must not be NaN")
     if not images:
         raise ValueError("no images to analyse")
-    head = cfg.MODEL.FOCUS_HEAD
-    small_range, ignore_max = tuple(head.SMALL_RANGE), float(head.IGNORE_MAX)
     pipeline = CoarseToFinePipeline(cfg)
     num_scales = len(pipeline.scale_chain)
     n = max(1, num_scales - 1)
@@ -267,38 +295,28 @@ def analyze_oracle_chips(
         )
         for s in settings
     ]
-    policies = [
-        AutoFocusChipPolicy(
-            thresholds=[float(threshold)] * n,
-            dilations=list(s.dilation),
-            min_sizes=list(s.min_chip_size),
-            max_chips=cfg.MODEL.AUTOFOCUS.MAX_CHIPS_PER_IMAGE,
-        )
-        for s in settings
-    ]
+    policies = [oracle_chip_policy(cfg, s) for s in settings]
     tallies = [_Tally(num_scales) for _ in settings]
     pyramid = _Tally(num_scales)
     counts = torch.zeros(len(SIZE_CLASSES), dtype=torch.long)
     for image in tqdm(images, desc="oracle chips", unit="image", disable=not progress):
         counts += torch.bincount(image.size_class, minlength=len(SIZE_CLASSES))
-        detectable = detectable_at_scale(image.boxes, pipeline.scale_chain.zooms(image.image_hw),
-                                         small_range=small_range, valid_ranges=pipeline.valid_ranges)
-        pyramid.add(image, pipeline.pyramid_views(image.image_hw), detectable, pipeline)
-        cache: Dict = {}
+        boxes = perfect_detections(image)
+        pyramid.add(image, boxes, pipeline.pyramid_views(image.image_hw), pipeline)
         for policy, tally in zip(policies, tallies):
-            views = oracle_views(image, pipeline, policy, stride=stride, small_range=small_range,
-                                 ignore_max=ignore_max, map_cache=cache)
-            tally.add(image, views, detectable, pipeline)
-    objects = {c: int(counts[i]) for i, c in enumerate(SIZE_CLASSES)}
-    objects["all"] = int(counts.sum())
+            tally.add(image, boxes, oracle_views(image, pipeline, policy, stride=stride), pipeline)
     results = []
     for s, tally in zip(settings, tallies):
         entry = {"dilation": list(s.dilation), "min_chip_size": list(s.min_chip_size),
                  "from_config": s.from_config}
         entry.update(tally.summary(counts, pipeline.scale_chain.scales))
         results.append(entry)
-    pyramid_figures = pyramid.summary(counts, pipeline.scale_chain.scales)
-    return {"objects": objects, "settings": results, "pyramid": pyramid_figures}
+    return {
+        "objects": _by_class(counts),
+        "settings": results,
+        "pyramid": pyramid.summary(counts, pipeline.scale_chain.scales),
+        "holes": _holes_report(images, pipeline),
+    }
 
 
 def run_oracle_analysis(
@@ -307,7 +325,6 @@ def run_oracle_analysis(
     *,
     dilations: Sequence[int] = (1, 3, 5),
     min_chip_sizes: Sequence[float] = (64, 128, 256),
-    threshold: float = 0.5,
     stride: int = 16,
     max_images: Optional[int] = None,
     progress: bool = True,
@@ -316,9 +333,7 @@ def run_oracle_analysis(
     the full report (inputs, object counts, the definition of 'recoverable', the figures)."""
     images, skipped = load_coco_ground_truth(json_path, max_images)
     settings = chip_settings(cfg, dilations, min_chip_sizes)
-    figures = analyze_oracle_chips(
-        images, cfg, settings, threshold=threshold, stride=stride, progress=progress
-    )
+    figures = analyze_oracle_chips(images, cfg, settings, stride=stride, progress=progress)
     af, head = cfg.MODEL.AUTOFOCUS, cfg.MODEL.FOCUS_HEAD
     return {
         "annotations": os.path.abspath(json_path),
@@ -330,40 +345,17 @@ def run_oracle_analysis(
             "max_chip_side": af.MAX_CHIP_SIDE,
             "tile_overlap": af.TILE_OVERLAP,
             "max_chips_per_image": af.MAX_CHIPS_PER_IMAGE,
-            "valid_ranges": [list(r) for r in af.VALID_RANGES],
         },
-        "focus_labels": {"stride": int(stride), "threshold": float(threshold),
-                         "small_range": list(head.SMALL_RANGE), "ignore_max": float(head.IGNORE_MAX)},
+        "stacking": {
+            "valid_ranges": [list(r) for r in af.VALID_RANGES],
+            "border_margin": float(af.BORDER_MARGIN),
+            "small_drop_size": float(af.SMALL_DROP_SIZE),
+        },
+        "focus_labels": {"stride": int(stride), "small_range": list(head.SMALL_RANGE),
+                         "ignore_max": float(head.IGNORE_MAX), "small_min_frame": head.SMALL_MIN_FRAME},
         "sweep": {
             "dilations": [int(d) for d in dilations],
             "min_chip_sizes": [float(m) for m in min_chip_sizes],
         },
         **figures,
     }
-
-
-def format_report_table(report: Dict) -> str:
-    """The report as a text table: one row per setting (``*``: the config's), then the pyramid."""
-    num_scales = len(report["pyramid"]["per_scale"])
-
-    def pct(x):
-        return "-" if x is None else f"{100 * x:.1f}"
-
-    def values(v):  # one value per transition; a single one when they are all equal
-        return f"{v[0]:g}" if len(set(v)) == 1 else "/".join(f"{x:g}" for x in v)
-
-    def row(name_d, name_m, entry):
-        return [name_d, name_m, pct(entry["recall"]["small"]), pct(entry["recall"]["medium"]),
-                pct(entry["recall"]["large"]), f"{entry['pixel_ratio']:.3f}"] + [
-            f"{entry['per_scale'][k]['chips_per_image']:.2f}" for k in range(1, num_scales)
-        ]
-
-    rows = [
-        row(values(s["dilation"]) + ("*" if s["from_config"] else ""), values(s["min_chip_size"]), s)
-        for s in report["settings"]
-    ]
-    rows.append(row("pyramid", "", report["pyramid"]))
-    headers = ["dilation", "min chip", "small %", "medium %", "large %", "pixel ratio"] + [
-        f"chips/img s{k}" for k in range(1, num_scales)
-    ]
-    return tabulate(rows, headers=headers, tablefmt="github")

@@ -6,7 +6,7 @@ boxes, chips and sizes are in the **original image frame** (pixels of the input 
 test-time resizing).
 """
 import math
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -14,12 +14,15 @@ from torch import Tensor
 from detectron2.layers import batched_nms
 from detectron2.structures import Boxes, pairwise_iou
 
+from .views import View
+
 __all__ = [
     "drop_border_cut",
     "drop_small_covered",
     "in_size_range",
     "merge_detections",
     "merge_indices",
+    "stacking_keep_mask",
     "trusted_chip_area",
 ]
 
@@ -27,6 +30,9 @@ __all__ = [
 _IMAGE_BORDER_TOL = 0.5
 # Tolerance (original-frame pixels) of the "box lies inside a finer chip" test.
 _INSIDE_TOL = 1e-3
+# trusted_chip_area moves inner edges by the margin plus this (original-frame pixels), so that a
+# box that drop_border_cut drops (inward distance <= margin) is never "covered" despite _INSIDE_TOL.
+_TRUSTED_SLACK = 2 * _INSIDE_TOL
 
 
 def _check_boxes(boxes: Tensor, name: str = "boxes") -> None:
@@ -83,9 +89,11 @@ def drop_border_cut(
 def trusted_chip_area(chips: Tensor, image_hw: Tuple[int, int], margin: float) -> Tensor:
     """
     The part of each chip whose detections survive :func:`drop_border_cut`: every chip edge that
-    is not an image border moved inward by ``margin``. A coarser detection is only "covered" by a
-    finer chip (:func:`drop_small_covered`) when it lies in this area; otherwise the finer scale
-    would drop its copy at the chip border and the object would be lost at both scales.
+    is not an image border moved inward by ``margin`` (plus 0.002 pixel, so that a box exactly
+    ``margin`` from an inner edge, which :func:`drop_border_cut` drops, does not count as inside
+    even with :func:`drop_small_covered`'s 0.001 pixel tolerance). A coarser detection is only
+    "covered" by a finer chip (:func:`drop_small_covered`) when it lies in this area; otherwise the
+    finer scale would drop its copy at the chip border and the object would be lost at both scales.
 
     Args:
         chips (Tensor): (C, 4) XYXY chips in the original image frame.
@@ -107,7 +115,7 @@ def trusted_chip_area(chips: Tensor, image_hw: Tuple[int, int], margin: float) -
         ],
         dim=1,
     ).to(chips.dtype)
-    return chips + margin * inner * chips.new_tensor([1.0, 1.0, -1.0, -1.0])
+    return chips + (margin + _TRUSTED_SLACK) * inner * chips.new_tensor([1.0, 1.0, -1.0, -1.0])
 
 
 def drop_small_covered(boxes: Tensor, finer_chips: Tensor, max_size: float) -> Tensor:
@@ -157,6 +165,54 @@ def in_size_range(boxes: Tensor, lo: float, hi: float) -> Tensor:
     keep = size >= lo
     if hi >= 0:
         keep &= size <= hi
+    return keep
+
+
+def stacking_keep_mask(
+    boxes: Tensor,
+    view: View,
+    finer_views: Sequence[View],
+    image_hw: Tuple[int, int],
+    *,
+    border_margin: float,
+    valid_range: Sequence[float],
+    small_drop_size: float,
+    num_scales: int,
+) -> Tensor:
+    """
+    Which detections of one view focus stacking keeps: the one place that applies its rules to a
+    view, used by :meth:`CoarseToFinePipeline.stack` and by the oracle analysis
+    (``autofocus_d2.analysis``), so what the analysis calls recoverable is what the pipeline keeps.
+
+    1. Border: unless ``view`` is the whole image, :func:`drop_border_cut` with ``border_margin``.
+    2. Valid range: with more than one scale processed, :func:`in_size_range` with
+       ``valid_range`` (the view's scale's [min, max], -1 = no limit).
+    3. Small and covered: with views at the next finer scale, :func:`drop_small_covered` over
+       their :func:`trusted_chip_area`, size limit ``small_drop_size / view.zoom`` (0 = off).
+
+    Args:
+        boxes (Tensor): (R, 4) XYXY detections of ``view``, in the original image frame.
+        view: the view they come from (scale k).
+        finer_views: the views of the same image at scale k + 1 (empty at the last scale).
+        image_hw: (H, W) of the original image, pixels.
+        border_margin: MODEL.AUTOFOCUS.BORDER_MARGIN, original pixels.
+        valid_range: MODEL.AUTOFOCUS.VALID_RANGES[k], sqrt(area) in original pixels.
+        small_drop_size: MODEL.AUTOFOCUS.SMALL_DROP_SIZE, sqrt(area) in pixels of scale k.
+        num_scales: how many scales the policy processes for the image.
+
+    Returns:
+        Tensor: (R,) bool, True for the boxes to keep.
+    """
+    _check_boxes(boxes)
+    keep = torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
+    if not view.covers_image(image_hw):
+        keep &= drop_border_cut(boxes, view.box_tensor(boxes.device), image_hw, border_margin)
+    if num_scales > 1:
+        keep &= in_size_range(boxes, *valid_range)
+    if finer_views:
+        finer = torch.stack([v.box_tensor(boxes.device) for v in finer_views])
+        chips = trusted_chip_area(finer, image_hw, border_margin)
+        keep &= drop_small_covered(boxes, chips, small_drop_size / view.zoom)
     return keep
 
 

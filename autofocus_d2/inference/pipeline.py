@@ -16,13 +16,7 @@ from .chip_policies import ChipPolicy, build_chip_policy, input_gt_boxes
 from .detector_interface import require_focus_detector
 from .precision import inference_autocast, outputs_to_float32
 from .view_batching import plan_view_batches
-from .focus_stacking import (
-    drop_border_cut,
-    drop_small_covered,
-    in_size_range,
-    merge_indices,
-    trusted_chip_area,
-)
+from .focus_stacking import merge_indices, stacking_keep_mask
 from .scale_chain import ScaleChain
 from .views import View, crop_and_resize, instances_to_original, tile_box, zoomed_hw
 
@@ -318,21 +312,17 @@ class CoarseToFinePipeline:
         survivors = []
         for k in range(num_scales):
             finer = [
-                v.box_tensor() for v in (views_per_scale[k + 1] if k + 1 < num_scales else [])
+                v for v in (views_per_scale[k + 1] if k + 1 < num_scales else [])
                 if v.image_index == image_index
             ]
             for view, inst in zip(views_per_scale[k], dets_per_scale[k]):
                 if view.image_index != image_index:
                     continue
-                b = inst.pred_boxes.tensor
-                keep = torch.ones(len(b), dtype=torch.bool, device=b.device)
-                if not view.covers_image(image_hw):
-                    keep &= drop_border_cut(b, view.box_tensor(b.device), image_hw, self.border_margin)
-                if num_scales > 1:
-                    keep &= in_size_range(b, *self.valid_ranges[k])
-                if finer:
-                    chips = trusted_chip_area(torch.stack(finer).to(b.device), image_hw, self.border_margin)
-                    keep &= drop_small_covered(b, chips, self.small_drop_size / view.zoom)
+                keep = stacking_keep_mask(
+                    inst.pred_boxes.tensor, view, finer, image_hw, border_margin=self.border_margin,
+                    valid_range=self.valid_ranges[k], small_drop_size=self.small_drop_size,
+                    num_scales=num_scales,
+                )
                 survivors.append(inst[keep])
         candidates = Instances.cat(survivors)
         keep, scores = merge_indices(

@@ -9,7 +9,9 @@ from autofocus_d2.inference import (
     in_size_range,
     merge_detections,
     merge_indices,
+    stacking_keep_mask,
 )
+from autofocus_d2.inference.views import View
 
 
 def _t(rows):
@@ -293,8 +295,10 @@ def test_trusted_chip_area_moves_only_inner_edges():
 
     chips = torch.tensor([[0.0, 100.0, 300.0, 800.0], [500.0, 0.0, 1200.0, 400.0]])
     out = trusted_chip_area(chips, (800, 1200), 10.0)
-    # Chip 0 touches the left and bottom image borders, chip 1 the top and right ones.
-    assert out.tolist() == [[0.0, 110.0, 290.0, 800.0], [510.0, 0.0, 1200.0, 390.0]]
+    # Chip 0 touches the left and bottom image borders, chip 1 the top and right ones; inner edges
+    # move by the margin plus 0.002 px.
+    expected = torch.tensor([[0.0, 110.002, 289.998, 800.0], [510.002, 0.0, 1200.0, 389.998]])
+    assert torch.allclose(out, expected, atol=1e-4, rtol=0)
 
 
 def test_a_coarse_box_near_an_inner_chip_edge_is_not_covered():
@@ -305,6 +309,19 @@ def test_a_coarse_box_near_an_inner_chip_edge_is_not_covered():
     keep = drop_small_covered(boxes, trusted_chip_area(chip, (1000, 1000), 10.0), 64.0)
     # The first box would be dropped at the finer scale by the border rule, so it stays here.
     assert keep.tolist() == [True, False]
+
+
+def test_a_coarse_box_exactly_at_the_margin_is_not_covered():
+    # The border rule drops a chip box exactly `margin` from an inner edge, so the coarse copy must
+    # stay; 0.01 px further in, the chip keeps its copy and the coarse one is dropped.
+    from autofocus_d2.inference.focus_stacking import trusted_chip_area
+
+    chip = torch.tensor([[100.0, 100.0, 300.0, 300.0]])
+    boxes = torch.tensor([[110.0, 150.0, 130.0, 170.0], [110.01, 150.0, 130.0, 170.0],
+                          [150.0, 150.0, 170.0, 290.0], [150.0, 150.0, 170.0, 289.99]])
+    assert drop_border_cut(boxes, chip[0], (1000, 1000), 10.0).tolist() == [False, True, False, True]
+    keep = drop_small_covered(boxes, trusted_chip_area(chip, (1000, 1000), 10.0), 64.0)
+    assert keep.tolist() == [True, False, True, False]
 
 
 def _serial_soft_nms(boxes, scores, classes, sigma, score_thresh, max_det):
@@ -340,3 +357,36 @@ def test_soft_nms_equals_the_serial_algorithm(seed, max_det, thresh):
     assert keep.tolist() == ref_keep
     assert kept.tolist() == pytest.approx(ref_scores, rel=1e-6, abs=1e-9)
     assert len(ref_keep) >= min(max_det, 50) if max_det >= 0 else len(ref_keep) > 50
+
+
+# ---------------------------------------------------------------------------------------------
+# stacking_keep_mask: the three rules of one view together
+# ---------------------------------------------------------------------------------------------
+
+
+def test_stacking_keep_mask_applies_each_rule():
+    # A scale-1 chip (100, 100, 300, 300) at zoom 2 of a 400 x 400 image; one finer chip
+    # (150, 150, 250, 250), all of its edges inner: trusted area (160, 160, 240, 240) with margin 10.
+    view = View(0, 1, (100, 100, 300, 300), (400, 400))
+    finer = [View(0, 2, (150, 150, 250, 250), (400, 400))]
+    boxes = _t(
+        [
+            [105.0, 150.0, 140.0, 180.0],  # 5 px from the chip's inner left edge: border-cut
+            [170.0, 170.0, 190.0, 190.0],  # r 20 < 64 / zoom 2, in the trusted area: small, covered
+            [120.0, 120.0, 160.0, 160.0],  # r 40, not in the trusted area: kept
+            [120.0, 120.0, 270.0, 270.0],  # r 150 > valid max 100: out of range
+            [165.0, 165.0, 235.0, 235.0],  # r 70 >= 32, covered: kept
+        ]
+    )
+    rules = dict(border_margin=10.0, valid_range=[-1.0, 100.0], small_drop_size=64.0, num_scales=3)
+    keep = stacking_keep_mask(boxes, view, finer, (400, 400), **rules)
+    assert keep.tolist() == [False, False, True, False, True]
+    # Each rule switched off in turn brings back its box.
+    assert stacking_keep_mask(boxes, view, finer, (400, 400), **{**rules, "small_drop_size": 0.0}).tolist() == [
+        False, True, True, False, True]
+    assert stacking_keep_mask(boxes, view, [], (400, 400), **rules).tolist() == [False, True, True, False, True]
+    assert stacking_keep_mask(boxes, view, finer, (400, 400), **{**rules, "num_scales": 1}).tolist() == [
+        False, False, True, True, True]
+    whole = View(0, 1, (0, 0, 400, 400), (800, 800))  # the whole image: no border rule
+    assert stacking_keep_mask(boxes, whole, finer, (400, 400), **rules).tolist() == [True, False, True, False, True]
+    assert stacking_keep_mask(_t([]), view, finer, (400, 400), **rules).shape == (0,)
