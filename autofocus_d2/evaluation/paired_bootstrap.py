@@ -26,7 +26,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-__all__ = ["PerImageMatches", "bootstrap_counts", "paired_ap_difference"]
+__all__ = ["PerImageMatches", "bootstrap_counts", "difference_interval", "paired_ap_difference"]
 
 # Samples x true positives (all IoU thresholds) held at once while re-accumulating (float64 cells).
 _CHUNK_CELLS = 4_000_000
@@ -193,6 +193,17 @@ class PerImageMatches:
         return out
 
 
+def difference_interval(samples_a: np.ndarray, samples_b: np.ndarray) -> List[float]:
+    """[low, high]: the 2.5 and 97.5 percentiles of ``samples_a - samples_b`` (APs of the same
+    resamples, e.g. :meth:`PerImageMatches.ap` of one ``counts``), resamples where either is NaN
+    (no ground truth drawn) left out; [NaN, NaN] when none is left."""
+    diffs = np.asarray(samples_a, dtype=float) - np.asarray(samples_b, dtype=float)
+    diffs = diffs[~np.isnan(diffs)]
+    if not len(diffs):
+        return [float("nan"), float("nan")]
+    return [float(v) for v in np.percentile(diffs, [2.5, 97.5])]
+
+
 def paired_ap_difference(
     coco_gt: COCO,
     dets_a: Sequence[Dict[str, Any]],
@@ -228,7 +239,5 @@ def paired_ap_difference(
     num_images = len(a.image_ids)
     ap_a, ap_b = float(a.ap()[0]), float(b.ap()[0])
     counts = bootstrap_counts(num_images, num_samples, seed)
-    diffs = a.ap(counts) - b.ap(counts)
-    diffs = diffs[~np.isnan(diffs)]
-    ci = [float(v) for v in np.percentile(diffs, [2.5, 97.5])] if len(diffs) else [float("nan")] * 2
+    ci = difference_interval(a.ap(counts), b.ap(counts))
     return {"ap_a": ap_a, "ap_b": ap_b, "diff": ap_a - ap_b, "ci95": ci, "num_images": num_images}
