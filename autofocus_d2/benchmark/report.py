@@ -373,10 +373,11 @@ def _method_notes(report: Dict[str, Any]) -> str:
                 + (" (sweep settings: first pass only)." if report.get("sweep") else "."))
     scale0 = report.get("scale0_agreement")
     if scale0:
+        tolerance = f"{scale0['tolerance']:.0%}"
         text.append(f"Identical scale-0 passes ({', '.join(scale0['ms_per_mpix'])}) timed "
-                    f"{scale0['max_over_min']:.2f}x apart at most"
-                    + (f" -- more than the {scale0['tolerance']:.0%} tolerance, see the warning." if scale0["flagged"] else
-                       f" (within {scale0['tolerance']:.0%})."))
+                    f"{scale0['max_over_min']:.2f}x apart within a timed pass (median over passes)"
+                    + (f" -- more than the {tolerance} tolerance, see the warning." if scale0["flagged"]
+                       else f" (within {tolerance})."))
     text.append("Detections: " + ("`detections/<method>.json` (COCO results)." if report.get("detections")
                                   else "none saved (timing only)."))
     return " ".join(text)

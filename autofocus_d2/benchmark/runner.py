@@ -161,6 +161,7 @@ class _MethodRecord:
             "median_time_s": statistics.median(repeat_medians),
             "repeats": len(done),
             "repeat_median_time_s": repeat_medians,
+            "repeat_scale0_ms_per_mpix": [sp["scale0_ms_per_mpix"] for sp in splits],
             **split,
             "peak_memory_mb": self.peak_mb,
             "images": n,
@@ -201,7 +202,8 @@ def measure_methods(
     ``pred_masks``, of the masks (``mask_AP``...; NaN otherwise or without ``evaluate``), computed
     from the FIRST pass (repeats give the same detections); pixels and chips per image;
     ``repeat_median_time_s`` (median time per image of each repeat), ``median_time_s`` (their
-    median), the time split of :func:`summarize_time_split` (each figure the median over repeats);
+    median), the time split of :func:`summarize_time_split` (each figure the median over repeats;
+    ``repeat_scale0_ms_per_mpix`` per repeat);
     the largest peak memory of the method's calls.
     """
     from tqdm import tqdm

@@ -33,7 +33,7 @@ def test_every_row_gets_its_difference_to_the_pyramid_on_the_same_resamples(plan
     assert math.isnan(no_pyramid[0]["AP_diff_vs_pyramid"])
 
 
-def test_identical_scale0_passes_are_flagged_when_more_than_10_percent_apart():
+def test_identical_scale0_passes_are_flagged_when_more_than_10_percent_apart_within_a_pass():
     rows = [{"method": "single", "scale0_ms_per_mpix": 100.0}, {"method": "pyramid", "scale0_ms_per_mpix": 109.0},
             {"method": "autofocus", "scale0_ms_per_mpix": 104.0}, {"method": "tta", "scale0_ms_per_mpix": 300.0},
             {"method": "oracle", "scale0_ms_per_mpix": None}]
@@ -48,6 +48,21 @@ def test_identical_scale0_passes_are_flagged_when_more_than_10_percent_apart():
     warnings = run_warnings(40, bad)
     assert len(warnings) == 1 and warnings[0].startswith("identical scale-0 passes were timed 1.11x apart")
     assert run_warnings(40, ok) == [] and run_warnings(40, None) == []
+
+
+def test_the_scale0_check_compares_methods_within_each_timed_pass():
+    """The machine doubles its speed between passes; within a pass the methods agree to 5%. A
+    sweep setting, timed in the first pass only, is compared with that pass."""
+    rows = [{"method": "single", "repeat_scale0_ms_per_mpix": [200.0, 100.0, 150.0]},
+            {"method": "pyramid", "repeat_scale0_ms_per_mpix": [210.0, 104.0, 155.0]},
+            {"method": "autofocus@0.1", "repeat_scale0_ms_per_mpix": [205.0]}]
+    out = scale0_agreement(rows, ("single", "pyramid", "autofocus@0.1"))
+    assert out["per_pass_max_over_min"] == pytest.approx([1.05, 1.04, 155 / 150])
+    assert out["max_over_min"] == pytest.approx(1.04) and not out["flagged"]  # the median pass
+    assert out["ms_per_mpix"] == {"single": 150.0, "pyramid": 155.0, "autofocus@0.1": 205.0}
+    rows[1]["repeat_scale0_ms_per_mpix"] = [240.0, 104.0, 170.0]  # pyramid 20% slower in two passes
+    out = scale0_agreement(rows, ("single", "pyramid", "autofocus@0.1"))
+    assert out["max_over_min"] == pytest.approx(170 / 150) and out["flagged"]
 
 
 def test_a_split_of_fewer_than_10_images_is_warned_about(caplog):

@@ -181,6 +181,7 @@ def test_methods_are_interleaved_per_image_in_rotating_order_and_repeated(monkey
     assert b["repeat_median_time_s"] == pytest.approx([1.0, 1.0, 1.0]) and b["repeats"] == 3
     assert sweep["repeats"] == 1 and sweep["repeat_median_time_s"] == pytest.approx([0.25])
     assert a["median_detector_ms"] == pytest.approx(1000.0) and a["scale0_ms_per_mpix"] == pytest.approx(1000.0)
+    assert a["repeat_scale0_ms_per_mpix"] == pytest.approx([500.0, 1000.0, 1500.0])
     assert a["images"] == 3 and a["pixels_per_image"] == 1_000_000  # per-image stats from the first pass
     with pytest.raises(ValueError, match="unique"):
         runner.measure_methods([methods[0], methods[0]], inputs, dataset_name=None, device=torch.device("cpu"),
