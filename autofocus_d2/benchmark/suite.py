@@ -8,13 +8,13 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
+from ..evaluation import load_coco_ground_truth
 from ..inference.chip_policies import (
     CHIP_POLICY_REGISTRY,
     OracleChipPolicy,
     build_chip_policy,
     policy_names,
 )
-from ..evaluation import load_coco_ground_truth
 from .comparison import add_ap_differences, is_builtin_dataset, run_warnings, scale0_agreement
 from .report import add_ratios, check_targets
 from .runner import load_inputs, measure_methods, pipeline_method
