@@ -4,7 +4,8 @@
     python tools/benchmark.py --config-file configs/Synthetic/autofocus_compact_fpn.yaml \
         --dataset autofocus_synth_val --output output/bench --opts MODEL.WEIGHTS output/model_final.pth
 
-Writes report.json, report.md and PNG plots into --output and prints the tables. Methods: any chip
+Writes report.json, report.md, PNG plots and each method's detections (detections/<method>.json,
+COCO results) into --output and prints the tables (docs/benchmark.md describes the report). Methods: any chip
 policy (single, pyramid, grid, autofocus, oracle, ...), sahi (slices matched to the finest chips),
 sahi@S (SAHI as its users run it, S x S slices; sahi@512 is SAHI's default) and tta (Detectron2's
 GeneralizedRCNNWithTTA over the scale chain).
@@ -49,6 +50,9 @@ def parse_args(argv=None):
     p.add_argument("--max-images", type=int, default=None,
                    help=f"first N images (default all; {TIMING_MAX_IMAGES} with --timing-only)")
     p.add_argument("--warmup", type=int, default=1, help="images run once before timing each method")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed passes over the images, methods interleaved per image (median and spread; "
+                        "sweep settings are timed in the first pass only)")
     p.add_argument("--timing-only", action="store_true",
                    help="random init, no AP: pixels, time and the time split only")
     p.add_argument("--output", default="output/benchmark")
@@ -80,7 +84,7 @@ def main(argv=None) -> int:
         max_images = TIMING_MAX_IMAGES
     try:
         report = run_benchmark(cfg, dataset_name=dataset, methods=methods, sweep=sweep,
-                               max_images=max_images, warmup=args.warmup,
+                               max_images=max_images, warmup=args.warmup, repeats=args.repeats,
                                progress=not args.no_progress, timing_only=args.timing_only)
     except ValueError as e:
         print(f"benchmark: {e}", file=sys.stderr)

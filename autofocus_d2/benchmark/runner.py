@@ -1,11 +1,12 @@
 """Side-by-side measurement of inference methods on one set of weights.
 
-Every method sees the same images, in the same process, after a warm-up: ``single``, ``pyramid``,
+Every method sees the same images, in the same process, after a warm-up, interleaved image by
+image and repeated (:func:`measure_methods`): ``single``, ``pyramid``,
 ``grid``, ``autofocus`` (and any other registered chip policy, e.g. ``oracle``) run the one
 pipeline; ``sahi``/``sahi@S`` are SAHI's sliced inference (sahi_method.py) and ``tta`` Detectron2's
 multi-scale test (tta_method.py) over the same model object. Per method: COCO AP (Detectron2's
-COCOEvaluator; box and, with MODEL.MASK_ON, mask AP), pixels and chips per image, median wall time
-per image, the time split (timing.py) and peak memory.
+COCOEvaluator; box and, with MODEL.MASK_ON, mask AP) and the COCO results, pixels and chips per
+image, median wall time per image per repeat, the time split (timing.py) and peak memory.
 """
 import contextlib
 import copy
@@ -15,18 +16,18 @@ import os
 import resource
 import statistics
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.data.detection_utils import annotations_to_instances
 
-from ..evaluation import build_coco_evaluator
+from ..evaluation import build_coco_evaluator, coco_results
 from ..inference.pipeline import build_autofocus_pipeline
 from .sahi_method import sahi_method
 from .timing import TimedFocusDetector, attribute_passes, summarize_time_split
 
-__all__ = ["MemoryMeter", "load_inputs", "measure_method", "pipeline_method", "sahi_method"]
+__all__ = ["MemoryMeter", "load_inputs", "measure_method", "measure_methods", "pipeline_method", "sahi_method"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,153 @@ def _box_and_mask_ap(results: Dict[str, Any]) -> Dict[str, float]:
     return out
 
 
+class _MethodRecord:
+    """What one method's passes leave: per repeat the times and detector passes of every image;
+    from the first pass the per-image statistics, the evaluator and the COCO results."""
+
+    def __init__(self, name: str, repeats: int):
+        self.name = name
+        self.times: List[List[float]] = [[] for _ in range(repeats)]
+        self.passes: List[List[List[Any]]] = [[] for _ in range(repeats)]
+        self.pixels, self.chips, self.pyramid, self.per_scale = [], [], [], []
+        self.evaluator = None
+        self.with_masks = False
+        self.results: List[Dict[str, Any]] = []
+        self.peak_mb = 0.0
+
+    def first_pass(self, x, out, *, dataset_name: Optional[str], evaluate: bool, mask_on: bool) -> None:
+        stats = out["autofocus"]
+        self.pixels.append(sum(stats["pixels_per_scale"]))
+        self.chips.append(sum(stats["chips_per_scale"][1:]))
+        self.pyramid.append(sum(stats["pyramid_pixels_per_scale"]))
+        self.per_scale.append(stats["pixels_per_scale"])
+        if not evaluate:
+            return
+        instances = out["instances"].to("cpu")
+        if self.evaluator is None:  # the tasks follow what the method's outputs carry
+            self.with_masks = mask_on and instances.has("pred_masks")
+            tasks = ("bbox", "segm") if self.with_masks else ("bbox",)
+            self.evaluator = build_coco_evaluator(dataset_name, tasks=tasks, distributed=False)
+            self.evaluator.reset()
+        elif self.with_masks != instances.has("pred_masks"):
+            raise RuntimeError(f"{self.name}: some outputs carry pred_masks and some do not")
+        self.evaluator.process([x], [{"instances": instances}])
+        self.results.extend(coco_results(instances, x["image_id"], dataset_name))
+
+    def row(self, image_ids: List[Any]) -> Dict[str, Any]:
+        results: Dict[str, Any] = {}
+        if self.evaluator is not None:
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its own tables
+                results = self.evaluator.evaluate(img_ids=image_ids) or {}
+        done = [r for r in range(len(self.times)) if self.times[r]]
+        splits = [summarize_time_split(self.times[r], self.passes[r]) for r in done]
+        split = {k: _median_or_none([s[k] for s in splits]) for k in splits[0]}
+        repeat_medians = [statistics.median(self.times[r]) for r in done]
+        num_scales = max(len(p) for p in self.per_scale)
+        n = len(self.pixels)
+        return {
+            "method": self.name,
+            **_box_and_mask_ap(results),
+            "pixels_per_image": sum(self.pixels) / n,
+            "pyramid_pixels_per_image": sum(self.pyramid) / n,
+            "pixels_per_scale": [sum(p[k] if k < len(p) else 0 for p in self.per_scale) / n
+                                 for k in range(num_scales)],
+            "chips_per_image": sum(self.chips) / n,
+            "median_time_s": statistics.median(repeat_medians),
+            "repeats": len(done),
+            "repeat_median_time_s": repeat_medians,
+            "repeat_scale0_ms_per_mpix": [sp["scale0_ms_per_mpix"] for sp in splits],
+            **split,
+            "peak_memory_mb": self.peak_mb,
+            "images": n,
+            "evaluated": sorted(results),
+        }
+
+
+def _median_or_none(values: Sequence[Optional[float]]) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def measure_methods(
+    methods: Sequence[Tuple[str, Callable[[Dict[str, Any]], Dict[str, Any]]]],
+    inputs: Sequence[Dict[str, Any]],
+    *,
+    dataset_name: Optional[str],
+    device: torch.device,
+    warmup: int = 1,
+    repeats: int = 3,
+    repeats_of: Optional[Dict[str, int]] = None,
+    progress: bool = True,
+    evaluate: bool = True,
+    mask_on: bool = False,
+) -> Tuple[List[Dict[str, Any]], Dict[str, List[Dict[str, Any]]]]:
+    """
+    Time the ``(name, predict)`` methods side by side: each image goes through every method in
+    turn, the order rotating by one method per image and per repeat (so no method always runs
+    first, or after the same one); the whole pass over the images is repeated ``repeats`` times
+    (``repeats_of[name]`` for a method timed fewer times, e.g. a sweep setting: it takes part in
+    the first passes only). ``warmup`` images per method run first, untimed.
+
+    ``predict``: one input dict -> output dict with ``instances``, ``autofocus`` stats and
+    ``detector_passes`` (its :class:`DetectorPass` es, scales attributed).
+
+    Returns one row per method and each method's COCO results list (``{}`` without ``evaluate``).
+    A row: COCO AP of the boxes (``AP``...) and, with ``mask_on`` and outputs that carry
+    ``pred_masks``, of the masks (``mask_AP``...; NaN otherwise or without ``evaluate``), computed
+    from the FIRST pass (repeats give the same detections); pixels and chips per image;
+    ``repeat_median_time_s`` (median time per image of each repeat), ``median_time_s`` (their
+    median), the time split of :func:`summarize_time_split` (each figure the median over repeats;
+    ``repeat_scale0_ms_per_mpix`` per repeat);
+    the largest peak memory of the method's calls.
+    """
+    from tqdm import tqdm
+
+    device = torch.device(device)
+    if evaluate and not dataset_name:
+        raise ValueError("measure_methods needs dataset_name to evaluate AP (or evaluate=False)")
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    names = [name for name, _ in methods]
+    if len(set(names)) != len(names):
+        raise ValueError(f"method names must be unique, got {names}")
+    repeats_of = {name: min(repeats, (repeats_of or {}).get(name, repeats)) for name in names}
+    if min(repeats_of.values(), default=1) < 1:
+        raise ValueError(f"every method needs at least one timed pass, got repeats_of={repeats_of}")
+    records = {name: _MethodRecord(name, repeats) for name in names}
+    meter = MemoryMeter(device)
+    with torch.no_grad():
+        for name, predict in methods:
+            for x in inputs[:warmup]:
+                predict(x)
+        _sync(device)
+        for r in range(repeats):
+            active = [(name, predict) for name, predict in methods if r < repeats_of[name]]
+            desc = f"repeat {r + 1}/{repeats}" if repeats > 1 else "benchmark"
+            for i, x in enumerate(tqdm(inputs, desc=desc, disable=not progress or not active, leave=False)):
+                shift = (i + r) % max(1, len(active))
+                for name, predict in active[shift:] + active[:shift]:
+                    record = records[name]
+                    meter.reset()
+                    _sync(device)
+                    start = time.perf_counter()
+                    out = predict(x)
+                    _sync(device)
+                    record.times[r].append(time.perf_counter() - start)
+                    record.peak_mb = max(record.peak_mb, meter.peak_mb())
+                    record.passes[r].append(list(out["detector_passes"]))
+                    if r == 0:
+                        record.first_pass(x, out, dataset_name=dataset_name, evaluate=evaluate, mask_on=mask_on)
+    image_ids = [x["image_id"] for x in inputs]
+    rows = []
+    for name in names:
+        row = records[name].row(image_ids)
+        row["memory_kind"] = "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss"
+        rows.append(row)
+    results = {name: records[name].results for name in names} if evaluate else {}
+    return rows, results
+
+
 def measure_method(
     name: str,
     predict: Callable[[Dict[str, Any]], Dict[str, Any]],
@@ -113,78 +261,16 @@ def measure_method(
     dataset_name: Optional[str],
     device: torch.device,
     warmup: int = 1,
+    repeats: int = 1,
     progress: bool = True,
     evaluate: bool = True,
     mask_on: bool = False,
 ) -> Dict[str, Any]:
-    """
-    Run ``predict`` (one input dict -> output dict with ``instances``, ``autofocus`` stats and
-    ``detector_passes``: its :class:`DetectorPass` es, scales attributed) on every input.
-
-    Returns COCO AP figures of the boxes (``AP``...) and, with ``mask_on`` and outputs that carry
-    ``pred_masks``, of the masks (``mask_AP``...; NaN otherwise or without ``evaluate``), pixels and
-    chips per image, median time per image, the time split of :func:`summarize_time_split`
-    (``time_split``, also flattened into the row) and peak memory.
-    """
-    from tqdm import tqdm
-
-    device = torch.device(device)
-    if evaluate and not dataset_name:
-        raise ValueError("measure_method needs dataset_name to evaluate AP (or evaluate=False)")
-    evaluator = None
-    with_masks = False
-    with torch.no_grad():
-        for x in inputs[:warmup]:
-            predict(x)
-        _sync(device)
-        meter = MemoryMeter(device)
-        meter.reset()
-        times, passes, pixels, chips, pyramid, per_scale = [], [], [], [], [], []
-        for x in tqdm(inputs, desc=f"{name:>12s}", disable=not progress, leave=False):
-            _sync(device)
-            start = time.perf_counter()
-            out = predict(x)
-            _sync(device)
-            times.append(time.perf_counter() - start)
-            passes.append(list(out["detector_passes"]))
-            stats = out["autofocus"]
-            pixels.append(sum(stats["pixels_per_scale"]))
-            chips.append(sum(stats["chips_per_scale"][1:]))
-            pyramid.append(sum(stats["pyramid_pixels_per_scale"]))
-            per_scale.append(stats["pixels_per_scale"])
-            if evaluate:
-                instances = out["instances"].to("cpu")
-                if evaluator is None:  # the tasks follow what the method's outputs carry
-                    with_masks = mask_on and instances.has("pred_masks")
-                    tasks = ("bbox", "segm") if with_masks else ("bbox",)
-                    evaluator = build_coco_evaluator(dataset_name, tasks=tasks, distributed=False)
-                    evaluator.reset()
-                elif with_masks != instances.has("pred_masks"):
-                    raise RuntimeError(f"{name}: some outputs carry pred_masks and some do not")
-                evaluator.process([x], [{"instances": instances}])
-        peak = meter.peak_mb()
-    results: Dict[str, Any] = {}
-    if evaluator is not None:
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its own tables
-            results = evaluator.evaluate(img_ids=[x["image_id"] for x in inputs]) or {}
-    split = summarize_time_split(times, passes)
-    num_scales = max(len(p) for p in per_scale)
-    return {
-        "method": name,
-        **_box_and_mask_ap(results),
-        "pixels_per_image": sum(pixels) / len(pixels),
-        "pyramid_pixels_per_image": sum(pyramid) / len(pyramid),
-        "pixels_per_scale": [
-            sum(p[k] if k < len(p) else 0 for p in per_scale) / len(per_scale) for k in range(num_scales)
-        ],
-        "chips_per_image": sum(chips) / len(chips),
-        "median_time_s": statistics.median(times),
-        **split,
-        "peak_memory_mb": peak,
-        "memory_kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss",
-        "images": len(inputs),
-        "evaluated": sorted(results),
-    }
+    """One method's row of :func:`measure_methods` (its COCO results left out)."""
+    rows, _ = measure_methods([(name, predict)], inputs, dataset_name=dataset_name, device=device,
+                              warmup=warmup, repeats=repeats, progress=progress, evaluate=evaluate,
+                              mask_on=mask_on)
+    return rows[0]
 
 
 def pipeline_method(model, cfg, policy: str, **autofocus_overrides) -> Callable:

@@ -1,21 +1,23 @@
-"""run_benchmark: every method, then the AutoFocus threshold sweep, on one model and image set."""
+"""run_benchmark: every method and the AutoFocus threshold sweep, interleaved, on one model and image set."""
 import datetime
 import logging
 import platform
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
+from ..evaluation import load_coco_ground_truth
 from ..inference.chip_policies import (
     CHIP_POLICY_REGISTRY,
     OracleChipPolicy,
     build_chip_policy,
     policy_names,
 )
+from .comparison import add_ap_differences, is_builtin_dataset, run_warnings, scale0_agreement
 from .report import add_ratios, check_targets
-from .runner import load_inputs, measure_method, pipeline_method
+from .runner import load_inputs, measure_methods, pipeline_method
 from .sahi_method import parse_sahi_method, sahi_method
 from .tta_method import tta_method
 
@@ -93,11 +95,21 @@ def run_benchmark(
     sweep: Sequence[float] = (),
     max_images: Optional[int] = None,
     warmup: int = 1,
+    repeats: int = 3,
     progress: bool = True,
     timing_only: bool = False,
+    bootstrap_samples: int = 1000,
 ) -> Dict[str, Any]:
     """Measure ``methods`` and the FOCUS_THRESHOLD ``sweep`` of autofocus with ``cfg``'s model and
     MODEL.WEIGHTS on the first ``max_images`` images of ``dataset_name``; return the report dict.
+
+    Timing: every image goes through every method (and sweep setting) in rotating order, in
+    ``repeats`` passes over the images (sweep settings in the first pass only); medians over
+    repeats, time ratios per repeat with their spread (:func:`measure_methods`,
+    :func:`add_ratios`). AP from the first pass, and each method's AP difference to the pyramid
+    with its paired bootstrap interval over images (``bootstrap_samples`` resamples). The demo's
+    targets are checked on the built-in dataset only. The report's ``detections`` (each method's
+    COCO results) are written by :func:`write_report`.
 
     ``timing_only``: random init (MODEL.WEIGHTS is not loaded), no AP (NaN): pixels, time and the
     time split only -- to measure speed before (or without) training."""
@@ -112,36 +124,35 @@ def run_benchmark(
     device = model.device
     with_gt = any(_needs_ground_truth(cfg, name) for name in methods)
     inputs = load_inputs(cfg, dataset_name, max_images, with_ground_truth=with_gt)
-    measure = dict(dataset_name=dataset_name, device=device, progress=progress,
-                   evaluate=not timing_only, mask_on=cfg.MODEL.MASK_ON)
 
-    rows: List[Dict[str, Any]] = []
+    entries: List[Tuple[str, Callable]] = []
     skipped: Dict[str, str] = {}
     for name in methods:
         try:
-            predict = build_method(name, model, cfg)
+            entries.append((name, build_method(name, model, cfg)))
         except ImportError as e:
             skipped[name] = str(e)
             print(f"[benchmark] skipping {name}: {e}", flush=True)
-            continue
-        rows.append(measure_method(name, predict, inputs, warmup=warmup, **measure))
-    add_ratios(rows)
-    pyramid = next((r for r in rows if r["method"] == "pyramid"), None)
-
-    sweep_rows = []
-    for t in sweep:
-        predict = pipeline_method(model, cfg, "autofocus", FOCUS_THRESHOLD=[float(t)])
-        r = measure_method(f"autofocus@{t:g}", predict, inputs, warmup=0, **measure)
+    sweep_entries = [(f"autofocus@{t:g}", pipeline_method(model, cfg, "autofocus", FOCUS_THRESHOLD=[float(t)]))
+                     for t in sweep]
+    print(f"[benchmark] {len(entries)} methods + {len(sweep_entries)} sweep settings on {len(inputs)} images, "
+          f"interleaved, {repeats} timed passes (sweep: 1)", flush=True)
+    all_rows, results = measure_methods(
+        entries + sweep_entries, inputs, dataset_name=dataset_name, device=device, warmup=warmup,
+        repeats=repeats, repeats_of={name: 1 for name, _ in sweep_entries}, progress=progress,
+        evaluate=not timing_only, mask_on=cfg.MODEL.MASK_ON)
+    rows, sweep_rows = all_rows[:len(entries)], all_rows[len(entries):]
+    for r, t in zip(sweep_rows, sweep):
         r["threshold"] = float(t)
-        sweep_rows.append(r)
-    if pyramid is not None:
-        for r in sweep_rows:
-            r["pixel_ratio"] = r["pixels_per_image"] / pyramid["pixels_per_image"]
-            r["time_ratio"] = r["median_time_s"] / pyramid["median_time_s"]
-    else:
-        for r in sweep_rows:
-            r["pixel_ratio"] = r["pixels_per_image"] / r["pyramid_pixels_per_image"]
-            r["time_ratio"] = float("nan")
+    add_ratios(rows)
+    add_ratios(sweep_rows, pyramid=next((r for r in rows if r["method"] == "pyramid"), None))
+    if not timing_only:
+        print(f"[benchmark] paired bootstrap of AP differences ({bootstrap_samples} resamples)", flush=True)
+        add_ap_differences(all_rows, results, load_coco_ground_truth(dataset_name),
+                           [x["image_id"] for x in inputs], num_samples=bootstrap_samples)
+    scale0 = scale0_agreement(all_rows, [name for name, _ in entries if _is_policy(name)]
+                              + [name for name, _ in sweep_entries])
+    builtin = is_builtin_dataset(dataset_name)
 
     return {
         "dataset": dataset_name,
@@ -152,6 +163,8 @@ def run_benchmark(
         "device": device_name(device),
         "date": datetime.date.today().isoformat(),
         "warmup": warmup,
+        "repeats": repeats,
+        "bootstrap_samples": 0 if timing_only else bootstrap_samples,
         "autofocus": {
             "scales": [list(sc) for sc in cfg.MODEL.AUTOFOCUS.SCALES],
             "view_detections": cfg.MODEL.AUTOFOCUS.VIEW_DETECTIONS,
@@ -161,5 +174,9 @@ def run_benchmark(
         "methods": rows,
         "skipped": skipped,
         "sweep": sweep_rows,
-        "targets": check_targets(rows),
+        "scale0_agreement": scale0,
+        "warnings": run_warnings(len(inputs), scale0),
+        "targets_checked": builtin,
+        "targets": check_targets(rows) if builtin else [],
+        "detections": results,
     }

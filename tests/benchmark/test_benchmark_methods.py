@@ -163,3 +163,54 @@ def test_timing_only_needs_no_weights_and_reports_time_without_ap(tiny_dataset, 
     assert tool.main(["--config-file", os.path.join(REPO, "configs/Synthetic/autofocus_compact_fpn.yaml"),
                       "--dataset", tiny_dataset, "--methods", "sahi@x", "--output", out]) == 2
     assert "unknown methods ['sahi@x']" in capsys.readouterr().err
+
+
+def _empty_predict(x):
+    out = _perfect_predict(False)(x)
+    out["instances"] = out["instances"][:0]
+    return out
+
+
+def test_each_method_keeps_its_coco_results_and_differs_from_the_pyramid_with_an_interval(tiny_dataset):
+    from autofocus_d2.benchmark.comparison import add_ap_differences
+    from autofocus_d2.benchmark.runner import measure_methods
+    from autofocus_d2.evaluation import load_coco_ground_truth
+
+    inputs = load_inputs(compact_cfg(), tiny_dataset)
+    rows, results = measure_methods([("pyramid", _perfect_predict(False)), ("empty", _empty_predict)], inputs,
+                                    dataset_name=tiny_dataset, device=torch.device("cpu"), warmup=0, repeats=2,
+                                    progress=False)
+    assert [(r["image_id"], r["category_id"], r["bbox"]) for r in results["pyramid"]] == [
+        (7, 1, [10.0, 5.0, 20.0, 10.0]), (7, 0, [30.0, 20.0, 20.0, 15.0])]
+    assert results["empty"] == [] and rows[0]["repeats"] == 2 and rows[0]["AP"] == pytest.approx(100.0)
+    add_ap_differences(rows, results, load_coco_ground_truth(tiny_dataset), [7], num_samples=20)
+    assert rows[0]["AP_diff_vs_pyramid"] == 0.0 and rows[0]["AP_diff_ci95"] == [0.0, 0.0]
+    # COCOeval's precision of one true positive is 1 / (1 + eps): 100 up to rounding.
+    assert rows[1]["AP_diff_vs_pyramid"] == pytest.approx(-100.0, abs=1e-9)
+    assert rows[1]["AP_diff_ci95"] == pytest.approx([-100.0, -100.0], abs=1e-9)
+
+
+def test_a_benchmark_on_other_data_saves_detections_and_warns_instead_of_judging(tiny_dataset, tmp_path, capsys):
+    tool = _benchmark_tool()
+    out = str(tmp_path / "bench")
+    rc = tool.main(["--config-file", os.path.join(REPO, "configs/Synthetic/autofocus_compact_fpn.yaml"),
+                    "--dataset", tiny_dataset, "--methods", "single", "pyramid", "--sweep", "0.5",
+                    "--repeats", "2", "--warmup", "0", "--output", out, "--no-progress"])
+    assert rc == 0
+    with open(os.path.join(out, "report.json")) as f:
+        report = json.load(f)
+    assert report["repeats"] == 2 and report["targets_checked"] is False and report["targets"] == []
+    assert report["warnings"][0].startswith("only 1 images")
+    assert report["detections"] == {m: f"detections/{m}.json" for m in ("single", "pyramid", "autofocus@0.5")}
+    single, pyramid = report["methods"]
+    with open(os.path.join(out, "detections", "single.json")) as f:
+        saved = json.load(f)  # random init: whatever it found, as COCO results
+    assert 0 < len(saved) <= compact_cfg().MODEL.AUTOFOCUS.DETECTIONS_PER_IMAGE
+    assert all(d["image_id"] == 7 and len(d["bbox"]) == 4 and 0 <= d["score"] <= 1 for d in saved)
+    assert pyramid["AP_diff_vs_pyramid"] == 0.0 and pyramid["AP_diff_ci95"] == [0.0, 0.0]
+    assert len(single["repeat_median_time_s"]) == 2 and len(single["time_ratio_spread"]) == 2
+    assert report["sweep"][0]["repeats"] == 1 and "AP_diff_ci95" in report["sweep"][0]
+    agreement = report["scale0_agreement"]
+    assert set(agreement["ms_per_mpix"]) == {"single", "pyramid", "autofocus@0.5"}
+    printed = capsys.readouterr().out
+    assert "[WARNING] only 1 images" in printed and "single vs pyramid: AP" in printed and "MISSED" not in printed

@@ -122,3 +122,70 @@ def test_the_single_policy_has_no_finer_passes():
     with pytest.raises(ValueError, match="dataset_name"):
         measure_method("single", predict, [x], dataset_name=None, device=torch.device("cpu"), warmup=0,
                        progress=False)
+
+
+class FakeClock:
+    """time.perf_counter stand-in: advanced by the fake methods, so their times are exact."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _fake_method(name, clock, calls, seconds):
+    """A predict function that takes ``seconds[repeat][image_id]`` on ``clock`` and records
+    (name, image_id) in ``calls``; its repeat is counted from its own calls."""
+    seen = {}
+
+    def predict(x):
+        i = x["image_id"]
+        repeat = seen.get(i, 0)
+        seen[i] = repeat + 1
+        calls.append((name, i))
+        clock.now += seconds(repeat, i)
+        return {"instances": None, "detector_passes": [DetectorPass(0, 1_000_000, 0.5 * seconds(repeat, i))],
+                "autofocus": {"pixels_per_scale": [1_000_000], "chips_per_scale": [1],
+                              "pyramid_pixels_per_scale": [2_000_000]}}
+
+    return predict
+
+
+def test_methods_are_interleaved_per_image_in_rotating_order_and_repeated(monkeypatch):
+    from autofocus_d2.benchmark import runner
+
+    clock, calls = FakeClock(), []
+    monkeypatch.setattr(runner.time, "perf_counter", clock)
+    methods = [
+        ("a", _fake_method("a", clock, calls, lambda r, i: 1.0 + r)),  # 1, 2, 3 s per image by repeat
+        ("b", _fake_method("b", clock, calls, lambda r, i: 0.5 * (i + 1))),  # 0.5, 1, 1.5 s by image
+        ("sweep", _fake_method("sweep", clock, calls, lambda r, i: 0.25)),
+    ]
+    inputs = [{"image_id": i} for i in range(3)]
+    rows, results = runner.measure_methods(methods, inputs, dataset_name=None, device=torch.device("cpu"),
+                                           warmup=0, repeats=3, repeats_of={"sweep": 1}, progress=False,
+                                           evaluate=False)
+    assert results == {}
+    # Repeat 0: image i starts at method i (a b sweep | b sweep a | sweep a b); later repeats: the
+    # two methods left, the start shifted by the repeat too.
+    expected = []
+    for r in range(3):
+        active = ["a", "b", "sweep"] if r == 0 else ["a", "b"]
+        for i in range(3):
+            shift = (i + r) % len(active)
+            expected += [(name, i) for name in active[shift:] + active[:shift]]
+    assert calls == expected
+    a, b, sweep = rows
+    assert a["repeat_median_time_s"] == pytest.approx([1.0, 2.0, 3.0]) and a["median_time_s"] == pytest.approx(2.0)
+    assert b["repeat_median_time_s"] == pytest.approx([1.0, 1.0, 1.0]) and b["repeats"] == 3
+    assert sweep["repeats"] == 1 and sweep["repeat_median_time_s"] == pytest.approx([0.25])
+    assert a["median_detector_ms"] == pytest.approx(1000.0) and a["scale0_ms_per_mpix"] == pytest.approx(1000.0)
+    assert a["repeat_scale0_ms_per_mpix"] == pytest.approx([500.0, 1000.0, 1500.0])
+    assert a["images"] == 3 and a["pixels_per_image"] == 1_000_000  # per-image stats from the first pass
+    with pytest.raises(ValueError, match="unique"):
+        runner.measure_methods([methods[0], methods[0]], inputs, dataset_name=None, device=torch.device("cpu"),
+                               evaluate=False)
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        runner.measure_methods(methods, inputs, dataset_name=None, device=torch.device("cpu"), repeats=0,
+                               evaluate=False)
