@@ -16,21 +16,20 @@
    fragment with the figures), tune.json and tune.md.
 """
 import argparse
-import contextlib
-import io
 import json
 import os
 import sys
 import time
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
 import autofocus_d2  # noqa: F401  (registers the model, heads and datasets)
 from autofocus_d2.benchmark.runner import load_inputs
+from autofocus_d2.analysis import objects_in_holes, size_holes
 from autofocus_d2.config import load_autofocus_config
+from autofocus_d2.evaluation.coco import load_coco_ground_truth
 from autofocus_d2.data import add_register_coco_argument, register_coco_datasets
 from autofocus_d2.inference.chip_policies import build_chip_policy
 from autofocus_d2.inference.pipeline import build_autofocus_pipeline
@@ -63,6 +62,26 @@ def oracle_cfg(cfg):
     c.defrost()
     c.MODEL.AUTOFOCUS.CHIP_POLICY = "oracle"
     return c
+
+
+def hole_report(pipeline, coco_gt, inputs) -> dict:
+    """The object sizes no scale keeps for the inputs' image sizes (valid ranges and the
+    small-and-covered rule, :func:`size_holes`), and how many of their ground-truth objects fall there."""
+    import torch
+
+    sizes = [(int(x["height"]), int(x["width"])) for x in inputs]
+    holes = size_holes(pipeline.scale_chain, pipeline.valid_ranges, sorted(set(sizes)),
+                       small_drop_size=pipeline.small_drop_size)
+    boxes = []
+    for x in inputs:
+        anns = [a for a in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=[x["image_id"]])) if not a.get("iscrowd", 0)]
+        xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        boxes.append(torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1))
+    count = objects_in_holes(boxes, sizes, holes)
+    distinct = sorted({tuple(iv) for _, ivs in holes for iv in ivs})
+    text = "none" if not distinct else ", ".join(f"({lo:g}, {hi:g})" for lo, hi in distinct)
+    return {"intervals": [list(iv) for iv in distinct], "objects_in_holes": count,
+            "text": f"{text}; {count} of the split's objects lie in one"}
 
 
 def say(msg: str) -> None:
@@ -100,16 +119,13 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"bad grid: {e}", file=sys.stderr)
         return 2
-    json_file = getattr(MetadataCatalog.get(dataset), "json_file", None)
-    if not json_file:
-        print(f"dataset {dataset!r} has no COCO json_file in its metadata: AP cannot be computed", file=sys.stderr)
+    try:
+        coco_gt = load_coco_ground_truth(dataset)
+    except KeyError as e:
+        print(f"{e.args[0]}: AP cannot be computed", file=sys.stderr)
         return 2
-    from pycocotools.coco import COCO
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO(json_file)
     if not coco_gt.dataset.get("annotations"):
-        print(f"dataset {dataset!r} ({json_file}) has no annotations: nothing to tune against", file=sys.stderr)
+        print(f"dataset {dataset!r} has no annotations: nothing to tune against", file=sys.stderr)
         return 2
 
     model = build_model(cfg).eval()
@@ -121,6 +137,8 @@ def main(argv=None) -> int:
     if len(inputs) < 10:
         say(f"only {len(inputs)} images: the intervals will be wide and the pick fragile")
     pipeline = build_autofocus_pipeline(cfg)
+    holes = hole_report(pipeline, coco_gt, inputs)
+    say(f"object sizes no scale keeps (sqrt(area), original px): {holes['text']}")
     say(f"{len(inputs)} images of {dataset}, {len(settings)} settings, tolerance {args.tolerance} AP")
     report = tune_chip_settings(
         model, pipeline, inputs, dataset, coco_gt, settings, tolerance=args.tolerance,
@@ -154,7 +172,7 @@ def main(argv=None) -> int:
 
     os.makedirs(args.output, exist_ok=True)
     out = {k: v for k, v in report.items() if k != "pyramid_results"}
-    out.update(confirmed=confirmed, dataset=dataset, config_file=args.config_file, weights=cfg.MODEL.WEIGHTS,
+    out.update(confirmed=confirmed, size_holes=holes, dataset=dataset, config_file=args.config_file, weights=cfg.MODEL.WEIGHTS,
                tolerance=args.tolerance)
     with open(os.path.join(args.output, "tune.json"), "w") as f:
         json.dump(out, f, indent=1)
@@ -174,7 +192,8 @@ def main(argv=None) -> int:
         f.write(config_fragment(setting, comments))
     md = [f"# AutoFocus chip tuning on {dataset} ({len(inputs)} images)", "", *[f"- {c}" for c in comments], "",
           f"Views stored in {report['collect_s']:.0f} s; {report['restack_s_per_setting']:.1f} s per re-stacked "
-          "setting (bootstrap included).", "", _table(report["rows"], pick)]
+          "setting (bootstrap included).", f"Object sizes no scale keeps: {holes['text']}.", "",
+          _table(report["rows"], pick)]
     for r in report["reference_rows"]:
         md.append(f"\n{r['method']} (reference, not picked): AP {r['AP']:.2f} ({r['AP_diff_vs_pyramid']:+.2f}, 95% "
                   f"[{r['AP_diff_ci95'][0]:+.2f}, {r['AP_diff_ci95'][1]:+.2f}]) at {r['pixel_ratio']:.3f} of the pixels")

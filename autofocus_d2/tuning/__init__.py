@@ -2,7 +2,6 @@
 from .restack import StoredImage, collect_image, crop_focus_map, restack_image, restack_views
 from .tuner import (
     ChipSetting,
-    coco_results,
     collect_views,
     config_fragment,
     confirm_setting,
@@ -15,7 +14,6 @@ from .tuner import (
 __all__ = [
     "ChipSetting",
     "StoredImage",
-    "coco_results",
     "collect_image",
     "collect_views",
     "config_fragment",

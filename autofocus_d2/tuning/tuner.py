@@ -13,11 +13,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
-from detectron2.data import MetadataCatalog
-from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Instances
 
+from ..evaluation.coco import coco_results
 from ..evaluation.paired_bootstrap import paired_ap_difference
 from ..inference.chip_policies import AutoFocusChipPolicy, ChipPolicy, PyramidChipPolicy, input_gt_boxes
 from ..inference.pipeline import CoarseToFinePipeline
@@ -25,7 +24,6 @@ from .restack import StoredImage, collect_image, restack_image
 
 __all__ = [
     "ChipSetting",
-    "coco_results",
     "collect_views",
     "setting_grid",
     "evaluate_setting",
@@ -67,16 +65,6 @@ def setting_grid(thresholds: Sequence[float], dilations: Sequence[int],
             raise ValueError(f"minimum chip size {m} is negative")
     return [ChipSetting(float(t), int(d), float(m))
             for t, d, m in itertools.product(thresholds, dilations, min_chip_sizes)]
-
-
-def coco_results(instances: Instances, image_id, dataset_name: str) -> List[Dict[str, Any]]:
-    """COCO result dicts (XYWH boxes, dataset category ids) of one image's Instances."""
-    meta = MetadataCatalog.get(dataset_name)
-    to_dataset = {v: k for k, v in getattr(meta, "thing_dataset_id_to_contiguous_id", {}).items()}
-    results = instances_to_coco_json(instances.to("cpu"), image_id)
-    for r in results:
-        r["category_id"] = to_dataset.get(r["category_id"], r["category_id"])
-    return results
 
 
 def collect_views(model, pipeline: CoarseToFinePipeline, inputs: Sequence[Dict[str, Any]],

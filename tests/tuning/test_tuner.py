@@ -70,3 +70,5 @@ def test_tool_end_to_end_on_the_tiny_split(tmp_path):
     assert cfg.MODEL.AUTOFOCUS.FOCUS_THRESHOLD == [pick["threshold"]]
     assert cfg.MODEL.AUTOFOCUS.DILATION == [3] and cfg.MODEL.AUTOFOCUS.MIN_CHIP_SIZE == [96.0]
     assert "pick by" in (out / "tuned.yaml").read_text()
+    # The compact config keeps every size at some scale: no hole, no object in one.
+    assert report["size_holes"]["intervals"] == [] and report["size_holes"]["objects_in_holes"] == 0
