@@ -28,6 +28,7 @@ import glob
 import logging
 import os
 import secrets
+import zipfile
 from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import detectron2.utils.comm as comm
@@ -109,8 +110,9 @@ def _fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
-def describe_unreadable(path: str) -> str:
-    """What an unreadable checkpoint file looks like, from its size and first bytes."""
+def describe_unreadable(path: str, error: Optional[BaseException] = None) -> str:
+    """What an unreadable checkpoint file looks like, from its size and first bytes; ``error`` (the
+    loader's exception) is quoted only for a file that looks complete, where it says more."""
     if not os.path.isfile(path):
         return "the file does not exist"
     size = os.path.getsize(path)
@@ -118,11 +120,13 @@ def describe_unreadable(path: str) -> str:
         return "the file is empty (0 bytes; a save killed before writing anything?)"
     with open(path, "rb") as f:
         head = f.read(4)
-    if head == b"PK\x03\x04":
+    if head == b"PK\x03\x04" and not zipfile.is_zipfile(path):
         return (f"a PyTorch zip checkpoint cut short or damaged ({size} bytes; a save killed "
                 "half-way, or an incomplete copy/download?)")
-    if head[:1] == b"\x80":
-        return f"a pickle cut short or damaged ({size} bytes)"
+    if head == b"PK\x03\x04" or head[:1] == b"\x80":
+        first_line = (str(error).strip().splitlines() or [""])[0][:200] if error else ""
+        kind = "a PyTorch zip checkpoint" if head[:1] == b"P" else "a pickle"
+        return f"{kind} of {size} bytes that failed to load ({type(error).__name__}: {first_line})"
     return f"not a PyTorch or Detectron2 checkpoint ({size} bytes starting with {head!r})"
 
 
@@ -236,13 +240,10 @@ class AtomicCheckpointer(DetectionCheckpointer):
         try:
             loaded = super()._load_file(filename)
         except Exception as e:  # any failure to deserialise means the file cannot be read
-            first_line = (str(e).strip().splitlines() or [""])[0][:200]
-            raise CheckpointError(
-                f"Cannot read checkpoint {filename}: {describe_unreadable(filename)} "
-                f"[{type(e).__name__}: {first_line}]"
-            ) from e
-        if not isinstance(loaded, dict) or not isinstance(loaded.get("model"), dict):
-            raise CheckpointError(f"{filename} is not a checkpoint: it holds a {type(loaded).__name__}, "
+            raise CheckpointError(f"Cannot read checkpoint {filename}: {describe_unreadable(filename, e)}") from e
+        weights = loaded.get("model") if isinstance(loaded, dict) else loaded
+        if not isinstance(weights, dict):  # DetectionCheckpointer puts anything but {"model": ..} there
+            raise CheckpointError(f"{filename} is not a checkpoint: it holds a {type(weights).__name__}, "
                                   "not a dict of tensors or a dict with 'model'")
         return loaded
 
