@@ -26,7 +26,12 @@ from detectron2.utils import comm
 
 import autofocus_d2  # noqa: F401  (registers the model, heads and datasets)
 from autofocus_d2.checkpoint import AtomicCheckpointer, add_finetune_argument
-from autofocus_d2.data import add_register_coco_argument, check_evaluable, check_num_classes, register_coco_datasets
+from autofocus_d2.data import (
+    add_register_coco_argument,
+    check_evaluable,
+    check_num_classes,
+    register_coco_datasets,
+)
 from autofocus_d2.evaluation import AutoFocusEfficiencyEvaluator
 from autofocus_d2.utils.distributed import check_amp_device, create_ddp_model
 

@@ -149,7 +149,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
         self._loading: Optional[str] = None
 
     @classmethod
-    def like(cls, checkpointer: DetectionCheckpointer, *, allow_mismatch: bool = False) -> "AtomicCheckpointer":
+    def like(cls, checkpointer: DetectionCheckpointer, *,
+             allow_mismatch: bool = False) -> "AtomicCheckpointer":
         """An AtomicCheckpointer of the same model, folder and checkpointables as ``checkpointer``
         (e.g. the one ``DefaultTrainer.__init__`` builds)."""
         return cls(checkpointer.model, checkpointer.save_dir, save_to_disk=checkpointer.save_to_disk,
@@ -240,7 +241,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
         try:
             loaded = super()._load_file(filename)
         except Exception as e:  # any failure to deserialise means the file cannot be read
-            raise CheckpointError(f"Cannot read checkpoint {filename}: {describe_unreadable(filename, e)}") from e
+            why = describe_unreadable(filename, e)
+            raise CheckpointError(f"Cannot read checkpoint {filename}: {why}") from e
         weights = loaded.get("model") if isinstance(loaded, dict) else loaded
         if not isinstance(weights, dict):  # DetectionCheckpointer puts anything but {"model": ..} there
             raise CheckpointError(f"{filename} is not a checkpoint: it holds a {type(weights).__name__}, "
@@ -264,7 +266,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
             msg = (f"{what} hold no tensor of this model (names all differ): another architecture "
                    "(META_ARCHITECTURE, heads) than the one built?")
         else:
-            listed = "; ".join(f"{k}: {tuple(c)} in the file vs {tuple(m)} in the model" for k, c, m in shapes[:6])
+            listed = "; ".join(f"{k}: {tuple(c)} in the file vs {tuple(m)} in the model"
+                               for k, c, m in shapes[:6])
             more = f" (+{len(shapes) - 6} more)" if len(shapes) > 6 else ""
             msg = f"{what} do not fit the model: {len(shapes)} tensors differ in shape: {listed}{more}. "
             msg += _likely_cause(shapes)

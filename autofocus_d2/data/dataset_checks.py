@@ -129,13 +129,15 @@ def _image_size_on_disk(path: str) -> Tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
-def _check_images(records: Sequence[Tuple[Any, str, Any, Any]], problems: _Problems, what: str) -> None:
-    """Records ``(image_id, path, width, height)``: duplicate ids, missing or unreadable files,
-    sizes that disagree with the file (width/height None: not compared)."""
-    counts = Counter(r[0] for r in records)
-    for image_id, n in counts.items():
+def _check_duplicates(ids: Iterable[Any], kind: str, problems: _Problems) -> None:
+    for value, n in Counter(ids).items():
         if n > 1:
-            problems.add("duplicate image ids", f"{image_id} (x{n})")
+            problems.add(f"duplicate {kind} ids", f"{value} (x{n})")
+
+
+def _check_images(records: Sequence[Tuple[Any, str, Any, Any]], problems: _Problems, what: str) -> None:
+    """Records ``(image_id, path, width, height)``: missing or unreadable files, sizes that disagree
+    with the file (width/height None: not compared)."""
     total = len(records)
     for i, (image_id, path, width, height) in enumerate(records):
         if total >= _PROGRESS_EVERY and i and i % _PROGRESS_EVERY == 0:
@@ -160,13 +162,10 @@ def validate_coco_instances(data: Dict[str, Any], image_dir: str, what: str) -> 
     docstring) whose images are under ``image_dir``; ``what`` names the dataset in the message."""
     problems = _Problems(f"{what} cannot be used")
     cat_ids = [c.get("id") for c in data["categories"]]
-    for cat_id, n in Counter(cat_ids).items():
-        if n > 1:
-            problems.add("duplicate category ids", f"{cat_id} (x{n})")
+    _check_duplicates((img.get("id") for img in data["images"]), "image", problems)
+    _check_duplicates((a.get("id") for a in data["annotations"]), "annotation", problems)
+    _check_duplicates(cat_ids, "category", problems)
     image_ids = {img.get("id") for img in data["images"]}
-    for ann_id, n in Counter(a.get("id") for a in data["annotations"]).items():
-        if n > 1:
-            problems.add("duplicate annotation ids", f"{ann_id} (x{n})")
     known_cats = set(cat_ids)
     for a in data["annotations"]:
         if a.get("category_id") not in known_cats:
@@ -195,10 +194,9 @@ def validate_dataset(name: str, *, check_files: bool = True) -> List[Dict[str, A
     dicts = DatasetCatalog.get(name)
     problems = _Problems(f"Dataset {name!r} cannot be used")
     classes = MetadataCatalog.get(name).get("thing_classes", None)
-    ann_ids = [a["id"] for d in dicts for a in d.get("annotations", []) if "id" in a]
-    for ann_id, n in Counter(ann_ids).items():
-        if n > 1:
-            problems.add("duplicate annotation ids", f"{ann_id} (x{n})")
+    _check_duplicates((d.get("image_id") for d in dicts), "image", problems)
+    _check_duplicates((a["id"] for d in dicts for a in d.get("annotations", []) if "id" in a),
+                      "annotation", problems)
     for d in dicts:
         for a in d.get("annotations", []):
             c = a.get("category_id")
@@ -208,10 +206,6 @@ def validate_dataset(name: str, *, check_files: bool = True) -> List[Dict[str, A
     if check_files:
         records = [(d.get("image_id"), d["file_name"], d.get("width"), d.get("height")) for d in dicts]
         _check_images(records, problems, f"Dataset {name!r}")
-    else:
-        for image_id, n in Counter(d.get("image_id") for d in dicts).items():
-            if n > 1:
-                problems.add("duplicate image ids", f"{image_id} (x{n})")
     problems.raise_if_any()
     return dicts
 
@@ -230,7 +224,8 @@ def clip_and_drop_boxes(dicts: List[Dict[str, Any]], what: str) -> List[Dict[str
         kept = []
         for a in d.get("annotations", []):
             x0, y0, x1, y1 = BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS)
-            cx0, cy0, cx1, cy1 = min(max(x0, 0), w), min(max(y0, 0), h), min(max(x1, 0), w), min(max(y1, 0), h)
+            cx0, cx1 = (min(max(x, 0), w) for x in (x0, x1))
+            cy0, cy1 = (min(max(y, 0), h) for y in (y0, y1))
             if cx1 <= cx0 or cy1 <= cy0:
                 dropped += 1
                 continue
