@@ -195,7 +195,9 @@ class AtomicCheckpointer(DetectionCheckpointer):
         tried: List[Tuple[str, str]] = []
         for candidate in self._resume_candidates():
             try:
-                result = self.load(candidate)
+                # A fresh checkpointer per attempt (same model and checkpointables): Detectron2 main's
+                # DetectionCheckpointer refuses a second load after one that raised.
+                result = type(self).like(self, allow_mismatch=self.allow_mismatch).load(candidate)
             except CheckpointError as e:
                 logger.warning("Cannot resume from %s: %s", candidate, e)
                 tried.append((candidate, str(e)))
