@@ -231,7 +231,9 @@ class AtomicCheckpointer(DetectionCheckpointer):
     def load(self, path: str, checkpointables: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         """``DetectionCheckpointer.load``; raises :class:`CheckpointError` for a local file that
         does not exist or cannot be read, :class:`WeightsMismatchError` for weights that do not fit."""
-        if path and "://" not in path and not os.path.isfile(path.split("?")[0]):
+        local = bool(path) and "://" not in path
+        # Other processes of a multi-machine run may lack the file: DetectionCheckpointer handles it.
+        if local and comm.is_main_process() and not os.path.isfile(path.split("?")[0]):
             raise CheckpointError(f"Checkpoint {path} does not exist")
         self._loading = path
         try:

@@ -139,6 +139,7 @@ def _check_images(records: Sequence[Tuple[Any, str, Any, Any]], problems: _Probl
     """Records ``(image_id, path, width, height)``: missing or unreadable files, sizes that disagree
     with the file (width/height None: not compared)."""
     total = len(records)
+    too_large: List[str] = []
     for i, (image_id, path, width, height) in enumerate(records):
         if total >= _PROGRESS_EVERY and i and i % _PROGRESS_EVERY == 0:
             logger.info("%s: checked %d / %d image files", what, i, total)
@@ -147,14 +148,18 @@ def _check_images(records: Sequence[Tuple[Any, str, Any, Any]], problems: _Probl
             continue
         try:
             size = _image_size_on_disk(path)
-        except Image.DecompressionBombError:
-            continue  # above PIL's pixel limit: readable only where the tool raises the limit
+        except Image.DecompressionBombError:  # readable only where the tool raises PIL's limit
+            too_large.append(path)
+            continue
         except (OSError, ValueError) as e:
             problems.add("images unreadable", f"{path} ({type(e).__name__}: {e})")
             continue
         if width is not None and height is not None and size != (int(width), int(height)):
             problems.add("images whose width/height disagree with the file",
                          f"{path} (listed {width}x{height}, file {size[0]}x{size[1]})")
+    if too_large:
+        logger.warning("%s: %d images above PIL's pixel limit, sizes not checked (first: %s)",
+                       what, len(too_large), too_large[0])
 
 
 def validate_coco_instances(data: Dict[str, Any], image_dir: str, what: str) -> None:
