@@ -6,11 +6,11 @@ tools/lazyconfig_train_net.py does (same flags, same ``key=value`` overrides), e
         --eval-only train.init_checkpoint=output/synth_compact_fpn_lazy/model_final.pth
     python lazyconfig_train_net.py --config-file <cfg.py> --num-gpus 8 train.amp.enabled=True
 The plugin's differences: AutoFocus's pixel saving is reported beside COCO AP, AMP on a CPU device
-is refused up front, and several CPU processes train too (see autofocus_d2.utils.distributed).
+is refused up front, several CPU processes train too (see autofocus_d2.utils.distributed), and
+checkpoints are atomic, with weights that must fit unless --finetune (autofocus_d2.checkpoint).
 """
 import logging
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import (
     AMPTrainer,
@@ -25,7 +25,13 @@ from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print
 from detectron2.utils import comm
 
 import autofocus_d2  # noqa: F401  (registers the model, heads and datasets)
-from autofocus_d2.data import add_register_coco_argument, register_coco_datasets
+from autofocus_d2.checkpoint import AtomicCheckpointer, add_finetune_argument
+from autofocus_d2.data import (
+    add_register_coco_argument,
+    check_evaluable,
+    check_num_classes,
+    register_coco_datasets,
+)
 from autofocus_d2.evaluation import AutoFocusEfficiencyEvaluator
 from autofocus_d2.utils.distributed import check_amp_device, create_ddp_model
 
@@ -57,7 +63,8 @@ def do_train(args, cfg):
 
     model = create_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
-    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer,
+                                      allow_mismatch=getattr(args, "finetune", False))
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
@@ -82,17 +89,25 @@ def main(args):
     cfg = LazyConfig.load(args.config_file)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
     default_setup(cfg, args)
+    if "evaluator" in cfg.dataloader:  # the test set checked before the model and the first iteration
+        names = cfg.dataloader.test.dataset.names
+        names = [names] if isinstance(names, str) else list(names)
+        if "roi_heads" in cfg.model:
+            check_num_classes(cfg.model.roi_heads.num_classes, "model.roi_heads.num_classes", names)
+        check_evaluable(names)
     if args.eval_only:
         model = instantiate(cfg.model)
         model.to(cfg.train.device)
         model = create_ddp_model(model)
-        DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
+        AtomicCheckpointer(model, allow_mismatch=getattr(args, "finetune", False)).load(
+            cfg.train.init_checkpoint
+        )
         return do_test(cfg, model)
     do_train(args, cfg)
 
 
 if __name__ == "__main__":
-    args = add_register_coco_argument(default_argument_parser()).parse_args()
+    args = add_finetune_argument(add_register_coco_argument(default_argument_parser())).parse_args()
     launch(
         main,
         args.num_gpus,

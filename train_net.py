@@ -12,10 +12,10 @@ Several CPU processes (gloo; Detectron2 >= 0.7, whose launch() accepts a machine
 """
 import os
 import weakref
+from typing import List
 
 import detectron2.utils.comm as comm
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import (
     DefaultTrainer,
     SimpleTrainer,
@@ -28,18 +28,26 @@ from detectron2.evaluation import DatasetEvaluators, verify_results
 from detectron2.utils.logger import setup_logger
 
 import autofocus_d2  # noqa: F401  (registers the model, heads and datasets)
+from autofocus_d2.checkpoint import AtomicCheckpointer, add_finetune_argument
 from autofocus_d2.config import load_autofocus_config
-from autofocus_d2.data import add_register_coco_argument, build_sniper_train_loader, register_coco_datasets
+from autofocus_d2.data import (
+    add_register_coco_argument,
+    build_sniper_train_loader,
+    check_config_datasets,
+    register_coco_datasets,
+)
 from autofocus_d2.evaluation import AutoFocusEfficiencyEvaluator, build_coco_evaluator
 from autofocus_d2.utils.distributed import check_amp_device, create_ddp_model
 
 
 class Trainer(DefaultTrainer):
     """DefaultTrainer that trains on SNIPER chips when INPUT.SNIPER.ENABLED, whose evaluator
-    reports COCO AP and AutoFocus's pixel saving side by side, and that also trains on several CPU
-    processes (Detectron2's own DDP wrapper refuses CPU models)."""
+    reports COCO AP and AutoFocus's pixel saving side by side, that also trains on several CPU
+    processes (Detectron2's own DDP wrapper refuses CPU models), and whose checkpoints are
+    atomic (see autofocus_d2.checkpoint; ``finetune``: load MODEL.WEIGHTS that do not fit)."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, *, finetune: bool = False):
+        self.finetune = finetune  # read by build_hooks, which DefaultTrainer.__init__ calls
         check_amp_device(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE)
         if comm.get_world_size() == 1 or torch.device(cfg.MODEL.DEVICE).type == "cuda":
             super().__init__(cfg)
@@ -54,11 +62,17 @@ class Trainer(DefaultTrainer):
         model = create_ddp_model(model, broadcast_buffers=False)
         self._trainer = SimpleTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def build_hooks(self) -> List:
+        # DefaultTrainer.__init__ builds its DetectionCheckpointer just before calling this: the
+        # hooks (PeriodicCheckpointer) and resume_or_load get the atomic one instead.
+        self.checkpointer = AtomicCheckpointer.like(self.checkpointer, allow_mismatch=self.finetune)
+        return super().build_hooks()
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -86,9 +100,11 @@ def setup(args):
 def main(args):
     register_coco_datasets(args.register_coco)  # in every process that launch() starts
     cfg = setup(args)
+    check_config_datasets(cfg, train=not args.eval_only)  # before the model and the first iteration
+    finetune = getattr(args, "finetune", False)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR, allow_mismatch=finetune).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = Trainer.test(cfg, model)
@@ -96,13 +112,13 @@ def main(args):
             verify_results(cfg, res)
         return res
 
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, finetune=finetune)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 
 if __name__ == "__main__":
-    args = add_register_coco_argument(default_argument_parser()).parse_args()
+    args = add_finetune_argument(add_register_coco_argument(default_argument_parser())).parse_args()
     print("Command Line Args:", args)
     launch(
         main,

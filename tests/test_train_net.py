@@ -4,12 +4,14 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import autofocus_d2
+from autofocus_d2.checkpoint import WeightsMismatchError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs/Synthetic/autofocus_compact_fpn.yaml")
@@ -70,3 +72,47 @@ def test_train_net_eval_only_end_to_end(tmp_path):
     preds = tmp_path / "eval" / "inference" / "autofocus_synth_tiny" / "coco_instances_results.json"
     results = json.loads(preds.read_text())
     assert results and {"image_id", "bbox", "score", "category_id"} <= set(results[0])
+
+
+def _train_net(*argv):
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", CONFIG, *argv,
+         "DATASETS.TRAIN", '("autofocus_synth_tiny",)', "DATASETS.TEST", "()", "DATALOADER.NUM_WORKERS", "0",
+         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()"],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )
+
+
+def test_resume_after_the_newest_checkpoint_is_truncated_continues_from_the_one_before(tmp_path):
+    out = str(tmp_path / "run")
+    first = _train_net("SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "OUTPUT_DIR", out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    final = tmp_path / "run" / "model_final.pth"
+    assert (tmp_path / "run" / "last_checkpoint").read_text() == "model_final.pth"
+    final.write_bytes(final.read_bytes()[: final.stat().st_size // 2])  # e.g. a disk that filled up
+    second = _train_net("--resume", "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "OUTPUT_DIR", out)
+    log = second.stdout + second.stderr
+    assert second.returncode == 0, log[-3000:]
+    assert f"Cannot resume from {final}: Cannot read checkpoint {final}: a PyTorch zip checkpoint cut short" in log
+    assert f"Resumed from {tmp_path / 'run' / 'model_0000003.pth'} instead of the unreadable model_final.pth" in log
+    assert "Starting training from iteration 4" in log
+    assert torch.load(final, weights_only=False)["iteration"] == 5  # rewritten whole by the resumed run
+
+
+def test_weights_of_another_class_count_are_refused_unless_finetune(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("three_classes")
+    weights = str(tmp_path / "three_classes.pth")
+    parser = train_net.add_finetune_argument(train_net.add_register_coco_argument(
+        train_net.default_argument_parser()))
+    common = ["--config-file", CONFIG, "MODEL.WEIGHTS", weights, "DATASETS.TRAIN", '("autofocus_synth_tiny",)',
+              "DATASETS.TEST", '("autofocus_synth_tiny",)', "DATALOADER.NUM_WORKERS", "0"]
+    with pytest.raises(WeightsMismatchError, match=r"three_classes.pth do not fit the model: 4 tensors .*"
+                                                   r"3 classes in the file, 6 in the model"):
+        train_net.main(parser.parse_args(["--eval-only", *common, "OUTPUT_DIR", str(tmp_path / "eval")]))
+    # --finetune: trains from them (the classifier outputs keep their initialisation).
+    trainer_args = parser.parse_args(["--finetune", *common, "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "2",
+                                      "SOLVER.IMS_PER_BATCH", "2", "OUTPUT_DIR", str(tmp_path / "tune")])
+    train_net.main(trainer_args)
+    assert torch.load(tmp_path / "tune" / "model_final.pth", weights_only=False)["iteration"] == 1

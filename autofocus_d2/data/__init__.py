@@ -1,4 +1,13 @@
 from .chip_sampler import ChipEpochSampler
+from .dataset_checks import (
+    DatasetError,
+    check_config_datasets,
+    check_evaluable,
+    check_num_classes,
+    clip_and_drop_boxes,
+    num_classes_key,
+    validate_dataset,
+)
 from .own_datasets import add_register_coco_argument, register_coco_datasets
 from .sniper_chips import chip_box_validity, negative_chips, positive_chips
 from .sniper_loader import (
@@ -19,6 +28,13 @@ from .synthetic import (
 )
 
 __all__ = [
+    "DatasetError",
+    "check_config_datasets",
+    "check_evaluable",
+    "check_num_classes",
+    "clip_and_drop_boxes",
+    "num_classes_key",
+    "validate_dataset",
     "add_register_coco_argument",
     "register_coco_datasets",
     "SYNTHETIC_CATEGORIES",

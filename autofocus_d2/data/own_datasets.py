@@ -3,15 +3,26 @@
 ``--register-coco NAME JSON IMAGE_DIR`` (repeatable) on ``train_net.py``, ``tools/benchmark.py``,
 ``tools/mine_negative_chips.py`` and ``demo.py`` calls :func:`register_coco_datasets`, which is
 Detectron2's ``register_coco_instances`` with checks: the files exist, the json is COCO instances
-json, and a name is not silently re-pointed at another json.
+json whose records pass :func:`~autofocus_d2.data.dataset_checks.validate_coco_instances`, and a
+name is not silently re-pointed at another json. The metadata gets ``thing_classes`` and the
+contiguous id mapping from the json's categories at once; loading clips boxes to their image and
+drops empty ones (:func:`~autofocus_d2.data.dataset_checks.clip_and_drop_boxes`).
 """
 import argparse
-import json
+import functools
 import os
-from typing import List, Sequence
+from typing import Any, Dict, List, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
+from detectron2.data.datasets import load_coco_json
+
+from .dataset_checks import (
+    DatasetError,
+    clip_and_drop_boxes,
+    coco_thing_metadata,
+    read_coco_instances,
+    validate_coco_instances,
+)
 
 __all__ = ["add_register_coco_argument", "register_coco_datasets"]
 
@@ -34,14 +45,15 @@ def add_register_coco_argument(parser: argparse.ArgumentParser) -> argparse.Argu
 
 def register_coco_datasets(specs: Sequence[Sequence[str]]) -> List[str]:
     """
-    Register each ``(name, json_file, image_dir)`` as a COCO instances dataset (Detectron2's
+    Register each ``(name, json_file, image_dir)`` as a COCO instances dataset (as Detectron2's
     ``register_coco_instances``: ``evaluator_type="coco"``, so ``COCOEvaluator`` and the benchmark
-    evaluate it) and return the names.
+    evaluate it, plus ``thing_classes``) after checking it, and return the names.
 
     Raises:
         FileNotFoundError: the json or the image folder does not exist.
-        ValueError: the json is not COCO instances json (no "images"/"annotations"/"categories"),
-            or ``name`` is already registered with another json file.
+        DatasetError (a ValueError): the json is not COCO instances json (saying what it is), or
+            its records have problems (listed, see ``validate_coco_instances``).
+        ValueError: ``name`` is already registered with another json file.
     """
     names = []
     for spec in specs:
@@ -52,16 +64,10 @@ def register_coco_datasets(specs: Sequence[Sequence[str]]) -> List[str]:
             raise FileNotFoundError(f"{_FLAG} {name}: the json file {json_file} does not exist")
         if not os.path.isdir(image_dir):
             raise FileNotFoundError(f"{_FLAG} {name}: the image folder {image_dir} does not exist")
-        with open(json_file) as f:
-            try:
-                keys = set(json.load(f))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{_FLAG} {name}: {json_file} is not valid json ({e})") from None
-        missing = {"images", "annotations", "categories"} - keys
-        if missing:
-            raise ValueError(
-                f"{_FLAG} {name}: {json_file} is not COCO instances json (no {sorted(missing)})"
-            )
+        try:
+            data = read_coco_instances(json_file)
+        except DatasetError as e:
+            raise DatasetError(f"{_FLAG} {name}: {e}") from None
         if name in DatasetCatalog.list():
             existing = MetadataCatalog.get(name).get("json_file", None)
             if existing is None or os.path.abspath(existing) != json_file:
@@ -71,6 +77,17 @@ def register_coco_datasets(specs: Sequence[Sequence[str]]) -> List[str]:
                 )
             names.append(name)
             continue
-        register_coco_instances(name, {}, json_file, image_dir)
+        validate_coco_instances(data, image_dir, f"{_FLAG} {name} ({json_file})")
+        thing_classes, id_map = coco_thing_metadata(data)
+        DatasetCatalog.register(name, functools.partial(_load_clipped, json_file, image_dir, name))
+        MetadataCatalog.get(name).set(
+            json_file=json_file, image_root=image_dir, evaluator_type="coco",
+            thing_classes=thing_classes, thing_dataset_id_to_contiguous_id=id_map,
+        )
         names.append(name)
     return names
+
+
+def _load_clipped(json_file: str, image_dir: str, name: str) -> List[Dict[str, Any]]:
+    """``load_coco_json`` followed by ``clip_and_drop_boxes`` (what ``name`` loads as)."""
+    return clip_and_drop_boxes(load_coco_json(json_file, image_dir, name), name)
