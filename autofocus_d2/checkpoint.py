@@ -27,13 +27,14 @@ import argparse
 import glob
 import logging
 import os
-import secrets
 import zipfile
-from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import detectron2.utils.comm as comm
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+
+from .utils.atomic_files import TMP_SUFFIX, atomic_write
 
 __all__ = [
     "AtomicCheckpointer",
@@ -47,7 +48,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _LAST = "last_checkpoint"
-_TMP_SUFFIX = ".tmp"
 # Modules whose output size grows with the class count (Detectron2's box predictor, RetinaNet head
 # classifier, mask predictor), as the end of their parameter names' module path.
 _CLASS_MODULES = ("box_predictor.cls_score", "box_predictor.bbox_pred", "head.cls_score",
@@ -73,41 +73,6 @@ def add_finetune_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         "their initialisation. Without it such weights are an error.",
     )
     return parser
-
-
-def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """
-    Write ``path`` so that it holds either its old content or the complete new one, whatever
-    happens during the write: ``write(f)`` fills a temporary file of the same folder, which is
-    flushed, fsynced and moved over ``path`` with ``os.replace``; the folder is then fsynced so
-    that the rename itself survives a crash. On an exception the temporary file is removed and
-    ``path`` is untouched.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}{_TMP_SUFFIX}")
-    # os.open with 0o666 so that the umask applies, as for a file written in place.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_folder(folder)
-
-
-def _fsync_folder(folder: str) -> None:
-    if not hasattr(os, "O_DIRECTORY"):  # Windows: folders cannot be opened
-        return
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def describe_unreadable(path: str, error: Optional[BaseException] = None) -> str:
@@ -223,7 +188,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
     def _remove_stray_temporaries(self) -> None:
         if "://" in self.save_dir or not comm.is_main_process():
             return
-        for tmp in glob.glob(os.path.join(glob.escape(self.save_dir), f".*.pth.*{_TMP_SUFFIX}")):
+        for tmp in glob.glob(os.path.join(glob.escape(self.save_dir), f".*.pth.*{TMP_SUFFIX}")):
             logger.warning("Removing %s, left by a save that was interrupted", tmp)
             os.remove(tmp)
 

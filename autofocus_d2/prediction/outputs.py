@@ -15,7 +15,6 @@ destination, so a reader (or a rerun after a kill) never sees a partial file.
 import hashlib
 import json
 import os
-import tempfile
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
@@ -28,7 +27,6 @@ __all__ = [
     "OUTPUT_FORMAT",
     "model_fingerprint",
     "prediction_path",
-    "write_json_atomic",
     "prediction_record",
     "read_complete_record",
     "pending_inputs",
@@ -73,24 +71,6 @@ def model_fingerprint(cfg) -> str:
 def prediction_path(output_dir: str, item: PredictionInput) -> str:
     """``<output_dir>/predictions/<key>.json``."""
     return os.path.join(output_dir, PREDICTIONS_DIR, item.key + ".json")
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary file in the same folder and a rename
-    (atomic on POSIX): ``path`` is either absent, its old content or the whole new content."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def prediction_record(

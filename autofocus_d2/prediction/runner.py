@@ -26,6 +26,7 @@ from ..config import load_autofocus_config
 from ..data import register_coco_datasets
 from ..utils.distributed import launch_starts_cpu_processes
 from .inputs import PredictionInput, PredictionMapper, collect_inputs
+from ..utils.atomic_files import write_json_atomic
 from .outputs import (
     coco_results,
     model_fingerprint,
@@ -33,7 +34,6 @@ from .outputs import (
     prediction_path,
     prediction_record,
     read_complete_record,
-    write_json_atomic,
 )
 from .sharding import build_prediction_loader, shard_indices
 

@@ -7,7 +7,6 @@ processes.
 """
 from typing import Iterator, List, Sequence
 
-import torch
 from detectron2.data.build import trivial_batch_collator
 from torch.utils.data import DataLoader, Dataset, Sampler
 

@@ -14,7 +14,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from detectron2.modeling.postprocessing import detector_postprocess
-from detectron2.structures import Instances
 
 from ..evaluation.coco import coco_results
 from ..evaluation.paired_bootstrap import paired_ap_difference
