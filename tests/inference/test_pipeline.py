@@ -32,6 +32,8 @@ def pipeline_cfg(policy="autofocus", **overrides):
     af.MAX_CHIP_SIDE = 4096  # no tiling unless a test asks for it
     for key, value in overrides.items():
         setattr(af, key, value)
+    if "VALID_RANGES" not in overrides:  # one range per scale
+        af.VALID_RANGES = [[-1.0, -1.0]] * len(af.SCALES)
     return cfg
 
 
@@ -165,8 +167,10 @@ def test_bad_images_are_rejected_with_a_clear_message(planted_detector, image, m
 
 def test_image_smaller_than_the_minimum_chip(planted_detector, paint_image):
     img = paint_image((40, 50), [(1, 10, 12, 18, 20)])
-    out = run(pipeline_cfg(SCALES=[[40, 50], [-1, -1], [80, -1]]), planted_detector(), [img])[0]
+    # Zooms 0.5, 1, 2: the 64 px minimum chip of scale 0 covers the whole 50 x 40 image.
+    out = run(pipeline_cfg(SCALES=[[20, 25], [-1, -1], [80, -1]]), planted_detector(), [img])[0]
     assert out["autofocus"]["chip_boxes_per_scale"][1] == [[0, 0, 50, 40]]
+    assert out["autofocus"]["skipped_scales"] == []
     assert boxes_by_class(out["instances"]) == {1: [10, 12, 18, 20]}
 
 
