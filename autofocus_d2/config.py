@@ -27,10 +27,14 @@ __all__ = [
     "check_scale_chain",
     "per_transition",
     "lookup_registry",
+    "DEFAULT_MAX_IMAGE_MPIX",
     "INFERENCE_DTYPE_NAMES",
     "NMS_METHODS",
 ]
 
+# Default of INPUT.MAX_IMAGE_MPIX, megapixels: PIL's own refusal limit (2 x Image.MAX_IMAGE_PIXELS
+# of Pillow 10-13), which autofocus_d2.utils.read_image replaces.
+DEFAULT_MAX_IMAGE_MPIX = 178.9
 # The values of MODEL.AUTOFOCUS.INFERENCE_DTYPE and MODEL.AUTOFOCUS.NMS_METHOD.
 INFERENCE_DTYPE_NAMES = ("float32", "float16", "bfloat16")
 NMS_METHODS = ("nms", "soft_nms")
@@ -151,7 +155,7 @@ def add_autofocus_config(cfg: CN) -> None:
     # Largest image file read (demo.py, the data loaders, the benchmark), in megapixels (width x
     # height / 1e6); a larger one is refused naming the file. Guards against decompression bombs
     # as PIL's own limit (178.9 MP) does, which it replaces: raise it to read larger frames.
-    cfg.INPUT.MAX_IMAGE_MPIX = 178.9
+    cfg.INPUT.MAX_IMAGE_MPIX = DEFAULT_MAX_IMAGE_MPIX
 
     # ------------------------------------------------------- SNIPER chip training (data side)
     cfg.INPUT.SNIPER = CN()
@@ -282,7 +286,7 @@ def validate_autofocus_config(cfg: CN) -> None:
     check_at_least(af.DETECTIONS_PER_IMAGE, 1, "MODEL.AUTOFOCUS.DETECTIONS_PER_IMAGE", integer=True)
     check_at_least(af.GRID_TILE_SIZE, 1, "MODEL.AUTOFOCUS.GRID_TILE_SIZE")
     check_in_range(af.GRID_OVERLAP, 0.0, 1.0, "MODEL.AUTOFOCUS.GRID_OVERLAP", hi_open=True)
-    check_at_least(cfg.INPUT.MAX_IMAGE_MPIX, 0, "INPUT.MAX_IMAGE_MPIX")
+    check_at_least(cfg.INPUT.MAX_IMAGE_MPIX, 0.001, "INPUT.MAX_IMAGE_MPIX")
 
 
 def validate_sniper_config(cfg: CN) -> None:
