@@ -69,3 +69,12 @@ def test_the_pixel_cap_replaces_pils_limit(tmp_path):
         assert Image.MAX_IMAGE_PIXELS == 5000
     finally:
         Image.MAX_IMAGE_PIXELS = saved
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    # Stored 30 wide x 20 high with orientation 6 ("rotate 90 clockwise to view"): read 20 x 30.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "rotated.jpg", exif=exif)
+    assert read_image(str(tmp_path / "rotated.jpg")).shape == (30, 20, 3)
+    assert detectron2_read_image(str(tmp_path / "rotated.jpg")).shape == (30, 20, 3)

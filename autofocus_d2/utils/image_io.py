@@ -25,6 +25,10 @@ EIGHT_BIT_MODES = ("1", "L", "P", "LA", "PA", "La", "RGB", "RGBA", "RGBa", "RGBX
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
+# The EXIF tag of the camera's orientation (1: as stored).
+EXIF_ORIENTATION = 0x0112
+
+
 class ImageReadError(ValueError):
     """An image file that cannot be read as an 8-bit image; the message names the file."""
 
@@ -101,7 +105,8 @@ def read_image(path: str, format: Optional[str] = "BGR", max_mpix: float = DEFAU
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 image.load()
-                image = ImageOps.exif_transpose(image)
+                if image.getexif().get(EXIF_ORIENTATION, 1) != 1:  # else exif_transpose copies
+                    image = ImageOps.exif_transpose(image)
         except (OSError, SyntaxError, ValueError) as e:
             raise ImageReadError(f"{path}: cannot decode the image ({type(e).__name__}: {e})") from None
         image = to_8bit(image, path)
