@@ -99,8 +99,9 @@ def add_autofocus_config(cfg: CN) -> None:
     cfg.MODEL.AUTOFOCUS.CHIP_BATCH_SIZE = 8
     # Pixels per detector batch, counted as the padded batch tensor's (views x padded height x
     # padded width, pixels of the scale): a view joins a batch only while the batch stays within
-    # this; a single larger view runs alone. With CHIP_BATCH_SIZE, bounds peak memory: about 3 GB
-    # of CPU memory for a 12000 x 9000 frame with the compact model (docs/bad_inputs_inference.md).
+    # this; a single larger view runs alone. With CHIP_BATCH_SIZE, bounds peak memory: 2.7 GB of
+    # CPU memory for a 12000 x 9000 frame with the compact model, 6.0 GB without it
+    # (docs/bad_inputs_inference.md).
     # 0 = no pixel limit (CHIP_BATCH_SIZE alone).
     cfg.MODEL.AUTOFOCUS.MAX_BATCH_PIXELS = 8_000_000
     # Views share a detector batch only while the batch's padded area stays within (1 + this)
