@@ -1,8 +1,21 @@
 """Config keys of autofocus-d2: ``add_autofocus_config(cfg)`` and their validation."""
-import math
 from typing import List, Sequence
 
 from detectron2.config import CfgNode as CN
+
+from .config_checks import (
+    check,
+    check_at_least,
+    check_choice,
+    check_dilations,
+    check_focus_label_range,
+    check_in_range,
+    check_min_sizes,
+    check_probabilities,
+    check_ranges,
+    check_scale_chain,
+    check_tiling,
+)
 
 __all__ = [
     "add_autofocus_config",
@@ -14,7 +27,17 @@ __all__ = [
     "check_scale_chain",
     "per_transition",
     "lookup_registry",
+    "DEFAULT_MAX_IMAGE_MPIX",
+    "INFERENCE_DTYPE_NAMES",
+    "NMS_METHODS",
 ]
+
+# Default of INPUT.MAX_IMAGE_MPIX, megapixels: PIL's own refusal limit (2 x Image.MAX_IMAGE_PIXELS
+# of Pillow 10-13), which autofocus_d2.utils.read_image replaces.
+DEFAULT_MAX_IMAGE_MPIX = 178.9
+# The values of MODEL.AUTOFOCUS.INFERENCE_DTYPE and MODEL.AUTOFOCUS.NMS_METHOD.
+INFERENCE_DTYPE_NAMES = ("float32", "float16", "bfloat16")
+NMS_METHODS = ("nms", "soft_nms")
 
 
 def add_autofocus_config(cfg: CN) -> None:
@@ -80,6 +103,13 @@ def add_autofocus_config(cfg: CN) -> None:
     cfg.MODEL.AUTOFOCUS.MAX_CHIPS_PER_IMAGE = 32
     # Chips per forward pass at a finer scale (padded ImageList batches): bounds memory.
     cfg.MODEL.AUTOFOCUS.CHIP_BATCH_SIZE = 8
+    # Pixels per detector batch, counted as the padded batch tensor's (views x padded height x
+    # padded width, pixels of the scale): a view joins a batch only while the batch stays within
+    # this; a single larger view runs alone. With CHIP_BATCH_SIZE, bounds peak memory: 2.7 GB of
+    # CPU memory for a 12000 x 9000 frame with the compact model, 6.0 GB without it
+    # (docs/bad_inputs_inference.md).
+    # 0 = no pixel limit (CHIP_BATCH_SIZE alone).
+    cfg.MODEL.AUTOFOCUS.MAX_BATCH_PIXELS = 8_000_000
     # Views share a detector batch only while the batch's padded area stays within (1 + this)
     # times their own padded areas (fraction; 0: equal shapes only; a large value: plain batching).
     # FocusChips come in every shape: a wide and a tall chip padded together cost their square.
@@ -129,6 +159,12 @@ def add_autofocus_config(cfg: CN) -> None:
     # "grid" policy: square tile side, in pixels of the finer scale, and overlap ratio of tiles.
     cfg.MODEL.AUTOFOCUS.GRID_TILE_SIZE = 512
     cfg.MODEL.AUTOFOCUS.GRID_OVERLAP = 0.2
+
+    # ------------------------------------------------------------------ reading image files
+    # Largest image file read (demo.py, the data loaders, the benchmark), in megapixels (width x
+    # height / 1e6); a larger one is refused naming the file. Guards against decompression bombs
+    # as PIL's own limit (178.9 MP) does, which it replaces: raise it to read larger frames.
+    cfg.INPUT.MAX_IMAGE_MPIX = DEFAULT_MAX_IMAGE_MPIX
 
     # ------------------------------------------------------- SNIPER chip training (data side)
     cfg.INPUT.SNIPER = CN()
@@ -218,104 +254,80 @@ def lookup_registry(registry, name: str, key: str):
         ) from None
 
 
-def _check(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ValueError(f"Invalid config {key}: {msg}")
-
-
 def validate_autofocus_config(cfg: CN) -> None:
     """Check the AutoFocus keys for consistency; raise ValueError naming the offending key.
 
+    The rules are those of :mod:`autofocus_d2.config_checks`, which the constructors of the
+    pipeline, the chip policies, the scale chain and the focus settings also apply to their
+    arguments (LazyConfig and plain Python); here they run first, with the yacs keys in the message.
     Checks that need the backbone (the head's input feature) are done where the head is built; the
     SNIPER training keys (:func:`validate_sniper_config`) where the training chips are built, so an
     inference-only change of the scale chain does not trip over training settings.
     """
-    head = cfg.MODEL.FOCUS_HEAD
-    lo, hi = _pair(head.SMALL_RANGE, "MODEL.FOCUS_HEAD.SMALL_RANGE")
-    _check(0 <= lo <= hi, "MODEL.FOCUS_HEAD.SMALL_RANGE", f"need 0 <= min <= max, got {[lo, hi]}")
-    _check(
-        head.IGNORE_MAX >= hi,
-        "MODEL.FOCUS_HEAD.IGNORE_MAX",
-        f"{head.IGNORE_MAX} is below SMALL_RANGE max {hi}",
-    )
-    _check(head.SMALL_MIN_FRAME in ("input", "next_scale"), "MODEL.FOCUS_HEAD.SMALL_MIN_FRAME",
-           f"{head.SMALL_MIN_FRAME!r} is not 'input' or 'next_scale'")
-    _check(head.CONV_DIM > 0, "MODEL.FOCUS_HEAD.CONV_DIM", f"must be > 0, got {head.CONV_DIM}")
-    _check(head.IGNORED_BOX_LABELS in ("size", "ignore"), "MODEL.FOCUS_HEAD.IGNORED_BOX_LABELS",
-           f"{head.IGNORED_BOX_LABELS!r} is not 'size' or 'ignore'")
-    _check(head.LOSS_WEIGHT >= 0, "MODEL.FOCUS_HEAD.LOSS_WEIGHT", f"got {head.LOSS_WEIGHT}")
-    _check(isinstance(head.TRAIN_ONLY, bool), "MODEL.FOCUS_HEAD.TRAIN_ONLY",
-           f"must be True or False, got {head.TRAIN_ONLY!r}")
-    _check(not head.TRAIN_ONLY or head.LOSS_WEIGHT > 0, "MODEL.FOCUS_HEAD.LOSS_WEIGHT",
-           "is 0 while MODEL.FOCUS_HEAD.TRAIN_ONLY is on: nothing would be trained")
+    head, af = cfg.MODEL.FOCUS_HEAD, cfg.MODEL.AUTOFOCUS
+    check_focus_label_range(head.SMALL_RANGE, head.IGNORE_MAX, "MODEL.FOCUS_HEAD.SMALL_RANGE",
+                            "MODEL.FOCUS_HEAD.IGNORE_MAX")
+    check_choice(head.SMALL_MIN_FRAME, ("input", "next_scale"), "MODEL.FOCUS_HEAD.SMALL_MIN_FRAME")
+    check_at_least(head.CONV_DIM, 1, "MODEL.FOCUS_HEAD.CONV_DIM", integer=True)
+    check_choice(head.IGNORED_BOX_LABELS, ("size", "ignore"), "MODEL.FOCUS_HEAD.IGNORED_BOX_LABELS")
+    check_at_least(head.LOSS_WEIGHT, 0, "MODEL.FOCUS_HEAD.LOSS_WEIGHT")
+    check_choice(head.TRAIN_ONLY, (True, False), "MODEL.FOCUS_HEAD.TRAIN_ONLY")
+    check(not head.TRAIN_ONLY or head.LOSS_WEIGHT > 0, "MODEL.FOCUS_HEAD.LOSS_WEIGHT",
+          "is 0 while MODEL.FOCUS_HEAD.TRAIN_ONLY is on: nothing would be trained")
 
-    af = cfg.MODEL.AUTOFOCUS
     check_scale_chain(af.SCALES, "MODEL.AUTOFOCUS.SCALES")
     n = len(af.SCALES) - 1
     if n > 0:
-        for t in per_transition(af.FOCUS_THRESHOLD, n, "MODEL.AUTOFOCUS.FOCUS_THRESHOLD"):
-            _check(0.0 <= t <= 1.0, "MODEL.AUTOFOCUS.FOCUS_THRESHOLD", f"{t} is not in [0, 1]")
-        for d in per_transition(af.DILATION, n, "MODEL.AUTOFOCUS.DILATION"):
-            _check(int(d) == d and d >= 1, "MODEL.AUTOFOCUS.DILATION", f"{d} is not an integer >= 1")
-        for k in per_transition(af.MIN_CHIP_SIZE, n, "MODEL.AUTOFOCUS.MIN_CHIP_SIZE"):
-            _check(k >= 0, "MODEL.AUTOFOCUS.MIN_CHIP_SIZE", f"{k} is negative")
-    _check(len(af.VALID_RANGES) == n + 1, "MODEL.AUTOFOCUS.VALID_RANGES",
-           f"{len(af.VALID_RANGES)} ranges for {n + 1} scales (MODEL.AUTOFOCUS.SCALES)")
-    _check_ranges(af.VALID_RANGES, "MODEL.AUTOFOCUS.VALID_RANGES")
-    _check(af.MAX_CHIPS_PER_IMAGE >= 1, "MODEL.AUTOFOCUS.MAX_CHIPS_PER_IMAGE",
-           f"must be >= 1, got {af.MAX_CHIPS_PER_IMAGE}")
-    _check(af.CHIP_BATCH_SIZE >= 1, "MODEL.AUTOFOCUS.CHIP_BATCH_SIZE",
-           f"must be >= 1, got {af.CHIP_BATCH_SIZE}")
-    _check(af.INFERENCE_DTYPE in ("float32", "float16", "bfloat16"), "MODEL.AUTOFOCUS.INFERENCE_DTYPE",
-           f"{af.INFERENCE_DTYPE!r} is not 'float32', 'float16' or 'bfloat16'")
-    _check(af.MAX_BATCH_PADDING >= 0, "MODEL.AUTOFOCUS.MAX_BATCH_PADDING",
-           f"must be >= 0 (a fraction of the views' own area), got {af.MAX_BATCH_PADDING}")
-    _check(af.MAX_CHIP_SIDE >= 32, "MODEL.AUTOFOCUS.MAX_CHIP_SIDE", f"must be >= 32, got {af.MAX_CHIP_SIDE}")
-    _check(0 <= af.TILE_OVERLAP < af.MAX_CHIP_SIDE / 2, "MODEL.AUTOFOCUS.TILE_OVERLAP",
-           f"must be in [0, MAX_CHIP_SIDE / 2), got {af.TILE_OVERLAP}")
-    _check(af.PROPOSALS_PER_MPIX >= 0, "MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX",
-           f"must be >= 0, got {af.PROPOSALS_PER_MPIX}")
-    _check(af.MIN_PROPOSALS >= 1, "MODEL.AUTOFOCUS.MIN_PROPOSALS", f"must be >= 1, got {af.MIN_PROPOSALS}")
-    _check(af.BORDER_MARGIN >= 0, "MODEL.AUTOFOCUS.BORDER_MARGIN", f"got {af.BORDER_MARGIN}")
-    _check(af.SMALL_DROP_SIZE >= 0, "MODEL.AUTOFOCUS.SMALL_DROP_SIZE", f"got {af.SMALL_DROP_SIZE}")
-    _check(af.VIEW_DETECTIONS in ("filtered", "raw"), "MODEL.AUTOFOCUS.VIEW_DETECTIONS",
-           f"{af.VIEW_DETECTIONS!r} is not 'filtered' or 'raw'")
-    _check(0.0 <= af.RAW_SCORE_THRESH < 1.0, "MODEL.AUTOFOCUS.RAW_SCORE_THRESH",
-           f"must be in [0, 1), got {af.RAW_SCORE_THRESH}")
-    _check(af.NMS_METHOD in ("nms", "soft_nms"), "MODEL.AUTOFOCUS.NMS_METHOD",
-           f"{af.NMS_METHOD!r} is not 'nms' or 'soft_nms'")
-    _check(0.0 < af.NMS_THRESH <= 1.0, "MODEL.AUTOFOCUS.NMS_THRESH", f"got {af.NMS_THRESH}")
-    _check(af.SOFT_NMS_SIGMA > 0, "MODEL.AUTOFOCUS.SOFT_NMS_SIGMA", f"got {af.SOFT_NMS_SIGMA}")
-    _check(af.DETECTIONS_PER_IMAGE >= 1, "MODEL.AUTOFOCUS.DETECTIONS_PER_IMAGE",
-           f"got {af.DETECTIONS_PER_IMAGE}")
-    _check(af.GRID_TILE_SIZE >= 1, "MODEL.AUTOFOCUS.GRID_TILE_SIZE", f"got {af.GRID_TILE_SIZE}")
-    _check(0.0 <= af.GRID_OVERLAP < 1.0, "MODEL.AUTOFOCUS.GRID_OVERLAP", f"got {af.GRID_OVERLAP}")
+        check_probabilities(per_transition(af.FOCUS_THRESHOLD, n, "MODEL.AUTOFOCUS.FOCUS_THRESHOLD"),
+                            "MODEL.AUTOFOCUS.FOCUS_THRESHOLD")
+        check_dilations(per_transition(af.DILATION, n, "MODEL.AUTOFOCUS.DILATION"), "MODEL.AUTOFOCUS.DILATION")
+        check_min_sizes(per_transition(af.MIN_CHIP_SIZE, n, "MODEL.AUTOFOCUS.MIN_CHIP_SIZE"),
+                        "MODEL.AUTOFOCUS.MIN_CHIP_SIZE")
+    check_ranges(af.VALID_RANGES, "MODEL.AUTOFOCUS.VALID_RANGES", num_scales=n + 1)
+    check_at_least(af.MAX_CHIPS_PER_IMAGE, 1, "MODEL.AUTOFOCUS.MAX_CHIPS_PER_IMAGE", integer=True)
+    check_at_least(af.CHIP_BATCH_SIZE, 1, "MODEL.AUTOFOCUS.CHIP_BATCH_SIZE", integer=True)
+    check_at_least(af.MAX_BATCH_PIXELS, 0, "MODEL.AUTOFOCUS.MAX_BATCH_PIXELS")
+    check_choice(af.INFERENCE_DTYPE, INFERENCE_DTYPE_NAMES, "MODEL.AUTOFOCUS.INFERENCE_DTYPE")
+    check_at_least(af.MAX_BATCH_PADDING, 0, "MODEL.AUTOFOCUS.MAX_BATCH_PADDING")
+    check_tiling(af.MAX_CHIP_SIDE, af.TILE_OVERLAP, "MODEL.AUTOFOCUS.MAX_CHIP_SIDE", "MODEL.AUTOFOCUS.TILE_OVERLAP")
+    check_at_least(af.PROPOSALS_PER_MPIX, 0, "MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX")
+    check_at_least(af.MIN_PROPOSALS, 1, "MODEL.AUTOFOCUS.MIN_PROPOSALS", integer=True)
+    check_at_least(af.BORDER_MARGIN, 0, "MODEL.AUTOFOCUS.BORDER_MARGIN")
+    check_at_least(af.SMALL_DROP_SIZE, 0, "MODEL.AUTOFOCUS.SMALL_DROP_SIZE")
+    check_choice(af.VIEW_DETECTIONS, ("filtered", "raw"), "MODEL.AUTOFOCUS.VIEW_DETECTIONS")
+    check_in_range(af.RAW_SCORE_THRESH, 0.0, 1.0, "MODEL.AUTOFOCUS.RAW_SCORE_THRESH", hi_open=True)
+    check_choice(af.NMS_METHOD, NMS_METHODS, "MODEL.AUTOFOCUS.NMS_METHOD")
+    check_in_range(af.NMS_THRESH, 0.0, 1.0, "MODEL.AUTOFOCUS.NMS_THRESH", lo_open=True)
+    check_at_least(af.SOFT_NMS_SIGMA, 1e-6, "MODEL.AUTOFOCUS.SOFT_NMS_SIGMA")
+    check_at_least(af.DETECTIONS_PER_IMAGE, 1, "MODEL.AUTOFOCUS.DETECTIONS_PER_IMAGE", integer=True)
+    check_at_least(af.GRID_TILE_SIZE, 1, "MODEL.AUTOFOCUS.GRID_TILE_SIZE")
+    check_in_range(af.GRID_OVERLAP, 0.0, 1.0, "MODEL.AUTOFOCUS.GRID_OVERLAP", hi_open=True)
+    check_at_least(cfg.INPUT.MAX_IMAGE_MPIX, 0.001, "INPUT.MAX_IMAGE_MPIX")
 
 
 def validate_sniper_config(cfg: CN) -> None:
     """Check the INPUT.SNIPER and MODEL.SNIPER keys; raise ValueError naming the offending key."""
     sn = cfg.INPUT.SNIPER
-    _check(sn.CHIP_SIZE >= 32, "INPUT.SNIPER.CHIP_SIZE", f"must be >= 32, got {sn.CHIP_SIZE}")
-    _check(1 <= sn.CHIP_STRIDE <= sn.CHIP_SIZE, "INPUT.SNIPER.CHIP_STRIDE",
-           f"must be in [1, CHIP_SIZE], got {sn.CHIP_STRIDE}")
+    check(sn.CHIP_SIZE >= 32, "INPUT.SNIPER.CHIP_SIZE", f"must be >= 32, got {sn.CHIP_SIZE}")
+    check(1 <= sn.CHIP_STRIDE <= sn.CHIP_SIZE, "INPUT.SNIPER.CHIP_STRIDE",
+          f"must be in [1, CHIP_SIZE], got {sn.CHIP_STRIDE}")
     scales = sniper_training_scales(cfg)
     check_scale_chain(scales, "INPUT.SNIPER.SCALES")
-    _check(not sn.SCALES or sn.VALID_RANGES, "INPUT.SNIPER.VALID_RANGES",
-           "is empty while INPUT.SNIPER.SCALES is set: give one training range per training scale")
+    check(not sn.SCALES or sn.VALID_RANGES, "INPUT.SNIPER.VALID_RANGES",
+          "is empty while INPUT.SNIPER.SCALES is set: give one training range per training scale")
     ranges = sniper_valid_ranges(cfg)
-    _check(len(ranges) == len(scales), "INPUT.SNIPER.VALID_RANGES",
-           f"{len(ranges)} ranges for {len(scales)} training scales (INPUT.SNIPER.SCALES)")
-    _check_ranges(ranges, "INPUT.SNIPER.VALID_RANGES")
-    _check(isinstance(sn.FOCUS_CHIPS, bool), "INPUT.SNIPER.FOCUS_CHIPS",
-           f"must be True or False, got {sn.FOCUS_CHIPS!r}")
-    _check(sn.NEGATIVES_PER_EPOCH >= 0, "INPUT.SNIPER.NEGATIVES_PER_EPOCH",
-           f"must be >= 0, got {sn.NEGATIVES_PER_EPOCH}")
-    _check(sn.NEGATIVE_MIN_PROPOSALS >= 1, "INPUT.SNIPER.NEGATIVE_MIN_PROPOSALS",
-           f"must be >= 1, got {sn.NEGATIVE_MIN_PROPOSALS}")
-    _check(sn.NEGATIVE_PROPOSALS_PER_IMAGE >= 1, "INPUT.SNIPER.NEGATIVE_PROPOSALS_PER_IMAGE",
-           f"must be >= 1, got {sn.NEGATIVE_PROPOSALS_PER_IMAGE}")
-    _check(0.0 < cfg.MODEL.SNIPER.IGNORE_IOU <= 1.0, "MODEL.SNIPER.IGNORE_IOU",
-           f"must be in (0, 1], got {cfg.MODEL.SNIPER.IGNORE_IOU}")
+    check(len(ranges) == len(scales), "INPUT.SNIPER.VALID_RANGES",
+          f"{len(ranges)} ranges for {len(scales)} training scales (INPUT.SNIPER.SCALES)")
+    check_ranges(ranges, "INPUT.SNIPER.VALID_RANGES")
+    check_choice(sn.FOCUS_CHIPS, (True, False), "INPUT.SNIPER.FOCUS_CHIPS")
+    check(sn.NEGATIVES_PER_EPOCH >= 0, "INPUT.SNIPER.NEGATIVES_PER_EPOCH",
+          f"must be >= 0, got {sn.NEGATIVES_PER_EPOCH}")
+    check(sn.NEGATIVE_MIN_PROPOSALS >= 1, "INPUT.SNIPER.NEGATIVE_MIN_PROPOSALS",
+          f"must be >= 1, got {sn.NEGATIVE_MIN_PROPOSALS}")
+    check(sn.NEGATIVE_PROPOSALS_PER_IMAGE >= 1, "INPUT.SNIPER.NEGATIVE_PROPOSALS_PER_IMAGE",
+          f"must be >= 1, got {sn.NEGATIVE_PROPOSALS_PER_IMAGE}")
+    check(0.0 < cfg.MODEL.SNIPER.IGNORE_IOU <= 1.0, "MODEL.SNIPER.IGNORE_IOU",
+          f"must be in (0, 1], got {cfg.MODEL.SNIPER.IGNORE_IOU}")
 
 
 def sniper_training_scales(cfg: CN) -> List[List[float]]:
@@ -328,30 +340,3 @@ def sniper_valid_ranges(cfg: CN) -> List[List[float]]:
     """The training valid ranges: INPUT.SNIPER.VALID_RANGES, or the inference ones when empty."""
     ranges = cfg.INPUT.SNIPER.VALID_RANGES or cfg.MODEL.AUTOFOCUS.VALID_RANGES
     return [list(map(float, r)) for r in ranges]
-
-
-def check_scale_chain(scales: Sequence[Sequence[float]], key: str) -> None:
-    """Each scale a [short, cap] pair, each side -1 (no constraint) or > 0, cap >= short when both
-    are set; where two consecutive scales are comparable (both sides set) the finer is larger."""
-    _check(len(scales) >= 1, key, "needs at least one [short, cap] scale")
-    pairs = [_pair(s, key) for s in scales]
-    for short, cap in pairs:
-        _check(all(v == -1 or (v > 0 and math.isfinite(v)) for v in (short, cap)), key,
-               f"each side must be -1 (no constraint) or a positive number, got {[short, cap]}")
-        _check(short < 0 or cap < 0 or cap >= short, key,
-               f"the longer-side cap is below the shorter side in {[short, cap]}")
-    for (s0, c0), (s1, c1) in zip(pairs, pairs[1:]):
-        if min(s0, c0, s1, c1) > 0:
-            _check(s1 >= s0 and c1 >= c0 and (s1, c1) != (s0, c0), key,
-                   f"scales must go from coarse to fine, got {[s0, c0]} before {[s1, c1]}")
-
-
-def _check_ranges(ranges: Sequence[Sequence[float]], key: str) -> None:
-    for r in ranges:
-        rlo, rhi = _pair(r, key)
-        _check(rhi < 0 or rlo <= rhi, key, f"range {list(r)} has min > max")
-
-
-def _pair(value: Sequence[float], key: str):
-    _check(len(value) == 2, key, f"expected [min, max], got {list(value)}")
-    return float(value[0]), float(value[1])

@@ -128,3 +128,20 @@ def test_demo_writes_detections_chips_and_focus_maps(tmp_path, device):
     for line, stem in zip(lines, ("first", "second")):
         assert f"{stem}.jpg: " in line
         assert "chips per scale [1, " in line and "of the pyramid's" in line and " s;" in line
+
+
+def test_demo_reports_each_bad_file_processes_the_rest_and_exits_non_zero(tmp_path, bad_image_files, capsys):
+    # In the folder, sorted: float.tif (mode F, refused), good.jpg, grey16.png (read, scaled),
+    # text.png (not an image), truncated.jpg (truncated): two good files after bad ones.
+    folder = os.path.dirname(bad_image_files["good"])
+    code = demo.main(["--config-file", CONFIG, "--input", folder, "--opts", "MODEL.DEVICE", "cpu"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert [line.split(":")[0] for line in out.splitlines() if "detections in" in line] == [
+        bad_image_files["good"], bad_image_files["grey16"]]
+    summary = err[err.index("error: 3 of 5 images failed:"):]
+    for case, reason in [("float", "PIL mode 'F' is not supported"),
+                         ("text", "not an image file PIL can identify"),
+                         ("truncated", "cannot decode the image (OSError: image file is truncated")]:
+        assert f"error: {bad_image_files[case]}: {reason}" in err
+        assert f"  {bad_image_files[case]}: {reason}" in summary

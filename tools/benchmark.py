@@ -31,6 +31,7 @@ from autofocus_d2.benchmark import (
     write_report,
 )
 from autofocus_d2.config import load_autofocus_config
+from autofocus_d2.config_checks import check_probabilities
 from autofocus_d2.data import add_register_coco_argument, register_coco_datasets
 
 DEFAULT_SWEEP = [0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9]
@@ -59,7 +60,13 @@ def parse_args(argv=None):
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                    help="config KEY VALUE pairs (last on the command line)")
-    return add_register_coco_argument(p).parse_args(argv)
+    args = add_register_coco_argument(p).parse_args(argv)
+    if args.sweep:
+        try:
+            check_probabilities(args.sweep, "--sweep")  # FOCUS_THRESHOLD values: the rule of the key
+        except ValueError as e:
+            p.error(str(e))
+    return args
 
 
 def main(argv=None) -> int:

@@ -9,7 +9,6 @@ COCOEvaluator; box and, with MODEL.MASK_ON, mask AP) and the COCO results, pixel
 image, median wall time per image per repeat, the time split (timing.py) and peak memory.
 """
 import contextlib
-import copy
 import io
 import logging
 import os
@@ -18,12 +17,15 @@ import statistics
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
-from detectron2.data import DatasetCatalog, DatasetMapper
-from detectron2.data.detection_utils import annotations_to_instances
+from detectron2.data import DatasetCatalog
+from detectron2.data import transforms as T
+from detectron2.data.detection_utils import annotations_to_instances, build_augmentation, check_image_size
 
 from ..evaluation import build_coco_evaluator, coco_results
 from ..inference.pipeline import build_autofocus_pipeline
+from ..utils.image_io import read_image
 from .sahi_method import sahi_method
 from .timing import TimedFocusDetector, attribute_passes, summarize_time_split
 
@@ -66,7 +68,9 @@ def load_inputs(
     cfg, dataset_name: str, max_images: Optional[int] = None, *, with_ground_truth: bool = False
 ) -> List[Dict[str, Any]]:
     """The dataset's test inputs as Detectron2's test mapper makes them (original resolution when
-    INPUT.MIN_SIZE_TEST is 0), the first ``max_images`` of them.
+    INPUT.MIN_SIZE_TEST is 0), the first ``max_images`` of them; the files are read by
+    :func:`autofocus_d2.utils.read_image` (every PIL mode handled or refused naming the file,
+    INPUT.MAX_IMAGE_MPIX), then resized by the test augmentations of ``cfg``.
 
     The test mapper drops the annotations; with ``with_ground_truth`` each input keeps them as
     ``x["instances"]``: Instances of the ORIGINAL image size (``height``, ``width``) with
@@ -81,10 +85,15 @@ def load_inputs(
         dicts = dicts[:max_images]
     if not dicts:
         raise ValueError(f"dataset {dataset_name!r} has no images")
-    mapper = DatasetMapper(cfg, is_train=False)
+    resize = T.AugmentationList(build_augmentation(cfg, is_train=False))
     inputs = []
     for d in dicts:
-        x = mapper(copy.deepcopy(d))
+        x = {k: v for k, v in d.items() if k not in ("annotations", "sem_seg_file_name")}
+        image = read_image(d["file_name"], format=cfg.INPUT.FORMAT, max_mpix=cfg.INPUT.MAX_IMAGE_MPIX)
+        check_image_size(d, image)
+        aug = T.AugInput(image)
+        resize(aug)
+        x["image"] = torch.as_tensor(np.ascontiguousarray(aug.image.transpose(2, 0, 1)))
         if with_ground_truth:
             if "annotations" not in d:
                 raise ValueError(f"dataset {dataset_name!r}: image {d.get('image_id')} has no annotations")

@@ -26,9 +26,10 @@ from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
-from ..config import sniper_training_scales, sniper_valid_ranges, validate_sniper_config
+from ..config import DEFAULT_MAX_IMAGE_MPIX, sniper_training_scales, sniper_valid_ranges, validate_sniper_config
 from ..inference.scale_chain import ScaleChain
 from ..modeling.sniper_heads import require_ignore_support
+from ..utils.image_io import read_image
 from .chip_sampler import ChipEpochSampler
 from ..modeling.focus_labels import focus_size_range
 from .sniper_chips import chip_box_validity, chips_holding, positive_chips
@@ -327,11 +328,14 @@ class SNIPERDatasetMapper:
         augmentations: Sequence[T.Augmentation] = (),
         use_instance_mask: bool = False,
         instance_mask_format: str = "polygon",
+        max_image_mpix: float = DEFAULT_MAX_IMAGE_MPIX,
     ):
         """
         Args:
             is_train: augmentations are applied only in training.
             image_format: as ``cfg.INPUT.FORMAT``.
+            max_image_mpix: largest image file read, megapixels (``INPUT.MAX_IMAGE_MPIX``; files
+                are read by :func:`autofocus_d2.utils.read_image`).
             chip_size: chip side in pixels of the training scale (``INPUT.SNIPER.CHIP_SIZE``).
             augmentations: applied in the chip frame after the chip is cut and zoomed.
             use_instance_mask, instance_mask_format: as in ``DatasetMapper``.
@@ -342,6 +346,7 @@ class SNIPERDatasetMapper:
         self.augmentations = T.AugmentationList(list(augmentations) if is_train else [])
         self.use_instance_mask = use_instance_mask
         self.instance_mask_format = instance_mask_format
+        self.max_image_mpix = max_image_mpix
 
     @classmethod
     def from_config(cls, cfg: CfgNode, is_train: bool = True) -> Dict[str, Any]:
@@ -360,10 +365,11 @@ class SNIPERDatasetMapper:
             "augmentations": augs,
             "use_instance_mask": cfg.MODEL.MASK_ON,
             "instance_mask_format": cfg.INPUT.MASK_FORMAT,
+            "max_image_mpix": cfg.INPUT.MAX_IMAGE_MPIX,
         }
 
     def __call__(self, record: Dict[str, Any]) -> Dict[str, Any]:
-        image = utils.read_image(record["file_name"], format=self.image_format)
+        image = read_image(record["file_name"], format=self.image_format, max_mpix=self.max_image_mpix)
         utils.check_image_size(record, image)
         hw = image.shape[:2]
         chip, zoom = record["sniper_chip"], float(record["sniper_zoom"])

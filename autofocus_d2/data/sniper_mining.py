@@ -23,6 +23,7 @@ from detectron2.data import detection_utils as utils
 from ..config import sniper_training_scales, sniper_valid_ranges, validate_sniper_config
 from ..inference.scale_chain import ScaleChain
 from ..inference.views import View, crop_and_resize, tile_box, zoomed_hw
+from ..utils.image_io import read_image
 from .sniper_chips import negative_chips, positive_chips
 from .sniper_loader import NEGATIVE_CHIPS_VERSION, annotation_boxes
 
@@ -112,7 +113,7 @@ def mine_negative_chips(
     model.eval()
     try:
         for i, d in enumerate(dicts):
-            image = utils.read_image(d["file_name"], format=cfg.INPUT.FORMAT)
+            image = read_image(d["file_name"], format=cfg.INPUT.FORMAT, max_mpix=cfg.INPUT.MAX_IMAGE_MPIX)
             utils.check_image_size(d, image)
             image_t = torch.as_tensor(image.transpose(2, 0, 1).copy())
             hw = (image.shape[0], image.shape[1])

@@ -13,7 +13,16 @@ from detectron2.config import configurable
 from detectron2.structures import Boxes
 from detectron2.utils.registry import Registry
 
-from ..config import lookup_registry, per_transition
+from ..config import lookup_registry, per_transition, validate_autofocus_config
+from ..config_checks import (
+    check,
+    check_at_least,
+    check_dilations,
+    check_focus_label_range,
+    check_in_range,
+    check_min_sizes,
+    check_probabilities,
+)
 from ..modeling.focus_labels import FOCUS_POSITIVE, focus_pixel_targets, focus_size_range
 from .focus_chips import generate_focus_chips, merge_overlapping_boxes
 from .views import View, snap_to_pixels, tile_box
@@ -48,6 +57,10 @@ class ChipPolicy(ABC):
     def num_scales(self, num_configured: int) -> int:
         """How many of the configured scales this policy processes."""
         return num_configured
+
+    def check_scales(self, num_configured: int) -> None:
+        """Raise ValueError naming the argument when the policy's per-transition settings do not
+        fit a chain of ``num_configured`` scales (the pipeline calls this when it is built)."""
 
     @abstractmethod
     def chips(
@@ -94,14 +107,28 @@ class AutoFocusChipPolicy(ChipPolicy):
         min_sizes: Sequence[float],
         max_chips: int,
     ):
-        """thresholds, dilations, min_sizes: one per scale transition (see config.py)."""
-        self.thresholds = list(thresholds)
-        self.dilations = list(dilations)
-        self.min_sizes = list(min_sizes)
-        self.max_chips = max_chips
+        """thresholds (probability), dilations (cells), min_sizes (pixels of the parent's scale):
+        one per scale transition; max_chips: per image and scale (see MODEL.AUTOFOCUS in config.py)."""
+        check_probabilities(thresholds, "thresholds")
+        check_dilations(dilations, "dilations")
+        check_min_sizes(min_sizes, "min_sizes")
+        check_at_least(max_chips, 1, "max_chips", integer=True)
+        self.thresholds = [float(t) for t in thresholds]
+        self.dilations = [int(d) for d in dilations]
+        self.min_sizes = [float(m) for m in min_sizes]
+        self.max_chips = int(max_chips)
+
+    def check_scales(self, num_configured: int) -> None:
+        n = num_configured - 1
+        for name in ("thresholds", "dilations", "min_sizes"):
+            values = getattr(self, name)
+            check(n == 0 or len(values) == n, name,
+                  f"{len(values)} values for {n} scale transitions: give one per transition "
+                  f"(one fewer than the {num_configured} scales of the scale chain)")
 
     @classmethod
     def from_config(cls, cfg):
+        validate_autofocus_config(cfg)  # a yacs config: errors name the keys
         af = cfg.MODEL.AUTOFOCUS
         n = max(1, len(af.SCALES) - 1)
         return {
@@ -166,6 +193,7 @@ class PyramidChipPolicy(ChipPolicy):
 
     @classmethod
     def from_config(cls, cfg):
+        validate_autofocus_config(cfg)
         return {}
 
     def chips(self, *, next_scale, zoom, image_hw, parents, focus_maps, focus_stride, gt_boxes=None):
@@ -187,11 +215,15 @@ class GridChipPolicy(ChipPolicy):
 
     @configurable
     def __init__(self, *, tile_size: int, overlap: float):
+        """tile_size: pixels of the finer scale (>= 1); overlap: fraction of the tile in [0, 1)."""
+        check_at_least(tile_size, 1, "tile_size")
+        check_in_range(overlap, 0.0, 1.0, "overlap", hi_open=True)
         self.tile_size = tile_size
         self.overlap = overlap
 
     @classmethod
     def from_config(cls, cfg):
+        validate_autofocus_config(cfg)
         return {"tile_size": cfg.MODEL.AUTOFOCUS.GRID_TILE_SIZE, "overlap": cfg.MODEL.AUTOFOCUS.GRID_OVERLAP}
 
     def chips(self, *, next_scale, zoom, image_hw, parents, focus_maps, focus_stride, gt_boxes=None):
@@ -297,24 +329,11 @@ class OracleChipPolicy(ChipPolicy):
             small_min_frame: MODEL.FOCUS_HEAD.SMALL_MIN_FRAME, as the training labels
                 (:func:`focus_size_range`, with the zoom step from the parent to the next scale).
         """
-        if len(dilations) != len(min_sizes) or not dilations:
-            raise ValueError(
-                f"dilations {list(dilations)} and min_sizes {list(min_sizes)} (MODEL.AUTOFOCUS.DILATION"
-                " / MIN_CHIP_SIZE) must have one value per scale transition, at least one"
-            )
-        for d in dilations:
-            if int(d) != d or d < 1:
-                raise ValueError(f"MODEL.AUTOFOCUS.DILATION: {d} is not an integer >= 1")
-        for m in min_sizes:
-            if not (0 <= m < math.inf):
-                raise ValueError(f"MODEL.AUTOFOCUS.MIN_CHIP_SIZE: {m} is not finite and >= 0")
-        if max_chips < 1:
-            raise ValueError(f"MODEL.AUTOFOCUS.MAX_CHIPS_PER_IMAGE must be >= 1, got {max_chips}")
-        if len(small_range) != 2 or not 0 <= small_range[0] <= small_range[1] <= ignore_max:
-            raise ValueError(
-                "need 0 <= MODEL.FOCUS_HEAD.SMALL_RANGE[0] <= SMALL_RANGE[1] <= "
-                f"MODEL.FOCUS_HEAD.IGNORE_MAX, got {list(small_range)} and {ignore_max}"
-            )
+        check_dilations(dilations, "dilations")
+        check_min_sizes(min_sizes, "min_sizes")
+        check(len(dilations) == len(min_sizes), "min_sizes",
+              f"{len(min_sizes)} values but {len(dilations)} dilations: give one of each per scale transition")
+        check_focus_label_range(small_range, ignore_max, "small_range", "ignore_max")
         self.small_range = (float(small_range[0]), float(small_range[1]))
         focus_size_range(self.small_range, 1.0, small_min_frame)  # checks the frame's name
         self.small_min_frame = small_min_frame
@@ -328,6 +347,7 @@ class OracleChipPolicy(ChipPolicy):
 
     @classmethod
     def from_config(cls, cfg):
+        validate_autofocus_config(cfg)
         af, head = cfg.MODEL.AUTOFOCUS, cfg.MODEL.FOCUS_HEAD
         n = max(1, len(af.SCALES) - 1)
         return {
@@ -338,6 +358,9 @@ class OracleChipPolicy(ChipPolicy):
             "ignore_max": head.IGNORE_MAX,
             "small_min_frame": head.SMALL_MIN_FRAME,
         }
+
+    def check_scales(self, num_configured: int) -> None:
+        self.focus.check_scales(num_configured)
 
     def chips(self, *, next_scale, zoom, image_hw, parents, focus_maps, focus_stride, gt_boxes=None):
         image = parents[0].image_index if parents else "?"

@@ -3,7 +3,7 @@ then focus stacking. Returns ordinary Detectron2 outputs (plus what the pipeline
 import logging
 import math
 from collections import defaultdict
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -11,16 +11,18 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Instances
 from detectron2.utils.registry import Registry
 
-from ..config import lookup_registry
+from ..config import INFERENCE_DTYPE_NAMES, NMS_METHODS, lookup_registry, validate_autofocus_config
+from ..config_checks import check, check_at_least, check_choice, check_in_range, check_ranges, check_tiling
 from .chip_policies import ChipPolicy, build_chip_policy, input_gt_boxes
 from .detector_interface import require_focus_detector
 from .precision import inference_autocast, outputs_to_float32
+from .input_check import prepare_image
 from .view_batching import plan_view_batches
 from .focus_stacking import merge_indices, stacking_keep_mask
 from .scale_chain import ScaleChain
 from .views import View, crop_and_resize, instances_to_original, tile_box, zoomed_hw
 
-__all__ = ["AUTOFOCUS_PIPELINE_REGISTRY", "CoarseToFinePipeline", "build_autofocus_pipeline"]
+__all__ = ["AUTOFOCUS_PIPELINE_REGISTRY", "CoarseToFinePipeline", "build_autofocus_pipeline", "prepare_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,37 +32,6 @@ Registry for inference pipelines, built as ``cls(cfg)`` and called as
 ``pipeline(model, batched_inputs, with_details=False)`` by the AutoFocus meta-architectures in eval
 mode; ``model`` provides :class:`autofocus_d2.inference.FocusDetector`.
 """
-
-
-def prepare_image(
-    image: torch.Tensor, channels: int, index: int, device: Optional[torch.device] = None
-) -> torch.Tensor:
-    """Check one input image (C, H, W) and return it as float with ``channels`` channels, on
-    ``device`` (moved there first, in its own dtype: a uint8 image crosses to a GPU at a quarter
-    of the bytes, and the float conversion runs on the device).
-
-    A 1-channel (grayscale) image is repeated to 3 channels and a 4th (alpha) channel is dropped
-    when the model expects 3; anything else raises ValueError naming the image and shape.
-    """
-    if not isinstance(image, torch.Tensor) or image.dim() != 3:
-        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"input {index}: 'image' must be a (C, H, W) tensor, got {shape}")
-    c, h, w = image.shape
-    if h == 0 or w == 0:
-        raise ValueError(f"input {index}: the image is empty (shape {tuple(image.shape)})")
-    if c != channels:
-        if c == 1 and channels == 3:
-            image = image.expand(3, h, w)
-        elif c == 4 and channels == 3:
-            image = image[:3]
-        else:
-            raise ValueError(
-                f"input {index}: image has {c} channels, the model expects {channels} "
-                "(MODEL.PIXEL_MEAN); 1 (grayscale) and 4 (alpha dropped) are also accepted for 3"
-            )
-    if device is not None:
-        image = image.to(device, non_blocking=True)
-    return image.float()
 
 
 @AUTOFOCUS_PIPELINE_REGISTRY.register()
@@ -105,8 +76,31 @@ class CoarseToFinePipeline:
         raw_score_thresh: Optional[float] = None,
         max_batch_padding: float = 0.1,
         inference_dtype: str = "float32",
+        max_batch_pixels: float = 8_000_000,
     ):
-        """See the MODEL.AUTOFOCUS keys of config.py for each argument's meaning and unit."""
+        """See the MODEL.AUTOFOCUS keys of config.py for each argument's meaning and unit. Every
+        argument is checked here (by the rules of :mod:`autofocus_d2.config_checks`), so a bad value
+        raises ValueError naming the argument whatever built the pipeline (yacs, LazyConfig, Python)."""
+        check(isinstance(policy, ChipPolicy), "policy", f"must be a ChipPolicy, got {type(policy).__name__}")
+        check(isinstance(scale_chain, ScaleChain), "scale_chain",
+              f"must be a ScaleChain, got {type(scale_chain).__name__}")
+        policy.check_scales(len(scale_chain))
+        check_at_least(chip_batch_size, 1, "chip_batch_size", integer=True)
+        check_tiling(max_chip_side, tile_overlap, "max_chip_side", "tile_overlap")
+        check_at_least(border_margin, 0, "border_margin")
+        check_at_least(small_drop_size, 0, "small_drop_size")
+        check_ranges(valid_ranges, "valid_ranges", num_scales=len(scale_chain))
+        check_choice(nms_method, NMS_METHODS, "nms_method")
+        check_in_range(nms_thresh, 0.0, 1.0, "nms_thresh", lo_open=True)
+        check_at_least(proposals_per_mpix, 0, "proposals_per_mpix")
+        check_at_least(min_proposals, 1, "min_proposals", integer=True)
+        check_at_least(soft_nms_sigma, 1e-6, "soft_nms_sigma")
+        check_at_least(detections_per_image, 1, "detections_per_image", integer=True)
+        if raw_score_thresh is not None:
+            check_in_range(raw_score_thresh, 0.0, 1.0, "raw_score_thresh", hi_open=True)
+        check_at_least(max_batch_padding, 0, "max_batch_padding")
+        check_choice(inference_dtype, INFERENCE_DTYPE_NAMES, "inference_dtype")
+        check_at_least(max_batch_pixels, 0, "max_batch_pixels")
         self.policy = policy
         self.scale_chain = scale_chain
         self.chip_batch_size = chip_batch_size
@@ -124,9 +118,13 @@ class CoarseToFinePipeline:
         self.raw_score_thresh = raw_score_thresh
         self.max_batch_padding = max_batch_padding
         self.inference_dtype = inference_dtype
+        self.max_batch_pixels = max_batch_pixels
+        # Keys of the once-per-pipeline warnings already logged (skipped scales, [0, 1] images).
+        self.warned: Set[str] = set()
 
     @classmethod
     def from_config(cls, cfg):
+        validate_autofocus_config(cfg)  # a yacs config: errors name the keys, not the arguments
         af = cfg.MODEL.AUTOFOCUS
         return {
             "policy": build_chip_policy(cfg),
@@ -146,6 +144,7 @@ class CoarseToFinePipeline:
             "raw_score_thresh": af.RAW_SCORE_THRESH if af.VIEW_DETECTIONS == "raw" else None,
             "max_batch_padding": af.MAX_BATCH_PADDING,
             "inference_dtype": af.INFERENCE_DTYPE,
+            "max_batch_pixels": af.MAX_BATCH_PIXELS,
         }
 
     # ------------------------------------------------------------------------------ views
@@ -177,19 +176,22 @@ class CoarseToFinePipeline:
         """The views of the full pyramid: the whole image (tiled where too long) at every scale."""
         whole = torch.tensor([[0, 0, image_hw[1], image_hw[0]]])
         zooms = self.scale_chain.zooms(image_hw)
+        skipped = self.scale_chain.skipped_scales(image_hw)
         return [self.first_views(0, image_hw)] + [
-            self.views_for_chips(0, k, whole, zooms[k]) for k in range(1, len(zooms))
+            [] if k in skipped else self.views_for_chips(0, k, whole, zooms[k]) for k in range(1, len(zooms))
         ]
 
     def pyramid_pixels(self, image_hw: Tuple[int, int]) -> List[int]:
-        """Pixels the full pyramid (every configured scale on the whole image) processes, per scale."""
+        """Pixels the full pyramid (every configured scale on the whole image) processes, per scale
+        (0 at a scale skipped for this image size, see :meth:`ScaleChain.skipped_scales`)."""
         return [sum(v.pixels for v in views) for views in self.pyramid_views(image_hw)]
 
     # ------------------------------------------------------------------------------ running
     def run_views(
         self, model, images: List[torch.Tensor], views: List[View], with_focus: bool
     ) -> Tuple[List[Instances], List[Optional[torch.Tensor]]]:
-        """Run the detector on ``views`` in padded batches of at most ``chip_batch_size`` views,
+        """Run the detector on ``views`` in padded batches of at most ``chip_batch_size`` views and
+        at most ``max_batch_pixels`` padded pixels (0: no limit; a larger view runs alone),
         grouped by :func:`plan_view_batches` so that padding adds at most ``max_batch_padding`` of
         a batch's own pixels, under autocast when ``inference_dtype`` is not float32.
 
@@ -204,6 +206,7 @@ class CoarseToFinePipeline:
             max_batch_size=self.chip_batch_size,
             size_divisibility=model.size_divisibility,
             max_padding=self.max_batch_padding,
+            max_pixels=self.max_batch_pixels,
         )
         for batch in batches:
             image_list = model.normalize(
@@ -235,7 +238,8 @@ class CoarseToFinePipeline:
         the CPU: what :func:`autofocus_d2.tuning.restack_views` re-stacks)."""
         require_focus_detector(model)
         images = [
-            prepare_image(x["image"], model.input_channels, i, model.device)
+            prepare_image(x["image"], model.input_channels, i, model.device,
+                          name=x.get("file_name"), warned=self.warned)
             for i, x in enumerate(batched_inputs)
         ]
         sizes = [tuple(img.shape[-2:]) for img in images]
@@ -243,32 +247,43 @@ class CoarseToFinePipeline:
         gt_boxes = [input_gt_boxes(x, hw) for x, hw in zip(batched_inputs, sizes)]
         zooms = [self.scale_chain.zooms(hw) for hw in sizes]
         num_scales = self.policy.num_scales(len(self.scale_chain))
+        skipped = [[k for k in self.scale_chain.skipped_scales(hw) if k < num_scales] for hw in sizes]
+        for i, hw in enumerate(sizes):
+            if skipped[i]:
+                self.warn_skipped(hw, skipped[i][0], zooms[i])
+        last_scale = [0] * len(sizes)  # per image, the finest scale processed so far
 
         views_per_scale = [[v for i, hw in enumerate(sizes) for v in self.first_views(i, hw)]]
-        dets_per_scale, maps_per_scale = [], []
+        dets_per_scale, maps_per_scale, focus_per_scale = [], [], []
         for k in range(num_scales):
             views = views_per_scale[k]
             last = k + 1 == num_scales
             with_focus = self.policy.needs_focus and not last
             dets, focus_maps = self.run_views(model, images, views, with_focus)
             dets_per_scale.append(dets)
+            focus_per_scale.append(focus_maps)
             if with_details:
                 maps_per_scale.append([None if m is None else m.cpu() for m in focus_maps])
             if last:
                 break
             next_views = []
             for i, hw in enumerate(sizes):
-                idx = [j for j, v in enumerate(views) if v.image_index == i]
+                if k + 1 in skipped[i]:
+                    continue  # no finer than the image's last scale: no chips there
+                # Parents: the image's views at its finest processed scale (k unless k was skipped).
+                p = last_scale[i]
+                idx = [j for j, v in enumerate(views_per_scale[p]) if v.image_index == i]
                 chips = self.policy.chips(
                     next_scale=k + 1,
                     zoom=zooms[i][k + 1],
                     image_hw=hw,
-                    parents=[views[j] for j in idx],
-                    focus_maps=[focus_maps[j] for j in idx],
+                    parents=[views_per_scale[p][j] for j in idx],
+                    focus_maps=[focus_per_scale[p][j] for j in idx],
                     focus_stride=model.focus_stride,
                     gt_boxes=gt_boxes[i],
                 )
                 next_views.extend(self.views_for_chips(i, k + 1, chips, zooms[i][k + 1]))
+                last_scale[i] = k + 1
             views_per_scale.append(next_views)
 
         outputs = []
@@ -278,7 +293,7 @@ class CoarseToFinePipeline:
             outputs.append(
                 {
                     "instances": detector_postprocess(instances, height, width),
-                    "autofocus": self.image_stats(i, hw, views_per_scale),
+                    "autofocus": {**self.image_stats(i, hw, views_per_scale), "skipped_scales": skipped[i]},
                 }
             )
             if with_details:
@@ -294,6 +309,18 @@ class CoarseToFinePipeline:
                     ],
                 }
         return outputs
+
+    def warn_skipped(self, image_hw: Tuple[int, int], scale: int, zooms: Sequence[float]) -> None:
+        """Log, once per pipeline, that a scale is skipped on images of some size."""
+        if "skipped_scale" in self.warned:
+            return
+        self.warned.add("skipped_scale")
+        logger.warning(
+            f"scale {scale} {list(self.scale_chain.scales[scale])} is no finer than the scale before "
+            f"it on an image of {image_hw[0]} x {image_hw[1]} pixels (zooms {[round(z, 3) for z in zooms]}): "
+            "it is skipped for such images (no chips there), and counted per image in the output's "
+            "autofocus['skipped_scales']. Shown once per run."
+        )
 
     # ------------------------------------------------------------------------------ stacking
     def stack(

@@ -9,10 +9,12 @@ from typing import ContextManager, Optional
 import torch
 from detectron2.structures import Boxes, Instances
 
+from ..config import INFERENCE_DTYPE_NAMES
+
 __all__ = ["INFERENCE_DTYPES", "inference_autocast", "outputs_to_float32"]
 
 # MODEL.AUTOFOCUS.INFERENCE_DTYPE values -> torch dtypes (None: no autocast).
-INFERENCE_DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+INFERENCE_DTYPES = dict(zip(INFERENCE_DTYPE_NAMES, (None, torch.float16, torch.bfloat16)))
 
 
 def inference_autocast(device: torch.device, dtype: str) -> ContextManager:

@@ -66,6 +66,7 @@ class ScaleChain:
 
     @classmethod
     def from_config(cls, cfg):
+        check_scale_chain(cfg.MODEL.AUTOFOCUS.SCALES, "MODEL.AUTOFOCUS.SCALES")
         return {"scales": cfg.MODEL.AUTOFOCUS.SCALES}
 
     def __len__(self) -> int:
@@ -82,6 +83,21 @@ class ScaleChain:
     def zoom(self, image_hw: Tuple[int, int], scale: int) -> float:
         """Zoom of one scale (see :meth:`zooms`)."""
         return scale_zoom(image_hw, *self.scales[scale])
+
+    def skipped_scales(self, image_hw: Tuple[int, int]) -> List[int]:
+        """The scales k >= 1 that are no finer than the last scale before them that is not
+        skipped, for an image of ``image_hw`` = (H, W) pixels (zoom not above that scale's zoom):
+        e.g. scale 1 (-1, -1) after scale 0 (512, 768) on a 480 x 640 image (zooms 1.067, 1).
+        The chain's check (:func:`check_scale_chain`) rejects chains where this holds for every
+        image; the pipeline processes no chip at these scales for such images."""
+        zooms = self.zooms(image_hw)
+        skipped, last = [], zooms[0]
+        for k in range(1, len(zooms)):
+            if zooms[k] <= last * (1 + 1e-9):
+                skipped.append(k)
+            else:
+                last = zooms[k]
+        return skipped
 
     def image_hw(self, image_hw: Tuple[int, int], scale: int) -> Tuple[int, int]:
         """Size (h, w) in pixels of the whole image at ``scale``."""

@@ -23,6 +23,7 @@ def plan_view_batches(
     max_batch_size: int,
     size_divisibility: int,
     max_padding: float,
+    max_pixels: float = 0,
 ) -> List[List[int]]:
     """
     Group views into batches, largest views first.
@@ -34,15 +35,21 @@ def plan_view_batches(
         max_padding: a view joins a batch only if the batch's padded area stays within
             ``(1 + max_padding)`` times the sum of its views' own padded areas (0: only views of one
             padded shape share a batch; ``inf``: fill batches in size order, as plain batching).
+        max_pixels: a view joins a batch only if the padded batch tensor (views x padded height x
+            padded width, pixels of the scale) stays within this; a view larger on its own runs
+            alone. 0 = no limit. Bounds the detector's peak memory per pass.
 
     Returns:
         lists of indices into ``out_hws``; every index exactly once; within a batch, by decreasing
-        area. Deterministic (ties broken by index).
+        area. Deterministic (ties broken by index). No batch of two or more views exceeds
+        ``max_pixels`` (when set).
     """
     if int(max_batch_size) != max_batch_size or max_batch_size < 1:
         raise ValueError(f"max_batch_size must be an integer >= 1, got {max_batch_size}")
     if not max_padding >= 0:
         raise ValueError(f"max_padding must be >= 0 (a fraction of the batch's own area), got {max_padding}")
+    if not max_pixels >= 0:
+        raise ValueError(f"max_pixels must be >= 0 (0: no limit), got {max_pixels}")
     padded = [padded_hw(hw, size_divisibility) for hw in out_hws]
     for i, (h, w) in enumerate(out_hws):
         if h <= 0 or w <= 0:
@@ -58,7 +65,7 @@ def plan_view_batches(
                 continue
             nh, nw = max(bh, h), max(bw, w)
             area = nh * nw * (len(batches[b]) + 1)
-            if area > (1.0 + max_padding) * (own + h * w):
+            if area > (1.0 + max_padding) * (own + h * w) or (max_pixels and area > max_pixels):
                 continue
             cost = area - bh * bw * len(batches[b])  # what adding this view costs
             if best_cost is None or cost < best_cost:

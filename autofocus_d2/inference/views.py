@@ -113,10 +113,12 @@ def snap_to_pixels(boxes: torch.Tensor, image_hw: Tuple[int, int]) -> torch.Tens
 
 
 def crop_and_resize(image: torch.Tensor, box: Sequence[int], out_hw: Tuple[int, int]) -> torch.Tensor:
-    """Crop original-frame ``box`` from ``image`` (C, H, W) and resize it to ``out_hw`` with
-    bilinear interpolation (antialiased when shrinking), on the image's device."""
+    """Crop original-frame ``box`` from ``image`` (C, H, W; uint8 or float) and resize it to
+    ``out_hw`` with bilinear interpolation (antialiased when shrinking), on the image's device.
+    Returns float32: a uint8 image is converted crop by crop, so a large frame is never held in
+    float32 as a whole."""
     x0, y0, x1, y1 = box
-    crop = image[:, y0:y1, x0:x1]
+    crop = image[:, y0:y1, x0:x1].float()
     if tuple(crop.shape[-2:]) == tuple(out_hw):
         return crop
     shrinking = out_hw[0] < crop.shape[-2] or out_hw[1] < crop.shape[-1]

@@ -9,6 +9,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.structures import ImageList, Instances
 from torch import nn
 
+from ..config_checks import check, check_at_least, check_focus_label_range
 from ..inference.pipeline import build_autofocus_pipeline
 from .focus_head import build_focus_head, focus_pixel_loss, resolve_focus_feature
 from .focus_labels import focus_pixel_targets
@@ -85,6 +86,13 @@ class FocusDetectorMixin:
             focus_train_only: retrofit: freeze the detector and train only ``focus_head`` (see the
                 class docstring). Call :meth:`init_focus` after every detector module is built.
         """
+        check_at_least(focus_loss_weight, 0, "focus_loss_weight")
+        check_focus_label_range(focus_small_range, focus_ignore_max, "focus_small_range", "focus_ignore_max")
+        check(not focus_train_only or focus_loss_weight > 0, "focus_loss_weight",
+              "is 0 while focus_train_only is on: nothing would be trained")
+        check(focus_in_feature in self.backbone.output_shape(), "focus_in_feature",
+              f"{focus_in_feature!r} is not a backbone output; the backbone produces "
+              f"{sorted(self.backbone.output_shape())}")
         self.focus_head = focus_head
         self.focus_in_feature = focus_in_feature
         self.focus_stride = self.backbone.output_shape()[focus_in_feature].stride

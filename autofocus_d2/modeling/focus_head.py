@@ -10,6 +10,7 @@ from detectron2.utils.registry import Registry
 from torch import nn
 
 from ..config import lookup_registry
+from ..config_checks import check_at_least
 
 __all__ = [
     "FOCUS_HEAD_REGISTRY",
@@ -55,7 +56,10 @@ class StandardFocusHead(nn.Module):
 
     @configurable
     def __init__(self, *, in_channels: int, conv_dim: int = 256):
+        """in_channels: of the feature map read; conv_dim: of the two hidden convs (both >= 1)."""
         super().__init__()
+        check_at_least(in_channels, 1, "in_channels", integer=True)
+        check_at_least(conv_dim, 1, "conv_dim", integer=True)
         self.conv = Conv2d(in_channels, conv_dim, kernel_size=3, padding=1, activation=F.relu)
         self.conv1x1 = Conv2d(conv_dim, conv_dim, kernel_size=1, activation=F.relu)
         self.predictor = Conv2d(conv_dim, 2, kernel_size=1)

@@ -48,7 +48,8 @@ def test_tta_runs_one_pass_per_scale_and_answers_in_the_original_frame():
     # Scale 0: shorter side 512 capped at 768 -> 512 x 658; scale 1: the original 350 x 450.
     assert out["autofocus"]["pixels_per_scale"] == [512 * 658, 350 * 450]
     assert [(p.scale, p.pixels) for p in out["detector_passes"]] == [(0, 512 * 658), (1, 350 * 450)]
-    assert out["autofocus"]["pyramid_pixels_per_scale"] == [512 * 658, 350 * 450]
+    # The pipeline's pyramid skips scale 1 on this image (zoom 1 after 1.46: no finer); TTA does not.
+    assert out["autofocus"]["pyramid_pixels_per_scale"] == [512 * 658, 0]
     inst = out["instances"]
     assert inst.image_size == (350, 450)
     assert len(inst) <= cfg.TEST.DETECTIONS_PER_IMAGE
@@ -147,7 +148,8 @@ def test_timing_only_needs_no_weights_and_reports_time_without_ap(tiny_dataset, 
     rc = tool.main(["--config-file", os.path.join(REPO, "configs/Synthetic/autofocus_compact_fpn.yaml"),
                     "--dataset", tiny_dataset, "--timing-only", "--methods", "single", "pyramid",
                     "--warmup", "0", "--output", out, "--no-progress",
-                    "--opts", "MODEL.WEIGHTS", str(tmp_path / "missing.pth")])
+                    "--opts", "MODEL.WEIGHTS", str(tmp_path / "missing.pth"),
+                    "MODEL.AUTOFOCUS.SCALES", "[[20, 30], [-1, -1]]"])
     assert rc == 0
     with open(os.path.join(out, "report.json")) as f:
         report = json.load(f)
@@ -155,8 +157,9 @@ def test_timing_only_needs_no_weights_and_reports_time_without_ap(tiny_dataset, 
     assert report["sweep"] == [] and [r["method"] for r in report["methods"]] == ["single", "pyramid"]
     single, pyramid = report["methods"]
     assert math.isnan(single["AP"]) and single["evaluated"] == []
-    # 40 x 60 image: scale 0 (512, 768-capped) is 512 x 768; the pyramid adds the original 40 x 60.
-    assert single["pixels_per_image"] == 512 * 768 and pyramid["pixels_per_image"] == 512 * 768 + 40 * 60
+    # 40 x 60 image: scale 0 (20, 30) is 20 x 30; the pyramid adds the original 40 x 60. (With the
+    # config's chain, scale 0 would zoom this small image by 12.8 and scale 1, zoom 1, be skipped.)
+    assert single["pixels_per_image"] == 20 * 30 and pyramid["pixels_per_image"] == 20 * 30 + 40 * 60
     assert single["finer_ms_per_mpix"] is None and pyramid["finer_ms_per_mpix"] > 0
     assert not any("AP" in t["target"] for t in report["targets"])
     assert "## Time split" in open(os.path.join(out, "report.md")).read()

@@ -53,3 +53,36 @@ def test_every_view_once_within_budget(hws, max_batch_size, max_padding):
         assert area <= (1 + max_padding) * own + 1e-6
     assert batches == plan_view_batches(hws, max_batch_size=max_batch_size, size_divisibility=32,
                                         max_padding=max_padding)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    hws=st.lists(st.tuples(st.integers(1, 2048), st.integers(1, 2048)), min_size=0, max_size=25),
+    max_batch_size=st.integers(1, 9),
+    max_pixels=st.sampled_from([0, 300_000, 1_000_000, 4_194_304, 8_000_000]),
+)
+def test_no_batch_exceeds_the_pixel_budget_unless_a_single_view_does(hws, max_batch_size, max_pixels):
+    batches = plan_view_batches(hws, max_batch_size=max_batch_size, size_divisibility=32,
+                                max_padding=math.inf, max_pixels=max_pixels)
+    assert sorted(i for b in batches for i in b) == list(range(len(hws)))
+    for b in batches:
+        area, _ = batch_cost(hws, b)
+        assert 1 <= len(b) <= max_batch_size
+        if max_pixels and len(b) > 1:
+            assert area <= max_pixels
+    if not max_pixels:  # no budget: the plain batching of before
+        assert batches == plan_view_batches(hws, max_batch_size=max_batch_size, size_divisibility=32,
+                                            max_padding=math.inf)
+
+
+def test_pixel_budget_on_the_tiles_of_a_large_frame():
+    # Thirty 2048 x 2048 tiles (a 12000 x 9000 frame at zoom 1): 8 per batch without a budget,
+    # one per batch under 8 Mpix (two would be 8.4 Mpix), three under 12.6 Mpix.
+    tiles = [(2048, 2048)] * 30
+    plan = lambda px: plan_view_batches(tiles, max_batch_size=8, size_divisibility=32, max_padding=0.1,  # noqa: E731
+                                        max_pixels=px)
+    assert [len(b) for b in plan(0)] == [8, 8, 8, 6]
+    assert [len(b) for b in plan(8_000_000)] == [1] * 30
+    assert [len(b) for b in plan(3 * 2048 * 2048)] == [3] * 10
+    with pytest.raises(ValueError, match="max_pixels"):
+        plan_view_batches(tiles, max_batch_size=8, size_divisibility=32, max_padding=0.1, max_pixels=-1)

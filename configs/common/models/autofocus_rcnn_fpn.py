@@ -53,4 +53,5 @@ model.pipeline = L(CoarseToFinePipeline)(
     raw_score_thresh=0.001,
     max_batch_padding=0.1,
     inference_dtype="float32",
+    max_batch_pixels=8_000_000,
 )
