@@ -84,6 +84,14 @@ def add_autofocus_config(cfg: CN) -> None:
     # times their own padded areas (fraction; 0: equal shapes only; a large value: plain batching).
     # FocusChips come in every shape: a wide and a tall chip padded together cost their square.
     cfg.MODEL.AUTOFOCUS.MAX_BATCH_PADDING = 0.1
+    # Fixed-shape chip canvases: [H, W] shapes, in pixels of the scale (multiples of the backbone's
+    # size divisibility), into which the views of each finer scale are packed, one detector pass
+    # per canvas, so every pass has one of these shapes (GPU: cuDNN autotuning per shape, CUDA
+    # graphs, engines of a fixed profile). A view larger than every canvas keeps the batching above.
+    # Empty = no canvases: views batched by shape (MAX_BATCH_PADDING). docs/speed.md.
+    cfg.MODEL.AUTOFOCUS.CHIP_CANVASES = []
+    # Zero band between two chips of a canvas, in pixels of the scale (docs/speed.md: why 64 is enough).
+    cfg.MODEL.AUTOFOCUS.CHIP_CANVAS_GAP = 64
     # Precision of the detector passes: "float32", or autocast "bfloat16" / "float16" (CUDA only).
     # Chips, frame mapping and stacking stay float32; the README gives the AP measured against float32.
     cfg.MODEL.AUTOFOCUS.INFERENCE_DTYPE = "float32"
@@ -269,6 +277,11 @@ def validate_autofocus_config(cfg: CN) -> None:
            f"{af.INFERENCE_DTYPE!r} is not 'float32', 'float16' or 'bfloat16'")
     _check(af.MAX_BATCH_PADDING >= 0, "MODEL.AUTOFOCUS.MAX_BATCH_PADDING",
            f"must be >= 0 (a fraction of the views' own area), got {af.MAX_BATCH_PADDING}")
+    for shape in af.CHIP_CANVASES:
+        _check(len(shape) == 2 and all(int(v) == v and v >= 32 for v in shape), "MODEL.AUTOFOCUS.CHIP_CANVASES",
+               f"every canvas must be [H, W] of at least 32 pixels each, got {list(shape)}")
+    _check(int(af.CHIP_CANVAS_GAP) == af.CHIP_CANVAS_GAP and af.CHIP_CANVAS_GAP >= 0,
+           "MODEL.AUTOFOCUS.CHIP_CANVAS_GAP", f"must be an integer >= 0 pixels, got {af.CHIP_CANVAS_GAP}")
     _check(af.MAX_CHIP_SIDE >= 32, "MODEL.AUTOFOCUS.MAX_CHIP_SIDE", f"must be >= 32, got {af.MAX_CHIP_SIDE}")
     _check(0 <= af.TILE_OVERLAP < af.MAX_CHIP_SIDE / 2, "MODEL.AUTOFOCUS.TILE_OVERLAP",
            f"must be in [0, MAX_CHIP_SIDE / 2), got {af.TILE_OVERLAP}")

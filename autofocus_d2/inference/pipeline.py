@@ -16,6 +16,16 @@ from .chip_policies import ChipPolicy, build_chip_policy, input_gt_boxes
 from .detector_interface import require_focus_detector
 from .precision import inference_autocast, outputs_to_float32
 from .view_batching import plan_view_batches
+from .chip_canvas import (
+    canvas_alignment,
+    canvas_batch,
+    canvas_proposal_budget,
+    check_canvas_shapes,
+    chip_focus_map,
+    chip_instances,
+    compose_canvas,
+    pack_chips,
+)
 from .focus_stacking import (
     drop_border_cut,
     drop_small_covered,
@@ -112,6 +122,8 @@ class CoarseToFinePipeline:
         raw_score_thresh: Optional[float] = None,
         max_batch_padding: float = 0.1,
         inference_dtype: str = "float32",
+        chip_canvases: Sequence[Sequence[int]] = (),
+        canvas_gap: int = 64,
     ):
         """See the MODEL.AUTOFOCUS keys of config.py for each argument's meaning and unit."""
         self.policy = policy
@@ -131,6 +143,8 @@ class CoarseToFinePipeline:
         self.raw_score_thresh = raw_score_thresh
         self.max_batch_padding = max_batch_padding
         self.inference_dtype = inference_dtype
+        self.chip_canvases = [tuple(int(v) for v in s) for s in chip_canvases]
+        self.canvas_gap = int(canvas_gap)
 
     @classmethod
     def from_config(cls, cfg):
@@ -153,6 +167,8 @@ class CoarseToFinePipeline:
             "raw_score_thresh": af.RAW_SCORE_THRESH if af.VIEW_DETECTIONS == "raw" else None,
             "max_batch_padding": af.MAX_BATCH_PADDING,
             "inference_dtype": af.INFERENCE_DTYPE,
+            "chip_canvases": af.CHIP_CANVASES,
+            "canvas_gap": af.CHIP_CANVAS_GAP,
         }
 
     # ------------------------------------------------------------------------------ views
@@ -206,12 +222,16 @@ class CoarseToFinePipeline:
         """
         results: List[Optional[Instances]] = [None] * len(views)
         focus_maps: List[Optional[torch.Tensor]] = [None] * len(views)
+        todo = list(range(len(views)))
+        if self.chip_canvases and any(v.scale > 0 for v in views):
+            todo = self.run_canvases(model, images, views, with_focus, results, focus_maps)
         batches = plan_view_batches(
-            [v.out_hw for v in views],
+            [views[i].out_hw for i in todo],
             max_batch_size=self.chip_batch_size,
             size_divisibility=model.size_divisibility,
             max_padding=self.max_batch_padding,
         )
+        batches = [[todo[j] for j in batch] for batch in batches]
         for batch in batches:
             image_list = model.normalize(
                 [crop_and_resize(images[views[i].image_index], views[i].box, views[i].out_hw) for i in batch]
@@ -230,6 +250,48 @@ class CoarseToFinePipeline:
                 if focus is not None:
                     focus_maps[i] = focus[j].float()
         return results, focus_maps
+
+    def run_canvases(
+        self,
+        model,
+        images: List[torch.Tensor],
+        views: List[View],
+        with_focus: bool,
+        results: List[Optional[Instances]],
+        focus_maps: List[Optional[torch.Tensor]],
+    ) -> List[int]:
+        """Finer-scale views packed into canvases of the ``chip_canvases`` shapes
+        (:mod:`chip_canvas`), one detector pass per canvas; fills ``results`` (ORIGINAL frame) and
+        ``focus_maps`` (each view's own frame) of the packed views and returns the indices of the
+        views larger than every canvas, left to the batched path."""
+        align = canvas_alignment(model.size_divisibility, model.focus_stride)
+        shapes = check_canvas_shapes(self.chip_canvases, align)
+        hws = [v.out_hw for v in views]
+        plan = pack_chips(hws, shapes, gap=self.canvas_gap, align=align)
+        for c, members in enumerate(plan.members):
+            chips = [
+                model.normalize([crop_and_resize(images[views[i].image_index], views[i].box, hws[i])]).tensor[0]
+                for i in members
+            ]
+            offsets = [(plan.placements[i].x, plan.placements[i].y) for i in members]
+            canvas = compose_canvas([x[:, : hws[i][0], : hws[i][1]] for x, i in zip(chips, members)], offsets,
+                                    plan.shapes[c])
+            options = {}
+            budget = canvas_proposal_budget([views[i].pixels for i in members], self.proposals_per_mpix,
+                                            self.min_proposals)
+            if budget is not None:
+                options["max_proposals"] = budget
+            if self.raw_score_thresh is not None:
+                options["raw_score_thresh"] = self.raw_score_thresh
+            with inference_autocast(model.device, self.inference_dtype):
+                instances, focus = model.detect(canvas_batch(canvas), with_focus=with_focus, **options)
+            per_chip = chip_instances(outputs_to_float32(instances[0]), members, plan, hws, self.canvas_gap)
+            for i, inst in zip(members, per_chip):
+                results[i] = instances_to_original(inst, views[i], images[views[i].image_index].shape[-2:])
+                if focus is not None:
+                    focus_maps[i] = chip_focus_map(focus[0].float(), plan.placements[i], hws[i],
+                                                   model.focus_stride, model.size_divisibility)
+        return plan.unplaced
 
     def __call__(
         self, model, batched_inputs: List[Dict[str, Any]], *, with_details: bool = False
