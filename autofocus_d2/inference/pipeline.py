@@ -34,7 +34,7 @@ from .focus_stacking import (
     trusted_chip_area,
 )
 from .scale_chain import ScaleChain
-from .views import View, crop_and_resize, instances_to_original, tile_box, zoomed_hw
+from .views import View, area_downscale, crop_and_resize, instances_to_original, tile_box, zoomed_hw
 
 __all__ = ["AUTOFOCUS_PIPELINE_REGISTRY", "CoarseToFinePipeline", "build_autofocus_pipeline"]
 
@@ -124,6 +124,7 @@ class CoarseToFinePipeline:
         inference_dtype: str = "float32",
         chip_canvases: Sequence[Sequence[int]] = (),
         canvas_gap: int = 64,
+        area_downscale: bool = False,
     ):
         """See the MODEL.AUTOFOCUS keys of config.py for each argument's meaning and unit."""
         self.policy = policy
@@ -145,6 +146,7 @@ class CoarseToFinePipeline:
         self.inference_dtype = inference_dtype
         self.chip_canvases = [tuple(int(v) for v in s) for s in chip_canvases]
         self.canvas_gap = int(canvas_gap)
+        self.area_downscale = area_downscale
 
     @classmethod
     def from_config(cls, cfg):
@@ -169,6 +171,7 @@ class CoarseToFinePipeline:
             "inference_dtype": af.INFERENCE_DTYPE,
             "chip_canvases": af.CHIP_CANVASES,
             "canvas_gap": af.CHIP_CANVAS_GAP,
+            "area_downscale": af.AREA_DOWNSCALE,
         }
 
     # ------------------------------------------------------------------------------ views
@@ -233,9 +236,7 @@ class CoarseToFinePipeline:
         )
         batches = [[todo[j] for j in batch] for batch in batches]
         for batch in batches:
-            image_list = model.normalize(
-                [crop_and_resize(images[views[i].image_index], views[i].box, views[i].out_hw) for i in batch]
-            )
+            image_list = model.normalize([self.view_image(images, views[i]) for i in batch])
             options = {}
             if self.proposals_per_mpix > 0:
                 largest = max(views[i].pixels for i in batch) / 1e6
@@ -250,6 +251,13 @@ class CoarseToFinePipeline:
                 if focus is not None:
                     focus_maps[i] = focus[j].float()
         return results, focus_maps
+
+    def view_image(self, images: List[torch.Tensor], view: View) -> torch.Tensor:
+        """The pixels of ``view`` (C, h, w): scale-0 views by :func:`area_downscale` when
+        ``area_downscale`` is on, every other view by :func:`crop_and_resize`."""
+        if self.area_downscale and view.scale == 0:
+            return area_downscale(images[view.image_index], view.box, view.out_hw)
+        return crop_and_resize(images[view.image_index], view.box, view.out_hw)
 
     def run_canvases(
         self,
@@ -270,7 +278,7 @@ class CoarseToFinePipeline:
         plan = pack_chips(hws, shapes, gap=self.canvas_gap, align=align)
         for c, members in enumerate(plan.members):
             chips = [
-                model.normalize([crop_and_resize(images[views[i].image_index], views[i].box, hws[i])]).tensor[0]
+                model.normalize([self.view_image(images, views[i])]).tensor[0]
                 for i in members
             ]
             offsets = [(plan.placements[i].x, plan.placements[i].y) for i in members]
