@@ -118,7 +118,7 @@ def main(argv=None):
                     shape = (-(-max(hws[0][0], hws[1][0]) // align) * align, -(-(x + hws[1][1]) // align) * align)
                     plan = CanvasPlan([shape], [Placement(0, 0, 0), Placement(0, x, 0)], [[0, 1]])
                     canvas = compose_canvas([crops[i], crops[j]], [(0, 0), (x, 0)], shape)
-                    dets = model.detect(canvas_batch(canvas), with_focus=False, **options,
+                    dets = model.detect(canvas_batch(canvas, 0), with_focus=False, **options,
                                         **budget([h * w for h, w in hws]))[0][0]
                     mine = chip_instances(dets, [0, 1], plan, hws, g)[0]
                     moves, vanished, appeared = compare(alone[i], mine, args.score)

@@ -260,6 +260,10 @@ def canvas_proposal_budget(chip_pixels: Sequence[int], per_mpix: float, minimum:
     return int(sum(max(minimum, math.ceil(per_mpix * p / 1e6)) for p in chip_pixels))
 
 
-def canvas_batch(canvas: torch.Tensor) -> ImageList:
-    """One canvas (C, H, W) as a detector batch of one image of its full size."""
-    return ImageList(canvas[None], [tuple(canvas.shape[-2:])])
+def canvas_batch(canvas: torch.Tensor, view_pixels: int) -> ImageList:
+    """One canvas (C, H, W) as a detector batch of one image of its full size. The batch carries
+    ``view_pixels``, the pixels of the chips it holds: what the pass processes for the pipeline's
+    pixel counts (the benchmark's pass timing attributes passes to scales by it)."""
+    batch = ImageList(canvas[None], [tuple(canvas.shape[-2:])])
+    batch.view_pixels = int(view_pixels)
+    return batch

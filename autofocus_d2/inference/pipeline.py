@@ -292,7 +292,7 @@ class CoarseToFinePipeline:
             if self.raw_score_thresh is not None:
                 options["raw_score_thresh"] = self.raw_score_thresh
             with inference_autocast(model.device, self.inference_dtype):
-                instances, focus = model.detect(canvas_batch(canvas), with_focus=with_focus, **options)
+                instances, focus = model.detect(canvas_batch(canvas, sum(views[i].pixels for i in members)), with_focus=with_focus, **options)
             per_chip = chip_instances(outputs_to_float32(instances[0]), members, plan, hws, self.canvas_gap)
             for i, inst in zip(members, per_chip):
                 results[i] = instances_to_original(inst, views[i], images[views[i].image_index].shape[-2:])
