@@ -83,6 +83,8 @@ def main(argv=None):
     p.add_argument("--chip", type=int, default=256, help="chip side, pixels")
     p.add_argument("--gaps", type=int, nargs="+", default=[0, 16, 32, 64, 128])
     p.add_argument("--score", type=float, default=0.3)
+    p.add_argument("--empty-neighbour", action="store_true",
+                   help="the neighbour is an all-zero chip: what the canvas itself changes, without a neighbour's content")
     p.add_argument("--output", default="output/canvas_gap.json")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[])
     args = p.parse_args(argv)
@@ -117,7 +119,8 @@ def main(argv=None):
                     x = -(-(hws[0][1] + g) // align) * align
                     shape = (-(-max(hws[0][0], hws[1][0]) // align) * align, -(-(x + hws[1][1]) // align) * align)
                     plan = CanvasPlan([shape], [Placement(0, 0, 0), Placement(0, x, 0)], [[0, 1]])
-                    canvas = compose_canvas([crops[i], crops[j]], [(0, 0), (x, 0)], shape)
+                    neighbour = torch.zeros_like(crops[j]) if args.empty_neighbour else crops[j]
+                    canvas = compose_canvas([crops[i], neighbour], [(0, 0), (x, 0)], shape)
                     dets = model.detect(canvas_batch(canvas, 0), with_focus=False, **options,
                                         **budget([h * w for h, w in hws]))[0][0]
                     mine = chip_instances(dets, [0, 1], plan, hws, g)[0]
