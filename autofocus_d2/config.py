@@ -6,6 +6,7 @@ from detectron2.config import CfgNode as CN
 from .config_checks import (
     check,
     check_at_least,
+    check_canvas_list,
     check_choice,
     check_dilations,
     check_focus_label_range,
@@ -114,6 +115,18 @@ def add_autofocus_config(cfg: CN) -> None:
     # times their own padded areas (fraction; 0: equal shapes only; a large value: plain batching).
     # FocusChips come in every shape: a wide and a tall chip padded together cost their square.
     cfg.MODEL.AUTOFOCUS.MAX_BATCH_PADDING = 0.1
+    # Fixed-shape chip canvases: [H, W] shapes, in pixels of the scale (multiples of the backbone's
+    # size divisibility), into which the views of each finer scale are packed, one detector pass
+    # per canvas, so every pass has one of these shapes (GPU: cuDNN autotuning per shape, CUDA
+    # graphs, engines of a fixed profile). A view larger than every canvas keeps the batching above.
+    # Empty = no canvases: views batched by shape (MAX_BATCH_PADDING). docs/speed.md.
+    cfg.MODEL.AUTOFOCUS.CHIP_CANVASES = []
+    # Zero band between two chips of a canvas, in pixels of the scale (docs/speed.md: why 64 is enough).
+    cfg.MODEL.AUTOFOCUS.CHIP_CANVAS_GAP = 64
+    # Scale-0 views made by an integer-factor area reduction plus a bilinear step instead of an
+    # antialiased bilinear resize of the full-resolution image (bool; inference.views.area_downscale;
+    # docs/speed.md has its measured AP effect).
+    cfg.MODEL.AUTOFOCUS.AREA_DOWNSCALE = False
     # Precision of the detector passes: "float32", or autocast "bfloat16" / "float16" (CUDA only).
     # Chips, frame mapping and stacking stay float32 (docs/inference.md, "Mixed precision": what was
     # measured against float32).
@@ -303,6 +316,9 @@ def validate_autofocus_config(cfg: CN) -> None:
     check_at_least(af.GRID_TILE_SIZE, 1, "MODEL.AUTOFOCUS.GRID_TILE_SIZE")
     check_in_range(af.GRID_OVERLAP, 0.0, 1.0, "MODEL.AUTOFOCUS.GRID_OVERLAP", hi_open=True)
     check_at_least(cfg.INPUT.MAX_IMAGE_MPIX, 0.001, "INPUT.MAX_IMAGE_MPIX")
+    check_canvas_list(af.CHIP_CANVASES, "MODEL.AUTOFOCUS.CHIP_CANVASES")
+    check_at_least(af.CHIP_CANVAS_GAP, 0, "MODEL.AUTOFOCUS.CHIP_CANVAS_GAP", integer=True)
+    check_choice(af.AREA_DOWNSCALE, (True, False), "MODEL.AUTOFOCUS.AREA_DOWNSCALE")
 
 
 def validate_sniper_config(cfg: CN) -> None:

@@ -139,6 +139,15 @@ def check_focus_label_range(small_range: Sequence[float], ignore_max: float, nam
     check(_is_number(ignore_max) and ignore_max >= hi, name_ignore, f"{ignore_max!r} is below {name_range} max {hi:g}")
 
 
+def check_canvas_list(shapes: Sequence[Sequence[int]], name: str) -> None:
+    """Chip canvas shapes: a list of [H, W], each side an integer of at least 32 pixels (the
+    alignment to the backbone's stride is checked where the pipeline runs, which knows it)."""
+    check(_is_list(shapes), name, f"must be a list of [H, W] canvas shapes, got {shapes!r}")
+    for shape in shapes:
+        check(_is_list(shape) and len(shape) == 2 and all(_is_number(v) and int(v) == v and v >= 32 for v in shape),
+              name, f"every canvas must be [H, W] of integers >= 32 pixels, got {shape!r}")
+
+
 def check_tiling(max_chip_side, tile_overlap, name_side: str, name_overlap: str) -> None:
     """Tiles of at most ``max_chip_side`` >= 32 pixels overlapping by [0, side / 2) pixels."""
     check_at_least(max_chip_side, 32, name_side)

@@ -12,6 +12,9 @@ With ``with_masks`` it also returns Detectron2-style box-relative ``pred_masks``
 the left half of each box (columns 0-3) is 1, the right half 0. With ``with_keypoints`` it returns
 ``pred_keypoints`` (N, 2, 3) in the view frame: the box's top-left corner (score 1.0) and its
 centre (score 0.5), and box-relative ``pred_keypoint_heatmaps`` (N, 2, 4, 4) filled with the class.
+With ``separate`` it detects one box per separated block of a channel (blocks split by empty
+columns, then by empty rows), as a local detector would: what chip canvases need, where several
+chips share one pass.
 
 
 ``ground_truth_detector``: a model-free FocusDetector whose detections in every view are exactly the
@@ -48,7 +51,8 @@ from autofocus_d2.data import ensure_split
 
 
 class PlantedDetector:
-    def __init__(self, focus_channels=(1, 2), stride=16, focus_value=None, with_masks=False, with_keypoints=False):
+    def __init__(self, focus_channels=(1, 2), stride=16, focus_value=None, with_masks=False, with_keypoints=False,
+                 separate=False):
         self.device = torch.device("cpu")
         self.input_channels = 3
         self.focus_stride = stride
@@ -58,6 +62,7 @@ class PlantedDetector:
         self.batches = []  # (batch size, padded h, padded w) of every call
         self.with_masks = with_masks
         self.with_keypoints = with_keypoints
+        self.separate = separate
 
     def to(self, device):
         self.device = torch.device(device)
@@ -65,6 +70,29 @@ class PlantedDetector:
 
     def normalize(self, images):
         return ImageList.from_tensors(list(images), self.size_divisibility)
+
+    @staticmethod
+    def runs(present):
+        """[start, end) of each run of True in a 1-D bool tensor."""
+        edges = torch.diff(torch.cat([present.new_zeros(1), present, present.new_zeros(1)]).int()).nonzero()[:, 0]
+        return edges.view(-1, 2).tolist()
+
+    def blocks(self, mask, x=0, y=0):
+        """Boxes [x0, y0, x1, y1] of ``mask`` (h, w) offset by (x, y): one overall, or with
+        ``separate`` one per block (split recursively at empty columns and empty rows)."""
+        ys, xs = mask.nonzero(as_tuple=True)
+        if not len(xs):
+            return []
+        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+        if not self.separate:
+            return [[x + x0, y + y0, x + x1, y + y1]]
+        mask = mask[y0:y1, x0:x1]
+        cols, rows = self.runs(mask.any(dim=0)), self.runs(mask.any(dim=1))
+        if len(cols) == 1 and len(rows) == 1:
+            return [[x + x0, y + y0, x + x1, y + y1]]
+        if len(cols) > 1:
+            return [b for a, e in cols for b in self.blocks(mask[:, a:e], x + x0 + a, y + y0)]
+        return [b for a, e in rows for b in self.blocks(mask[a:e], x + x0, y + y0 + a)]
 
     def detect(self, images, with_focus=True):
         tensor = images.tensor
@@ -74,9 +102,8 @@ class PlantedDetector:
             view = tensor[b, :, :h, :w]
             boxes, classes = [], []
             for c in range(view.shape[0]):
-                ys, xs = (view[c] > 127.5).nonzero(as_tuple=True)
-                if len(xs):
-                    boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+                for box in self.blocks(view[c] > 127.5):
+                    boxes.append(box)
                     classes.append(c)
             inst = Instances((h, w))
             inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32, device=tensor.device).reshape(-1, 4))

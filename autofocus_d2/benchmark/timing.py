@@ -46,7 +46,8 @@ class TimedFocusDetector:
     """
     A FocusDetector proxy: ``device``, ``input_channels``, ``focus_stride`` and ``normalize`` are the
     wrapped model's; ``detect`` calls the model's and appends a :class:`DetectorPass` (scale -1,
-    pixels = sum of ``images.image_sizes``) to ``passes``. Other attributes are the model's.
+    pixels = sum of ``images.image_sizes``, or for a chip canvas its ``view_pixels``, the pixels of
+    the chips it holds) to ``passes``. Other attributes are the model's.
     """
 
     def __init__(self, model):
@@ -73,7 +74,7 @@ class TimedFocusDetector:
         start = time.perf_counter()
         out = self.model.detect(images, *args, **kwargs)
         _sync(self.model.device)
-        pixels = sum(int(h) * int(w) for h, w in images.image_sizes)
+        pixels = getattr(images, "view_pixels", None) or sum(int(h) * int(w) for h, w in images.image_sizes)
         self.passes.append(DetectorPass(-1, pixels, time.perf_counter() - start))
         return out
 

@@ -12,15 +12,33 @@ from detectron2.structures import Instances
 from detectron2.utils.registry import Registry
 
 from ..config import INFERENCE_DTYPE_NAMES, NMS_METHODS, lookup_registry, validate_autofocus_config
-from ..config_checks import check, check_at_least, check_choice, check_in_range, check_ranges, check_tiling
+from ..config_checks import (
+    check,
+    check_at_least,
+    check_canvas_list,
+    check_choice,
+    check_in_range,
+    check_ranges,
+    check_tiling,
+)
 from .chip_policies import ChipPolicy, build_chip_policy, input_gt_boxes
 from .detector_interface import require_focus_detector
 from .precision import inference_autocast, outputs_to_float32
 from .input_check import prepare_image
 from .view_batching import plan_view_batches
+from .chip_canvas import (
+    canvas_alignment,
+    canvas_batch,
+    canvas_proposal_budget,
+    check_canvas_shapes,
+    chip_focus_map,
+    chip_instances,
+    compose_canvas,
+    pack_chips,
+)
 from .focus_stacking import merge_indices, stacking_keep_mask
 from .scale_chain import ScaleChain
-from .views import View, crop_and_resize, instances_to_original, tile_box, zoomed_hw
+from .views import View, area_downscale, crop_and_resize, instances_to_original, tile_box, zoomed_hw
 
 __all__ = ["AUTOFOCUS_PIPELINE_REGISTRY", "CoarseToFinePipeline", "build_autofocus_pipeline", "prepare_image"]
 
@@ -77,6 +95,9 @@ class CoarseToFinePipeline:
         max_batch_padding: float = 0.1,
         inference_dtype: str = "float32",
         max_batch_pixels: float = 8_000_000,
+        chip_canvases: Sequence[Sequence[int]] = (),
+        canvas_gap: int = 64,
+        area_downscale: bool = False,
     ):
         """See the MODEL.AUTOFOCUS keys of config.py for each argument's meaning and unit. Every
         argument is checked here (by the rules of :mod:`autofocus_d2.config_checks`), so a bad value
@@ -101,6 +122,9 @@ class CoarseToFinePipeline:
         check_at_least(max_batch_padding, 0, "max_batch_padding")
         check_choice(inference_dtype, INFERENCE_DTYPE_NAMES, "inference_dtype")
         check_at_least(max_batch_pixels, 0, "max_batch_pixels")
+        check_canvas_list(chip_canvases, "chip_canvases")
+        check_at_least(canvas_gap, 0, "canvas_gap", integer=True)
+        check_choice(area_downscale, (True, False), "area_downscale")
         self.policy = policy
         self.scale_chain = scale_chain
         self.chip_batch_size = chip_batch_size
@@ -121,6 +145,9 @@ class CoarseToFinePipeline:
         self.max_batch_pixels = max_batch_pixels
         # Keys of the once-per-pipeline warnings already logged (skipped scales, [0, 1] images).
         self.warned: Set[str] = set()
+        self.chip_canvases = [tuple(int(v) for v in s) for s in chip_canvases]
+        self.canvas_gap = int(canvas_gap)
+        self.area_downscale = area_downscale
 
     @classmethod
     def from_config(cls, cfg):
@@ -145,6 +172,9 @@ class CoarseToFinePipeline:
             "max_batch_padding": af.MAX_BATCH_PADDING,
             "inference_dtype": af.INFERENCE_DTYPE,
             "max_batch_pixels": af.MAX_BATCH_PIXELS,
+            "chip_canvases": af.CHIP_CANVASES,
+            "canvas_gap": af.CHIP_CANVAS_GAP,
+            "area_downscale": af.AREA_DOWNSCALE,
         }
 
     # ------------------------------------------------------------------------------ views
@@ -201,17 +231,19 @@ class CoarseToFinePipeline:
         """
         results: List[Optional[Instances]] = [None] * len(views)
         focus_maps: List[Optional[torch.Tensor]] = [None] * len(views)
+        todo = list(range(len(views)))
+        if self.chip_canvases and any(v.scale > 0 for v in views):
+            todo = self.run_canvases(model, images, views, with_focus, results, focus_maps)
         batches = plan_view_batches(
-            [v.out_hw for v in views],
+            [views[i].out_hw for i in todo],
             max_batch_size=self.chip_batch_size,
             size_divisibility=model.size_divisibility,
             max_padding=self.max_batch_padding,
             max_pixels=self.max_batch_pixels,
         )
+        batches = [[todo[j] for j in batch] for batch in batches]
         for batch in batches:
-            image_list = model.normalize(
-                [crop_and_resize(images[views[i].image_index], views[i].box, views[i].out_hw) for i in batch]
-            )
+            image_list = model.normalize([self.view_image(images, views[i]) for i in batch])
             options = {}
             if self.proposals_per_mpix > 0:
                 largest = max(views[i].pixels for i in batch) / 1e6
@@ -226,6 +258,55 @@ class CoarseToFinePipeline:
                 if focus is not None:
                     focus_maps[i] = focus[j].float()
         return results, focus_maps
+
+    def view_image(self, images: List[torch.Tensor], view: View) -> torch.Tensor:
+        """The pixels of ``view`` (C, h, w): scale-0 views by :func:`area_downscale` when
+        ``area_downscale`` is on, every other view by :func:`crop_and_resize`."""
+        if self.area_downscale and view.scale == 0:
+            return area_downscale(images[view.image_index], view.box, view.out_hw)
+        return crop_and_resize(images[view.image_index], view.box, view.out_hw)
+
+    def run_canvases(
+        self,
+        model,
+        images: List[torch.Tensor],
+        views: List[View],
+        with_focus: bool,
+        results: List[Optional[Instances]],
+        focus_maps: List[Optional[torch.Tensor]],
+    ) -> List[int]:
+        """Finer-scale views packed into canvases of the ``chip_canvases`` shapes
+        (:mod:`chip_canvas`), one detector pass per canvas; fills ``results`` (ORIGINAL frame) and
+        ``focus_maps`` (each view's own frame) of the packed views and returns the indices of the
+        views larger than every canvas, left to the batched path."""
+        align = canvas_alignment(model.size_divisibility, model.focus_stride)
+        shapes = check_canvas_shapes(self.chip_canvases, align)
+        hws = [v.out_hw for v in views]
+        plan = pack_chips(hws, shapes, gap=self.canvas_gap, align=align)
+        for c, members in enumerate(plan.members):
+            chips = [
+                model.normalize([self.view_image(images, views[i])]).tensor[0]
+                for i in members
+            ]
+            offsets = [(plan.placements[i].x, plan.placements[i].y) for i in members]
+            canvas = compose_canvas([x[:, : hws[i][0], : hws[i][1]] for x, i in zip(chips, members)], offsets,
+                                    plan.shapes[c])
+            options = {}
+            budget = canvas_proposal_budget([views[i].pixels for i in members], self.proposals_per_mpix,
+                                            self.min_proposals)
+            if budget is not None:
+                options["max_proposals"] = budget
+            if self.raw_score_thresh is not None:
+                options["raw_score_thresh"] = self.raw_score_thresh
+            with inference_autocast(model.device, self.inference_dtype):
+                instances, focus = model.detect(canvas_batch(canvas, sum(views[i].pixels for i in members)), with_focus=with_focus, **options)
+            per_chip = chip_instances(outputs_to_float32(instances[0]), members, plan, hws, self.canvas_gap)
+            for i, inst in zip(members, per_chip):
+                results[i] = instances_to_original(inst, views[i], images[views[i].image_index].shape[-2:])
+                if focus is not None:
+                    focus_maps[i] = chip_focus_map(focus[0].float(), plan.placements[i], hws[i],
+                                                   model.focus_stride, model.size_divisibility)
+        return plan.unplaced
 
     def __call__(
         self, model, batched_inputs: List[Dict[str, Any]], *, with_details: bool = False

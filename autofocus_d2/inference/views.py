@@ -19,6 +19,7 @@ __all__ = [
     "tile_box",
     "snap_to_pixels",
     "crop_and_resize",
+    "area_downscale",
     "FRAME_FREE_FIELDS",
     "instances_to_original",
 ]
@@ -125,6 +126,32 @@ def crop_and_resize(image: torch.Tensor, box: Sequence[int], out_hw: Tuple[int, 
     return F.interpolate(
         crop[None], size=tuple(out_hw), mode="bilinear", align_corners=False, antialias=shrinking
     )[0]
+
+
+def area_downscale(image: torch.Tensor, box: Sequence[int], out_hw: Tuple[int, int], min_factor: int = 2) -> torch.Tensor:
+    """Crop original-frame ``box`` from ``image`` (C, H, W) and shrink it to ``out_hw`` without a
+    full-resolution antialiased resize: an integer-factor area reduction (mean of k x k pixels, k
+    the integer part of the smaller shrink factor; a uint8 image is averaged in float), then a
+    bilinear step of the remaining factor (1 to 2, no antialiasing needed) that samples every
+    output pixel centre exactly where :func:`crop_and_resize` does. Where the shrink factor is
+    below ``min_factor`` it is :func:`crop_and_resize` itself. Returns float (C, h, w), on the
+    image's device. tests/inference/test_views.py states the tolerance against crop_and_resize."""
+    x0, y0, x1, y1 = box
+    crop = image[:, y0:y1, x0:x1]
+    ch, cw = crop.shape[-2:]
+    fy, fx = ch / out_hw[0], cw / out_hw[1]
+    k = int(min(fy, fx))
+    if k < min_factor:
+        return crop_and_resize(image, box, out_hw).float()
+    # ceil_mode: a last partial window averages the pixels it has (PyTorch divides by those).
+    pooled = F.avg_pool2d(crop[None].float(), k, ceil_mode=True)
+    hp, wp = pooled.shape[-2:]
+    # Output pixel centre j lies at (j + 0.5) * f original pixels = (j + 0.5) * f / k pooled ones;
+    # grid_sample (align_corners False) reads position p of a length-n axis at 2 p / n - 1.
+    ys = (torch.arange(out_hw[0], device=crop.device, dtype=torch.float32) + 0.5) * (fy / k) * (2.0 / hp) - 1
+    xs = (torch.arange(out_hw[1], device=crop.device, dtype=torch.float32) + 0.5) * (fx / k) * (2.0 / wp) - 1
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]
+    return F.grid_sample(pooled, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
 
 
 def instances_to_original(instances: Instances, view: View, image_hw: Tuple[int, int]) -> Instances:
