@@ -30,9 +30,8 @@ from autofocus_d2.benchmark import (
     summary_text,
     write_report,
 )
-from autofocus_d2.config import load_autofocus_config
 from autofocus_d2.config_checks import check_probabilities
-from autofocus_d2.data import add_register_coco_argument, register_coco_datasets
+from autofocus_d2.data import add_register_coco_argument, tool_config_and_dataset
 
 DEFAULT_SWEEP = [0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9]
 TIMING_MAX_IMAGES = 3
@@ -72,11 +71,10 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logger(name="autofocus_d2")
-    register_coco_datasets(args.register_coco)
-    cfg = load_autofocus_config(args.config_file, args.opts)
-    dataset = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
-    if dataset is None:
-        print("no --dataset given and DATASETS.TEST is empty", file=sys.stderr)
+    try:
+        cfg, dataset = tool_config_and_dataset(args)
+    except ValueError as e:
+        print(e, file=sys.stderr)
         return 2
     if args.methods is not None:
         methods = args.methods

@@ -28,9 +28,8 @@ from detectron2.utils.logger import setup_logger
 import autofocus_d2  # noqa: F401  (registers the model, heads and datasets)
 from autofocus_d2.benchmark.runner import load_inputs
 from autofocus_d2.analysis import objects_in_holes, size_holes
-from autofocus_d2.config import load_autofocus_config
 from autofocus_d2.evaluation.coco import load_coco_ground_truth
-from autofocus_d2.data import add_register_coco_argument, register_coco_datasets
+from autofocus_d2.data import add_register_coco_argument, tool_config_and_dataset
 from autofocus_d2.inference.chip_policies import build_chip_policy
 from autofocus_d2.inference.pipeline import build_autofocus_pipeline
 from autofocus_d2.tuning import ChipSetting, config_fragment, confirm_setting, setting_grid, tune_chip_settings
@@ -102,11 +101,10 @@ def _table(rows, pick) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logger(name="autofocus_d2")
-    register_coco_datasets(args.register_coco)
-    cfg = load_autofocus_config(args.config_file, args.opts)
-    dataset = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
-    if dataset is None:
-        print("no --dataset given and DATASETS.TEST is empty", file=sys.stderr)
+    try:
+        cfg, dataset = tool_config_and_dataset(args)
+    except ValueError as e:
+        print(e, file=sys.stderr)
         return 2
     if args.tolerance < 0:
         print(f"--tolerance must be >= 0 AP points, got {args.tolerance}", file=sys.stderr)

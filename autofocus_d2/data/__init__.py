@@ -8,7 +8,7 @@ from .dataset_checks import (
     num_classes_key,
     validate_dataset,
 )
-from .own_datasets import add_register_coco_argument, register_coco_datasets
+from .own_datasets import add_register_coco_argument, register_coco_datasets, tool_config_and_dataset
 from .sniper_chips import chip_box_validity, negative_chips, positive_chips
 from .sniper_loader import (
     SNIPERDatasetMapper,
@@ -37,6 +37,7 @@ __all__ = [
     "validate_dataset",
     "add_register_coco_argument",
     "register_coco_datasets",
+    "tool_config_and_dataset",
     "SYNTHETIC_CATEGORIES",
     "SYNTHETIC_SPLITS",
     "dataset_statistics",

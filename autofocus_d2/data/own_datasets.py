@@ -43,6 +43,20 @@ def add_register_coco_argument(parser: argparse.ArgumentParser) -> argparse.Argu
     return parser
 
 
+def tool_config_and_dataset(args: argparse.Namespace):
+    """What the evaluation tools (benchmark, tuner) start with: ``--register-coco`` registered, the
+    config of ``--config-file`` + ``--opts`` (frozen), and the dataset ``--dataset`` or else
+    ``DATASETS.TEST[0]``. Returns (cfg, dataset name); raises ValueError when there is no dataset."""
+    from ..config import load_autofocus_config
+
+    register_coco_datasets(args.register_coco)
+    cfg = load_autofocus_config(args.config_file, args.opts)
+    dataset = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
+    if dataset is None:
+        raise ValueError("no --dataset given and DATASETS.TEST is empty")
+    return cfg, dataset
+
+
 def register_coco_datasets(specs: Sequence[Sequence[str]]) -> List[str]:
     """
     Register each ``(name, json_file, image_dir)`` as a COCO instances dataset (as Detectron2's

@@ -1,6 +1,5 @@
 """The per-method time split: detector passes attributed to scales, overhead = the rest, and the
 figures add up on the real pipeline around a planted stand-in detector."""
-import importlib.util
 import os
 
 import pytest
@@ -18,15 +17,6 @@ from autofocus_d2.benchmark.timing import (
 from autofocus_d2.inference import FocusDetector
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _planted_module():
-    """tests/inference/conftest.py: the planted stand-in detector and the image painter."""
-    path = os.path.join(os.path.dirname(HERE), "inference", "conftest.py")
-    spec = importlib.util.spec_from_file_location("planted_detector_for_timing", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_passes_are_attributed_to_scales_by_their_pixels_in_order():
@@ -79,14 +69,13 @@ def _pipeline_cfg():
     return cfg
 
 
-def test_the_time_split_adds_up_on_the_pipeline_with_a_planted_detector():
-    planted = _planted_module()
-    model = planted.PlantedDetector(focus_channels=(1, 2))
+def test_the_time_split_adds_up_on_the_pipeline_with_a_planted_detector(planted_detector, paint_image):
+    model = planted_detector(focus_channels=(1, 2))
     assert isinstance(TimedFocusDetector(model), FocusDetector)
     # Objects of channels 1 and 2 are FocusPixels: two separate chips at scale 1.
     images = [
-        planted.paint((800, 1200), [(0, 100, 100, 140, 140), (1, 600, 200, 616, 216), (2, 900, 600, 908, 608)]),
-        planted.paint((800, 1200), [(1, 50, 50, 60, 60)]),
+        paint_image((800, 1200), [(0, 100, 100, 140, 140), (1, 600, 200, 616, 216), (2, 900, 600, 908, 608)]),
+        paint_image((800, 1200), [(1, 50, 50, 60, 60)]),
     ]
     inputs = [{"image": img, "image_id": i, "height": 800, "width": 1200} for i, img in enumerate(images)]
     predict = pipeline_method(model, _pipeline_cfg(), "autofocus")
@@ -111,11 +100,10 @@ def test_the_time_split_adds_up_on_the_pipeline_with_a_planted_detector():
     assert row["pixels_per_scale"][0] == 400 * 600
 
 
-def test_the_single_policy_has_no_finer_passes():
-    planted = _planted_module()
-    model = planted.PlantedDetector()
+def test_the_single_policy_has_no_finer_passes(planted_detector, paint_image):
+    model = planted_detector()
     predict = pipeline_method(model, _pipeline_cfg(), "single")
-    x = {"image": planted.paint((800, 1200), [(1, 600, 200, 616, 216)]), "image_id": 0}
+    x = {"image": paint_image((800, 1200), [(1, 600, 200, 616, 216)]), "image_id": 0}
     row = measure_method("single", predict, [x], dataset_name=None, device=torch.device("cpu"),
                          warmup=0, progress=False, evaluate=False)
     assert row["finer_ms_per_mpix"] is None and row["scale0_ms_per_mpix"] > 0

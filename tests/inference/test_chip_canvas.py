@@ -1,6 +1,5 @@
 """Chip canvases: packing (property tests), mapping detections back to their chip, and canvas
 passes against per-chip passes on the planted detector (tests/conftest.py)."""
-import math
 
 import pytest
 import torch
