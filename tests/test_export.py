@@ -13,6 +13,9 @@ def export_cfg(**autofocus):
     cfg.MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX = 0.0  # one proposal budget for every view
     cfg.MODEL.AUTOFOCUS.CHIP_BATCH_SIZE = 1  # the traced graph takes one view at a time
     cfg.MODEL.AUTOFOCUS.FOCUS_THRESHOLD = [0.45]  # random weights: some chips, not everything
+    # Scale 0 below the original on the test's 380-700 px images (the compact chain's shorter side
+    # 512 would zoom them up, and scale 1 is then skipped as no finer).
+    cfg.MODEL.AUTOFOCUS.SCALES = [[256, 384], [-1, -1]]
     for k, v in autofocus.items():
         setattr(cfg.MODEL.AUTOFOCUS, k, v)
     return cfg
