@@ -7,6 +7,10 @@
 4. pictures: input, FocusPixel heat map per scale, chips per scale, final detections,
 5. release the checkpoint model-zoo style into <output>/release,
 then print where the report is and its headline table.
+
+``--large`` instead: fine-tune the box model (trained or reused as in 1.) for the large-frame chain
+(``configs/Synthetic/autofocus_compact_fpn_large.yaml``) and benchmark it on the large frames of
+``autofocus_synth_large_val``, writing <output>/large/report.json (the main report's format).
 """
 import argparse
 import json
@@ -43,6 +47,9 @@ MASK_TRAIN_OPTS = ["SOLVER.MAX_ITER", "300", "SOLVER.STEPS", "(240,)", "SOLVER.C
 # The demo's rows: every default method but the two slowest SAHI settings (sahi and sahi@256 took
 # about 3.4 s per image each, as long as all pipeline rows together, and score below sahi@512/768).
 DEMO_METHODS = tuple(m for m in DEFAULT_METHODS if m not in ("sahi", "sahi@256"))
+LARGE_CONFIG = "Synthetic/autofocus_compact_fpn_large.yaml"
+# Rows of --large: SAHI's default slice (512) and the demo's other kept setting (768).
+LARGE_METHODS = ("single", "pyramid", "autofocus", "oracle", "sahi@512", "sahi@768", "tta")
 
 
 def say(msg: str) -> None:
@@ -142,18 +149,48 @@ def pictures(cfg, out_dir: str, num_images: int) -> list:
     return written
 
 
+def run_large(out: str, box_weights: str, args) -> int:
+    """``--large``: fine-tune LARGE_CONFIG from ``box_weights`` into <out>/large/train (or reuse it),
+    benchmark LARGE_METHODS on every frame of its DATASETS.TEST and write <out>/large/report.*."""
+    start = time.time()
+    large_dir = os.path.join(out, "large")
+    os.makedirs(large_dir, exist_ok=True)
+    say("large frames: fine-tuning the large-frame chain from the box model")
+    weights = train(os.path.join(large_dir, "train"), args.opts, LARGE_CONFIG,
+                    ["MODEL.WEIGHTS", box_weights])
+    cfg = load_cfg(weights, args.opts, LARGE_CONFIG)
+    dataset = cfg.DATASETS.TEST[0]
+    ensure_split(dataset)
+    methods = args.bench_methods or LARGE_METHODS
+    say(f"benchmark on the frames of {dataset} ({len(methods)} methods, {args.repeats} timed passes)")
+    report = run_benchmark(cfg, dataset_name=dataset, max_images=args.large_images, methods=methods,
+                           repeats=args.repeats)
+    report["config"] = f"configs/{LARGE_CONFIG}"
+    report["wall_time_s"] = time.time() - start
+    paths = write_report(report, large_dir)
+    print()
+    print(summary_text(report))
+    say(f"large frames done in {report['wall_time_s'] / 60:.1f} min; report: {paths['json']}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--output", default="output/demo")
     p.add_argument("--bench-images", type=int, default=40, help="val images for the benchmark (40: all)")
-    p.add_argument("--bench-methods", nargs="+", default=list(DEMO_METHODS),
-                   help=f"benchmark rows (default: {' '.join(DEMO_METHODS)})")
+    p.add_argument("--bench-methods", nargs="+", default=None,
+                   help=f"benchmark rows (default: {' '.join(DEMO_METHODS)}; with --large: "
+                   f"{' '.join(LARGE_METHODS)})")
     p.add_argument("--repeats", type=int, default=3, help="timed passes of the benchmark (median and spread)")
     p.add_argument("--sweep", nargs="*", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9])
     p.add_argument("--pictures", type=int, default=2)
     p.add_argument("--with-masks", action="store_true",
                    help=f"also fine-tune the Mask R-CNN config ({MASK_CONFIG}, about 7 more minutes) "
                    "and report box and mask AP of single / pyramid / autofocus")
+    p.add_argument("--large", action="store_true",
+                   help=f"instead of the above: fine-tune {LARGE_CONFIG} from the box model (about 7 "
+                   "minutes) and benchmark it on the large frames; report in <output>/large/")
+    p.add_argument("--large-images", type=int, default=None, help="frames for --large (default: all 12)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs (training too)")
     args = p.parse_args(argv)
     start = time.time()
@@ -163,6 +200,9 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
 
     weights = train(os.path.join(out, "train"), args.opts)
+    if args.large:
+        return run_large(out, weights, args)
+    args.bench_methods = args.bench_methods or list(DEMO_METHODS)
     cfg = load_cfg(weights, args.opts)
     dataset = cfg.DATASETS.TEST[0]
     val_json = ensure_split(dataset)
