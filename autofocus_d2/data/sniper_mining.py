@@ -21,8 +21,8 @@ from detectron2.config import CfgNode
 from detectron2.data import detection_utils as utils
 
 from ..config import sniper_training_scales, sniper_valid_ranges, validate_sniper_config
-from ..inference.scale_chain import ScaleChain
-from ..inference.views import View, crop_and_resize, tile_box, zoomed_hw
+from ..structures.scale_chain import ScaleChain
+from ..structures.views import View, crop_and_resize, tile_box, zoomed_hw
 from ..utils.image_io import read_image
 from .sniper_chips import negative_chips, positive_chips
 from .sniper_loader import NEGATIVE_CHIPS_VERSION, annotation_boxes

@@ -3,6 +3,7 @@ then focus stacking. Returns ordinary Detectron2 outputs (plus what the pipeline
 import logging
 import math
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
@@ -37,8 +38,9 @@ from .chip_canvas import (
     pack_chips,
 )
 from .focus_stacking import merge_indices, stacking_keep_mask
-from .scale_chain import ScaleChain
-from .views import View, area_downscale, crop_and_resize, instances_to_original, tile_box, zoomed_hw
+from ..structures.image_stats import ImageStats
+from ..structures.scale_chain import ScaleChain
+from ..structures.views import View, area_downscale, crop_and_resize, instances_to_original, tile_box, zoomed_hw
 
 __all__ = ["AUTOFOCUS_PIPELINE_REGISTRY", "CoarseToFinePipeline", "build_autofocus_pipeline", "prepare_image"]
 
@@ -374,7 +376,7 @@ class CoarseToFinePipeline:
             outputs.append(
                 {
                     "instances": detector_postprocess(instances, height, width),
-                    "autofocus": {**self.image_stats(i, hw, views_per_scale), "skipped_scales": skipped[i]},
+                    "autofocus": replace(self.image_stats(i, hw, views_per_scale), skipped_scales=skipped[i]).to_dict(),
                 }
             )
             if with_details:
@@ -448,7 +450,7 @@ class CoarseToFinePipeline:
 
     def image_stats(
         self, image_index: int, image_hw: Tuple[int, int], views_per_scale: List[List[View]]
-    ) -> Dict[str, Any]:
+    ) -> ImageStats:
         """What the pipeline did for one image (all plain Python numbers)."""
         pixels, chips = defaultdict(int), defaultdict(list)
         for k, views in enumerate(views_per_scale):
@@ -457,12 +459,12 @@ class CoarseToFinePipeline:
                     pixels[k] += v.pixels
                     chips[k].append(list(v.box))
         num = len(views_per_scale)
-        return {
-            "pixels_per_scale": [pixels[k] for k in range(num)],
-            "chips_per_scale": [len(chips[k]) for k in range(num)],
-            "chip_boxes_per_scale": [chips[k] for k in range(num)],
-            "pyramid_pixels_per_scale": self.pyramid_pixels(image_hw),
-        }
+        return ImageStats(
+            pixels_per_scale=[pixels[k] for k in range(num)],
+            chips_per_scale=[len(chips[k]) for k in range(num)],
+            chip_boxes_per_scale=[chips[k] for k in range(num)],
+            pyramid_pixels_per_scale=self.pyramid_pixels(image_hw),
+        )
 
 
 def build_autofocus_pipeline(cfg):

@@ -12,8 +12,8 @@ from torch import nn
 from ..config_checks import check, check_at_least, check_focus_label_range
 from ..inference.pipeline import build_autofocus_pipeline
 from .focus_head import build_focus_head, focus_pixel_loss, resolve_focus_feature
-from .focus_labels import focus_pixel_targets
-from .focus_labels import focus_size_range
+from ..structures.focus_labels import focus_pixel_targets
+from ..structures.focus_labels import focus_size_range
 from .sniper_heads import split_ignored
 
 __all__ = ["FocusDetectorMixin", "split_focus_arguments", "focus_zoom_steps"]

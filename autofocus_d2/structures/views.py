@@ -135,7 +135,7 @@ def area_downscale(image: torch.Tensor, box: Sequence[int], out_hw: Tuple[int, i
     bilinear step of the remaining factor (1 to 2, no antialiasing needed) that samples every
     output pixel centre exactly where :func:`crop_and_resize` does. Where the shrink factor is
     below ``min_factor`` it is :func:`crop_and_resize` itself. Returns float (C, h, w), on the
-    image's device. tests/inference/test_views.py states the tolerance against crop_and_resize."""
+    image's device. tests/structures/test_views.py states the tolerance against crop_and_resize."""
     x0, y0, x1, y1 = box
     crop = image[:, y0:y1, x0:x1]
     ch, cw = crop.shape[-2:]

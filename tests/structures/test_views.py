@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autofocus_d2.inference.views import area_downscale, crop_and_resize
+from autofocus_d2.structures.views import area_downscale, crop_and_resize
 
 
 def field_image(hw=(1500, 2000), seed=0):
