@@ -10,9 +10,8 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Instances
-from detectron2.utils.registry import Registry
 
-from ..config import INFERENCE_DTYPE_NAMES, NMS_METHODS, lookup_registry, validate_autofocus_config
+from ..config import INFERENCE_DTYPE_NAMES, NMS_METHODS, validate_autofocus_config
 from ..config_checks import (
     check,
     check_at_least,
@@ -38,6 +37,8 @@ from .chip_canvas import (
     pack_chips,
 )
 from .focus_stacking import merge_indices, stacking_keep_mask
+# The registry lives below modeling and inference (the models build their pipeline from it).
+from ..pipeline_registry import AUTOFOCUS_PIPELINE_REGISTRY, build_autofocus_pipeline
 from ..structures.image_stats import ImageStats
 from ..structures.scale_chain import ScaleChain
 from ..structures.views import View, area_downscale, crop_and_resize, instances_to_original, tile_box, zoomed_hw
@@ -45,14 +46,6 @@ from ..structures.views import View, area_downscale, crop_and_resize, instances_
 __all__ = ["AUTOFOCUS_PIPELINE_REGISTRY", "CoarseToFinePipeline", "build_autofocus_pipeline", "prepare_image"]
 
 logger = logging.getLogger(__name__)
-
-AUTOFOCUS_PIPELINE_REGISTRY = Registry("AUTOFOCUS_PIPELINE")
-AUTOFOCUS_PIPELINE_REGISTRY.__doc__ = """
-Registry for inference pipelines, built as ``cls(cfg)`` and called as
-``pipeline(model, batched_inputs, with_details=False)`` by the AutoFocus meta-architectures in eval
-mode; ``model`` provides :class:`autofocus_d2.inference.FocusDetector`.
-"""
-
 
 @AUTOFOCUS_PIPELINE_REGISTRY.register()
 class CoarseToFinePipeline:
@@ -465,9 +458,3 @@ class CoarseToFinePipeline:
             chip_boxes_per_scale=[chips[k] for k in range(num)],
             pyramid_pixels_per_scale=self.pyramid_pixels(image_hw),
         )
-
-
-def build_autofocus_pipeline(cfg):
-    """The pipeline named by ``MODEL.AUTOFOCUS.PIPELINE`` in AUTOFOCUS_PIPELINE_REGISTRY."""
-    name = cfg.MODEL.AUTOFOCUS.PIPELINE
-    return lookup_registry(AUTOFOCUS_PIPELINE_REGISTRY, name, "MODEL.AUTOFOCUS.PIPELINE")(cfg)
