@@ -41,7 +41,7 @@ from .focus_stacking import merge_indices, stacking_keep_mask
 from ..pipeline_registry import AUTOFOCUS_PIPELINE_REGISTRY, build_autofocus_pipeline
 from ..structures.image_stats import ImageStats
 from ..structures.scale_chain import ScaleChain
-from ..structures.views import View, area_downscale, crop_and_resize, instances_to_original, tile_box, zoomed_hw
+from ..structures.views import View, area_downscale, crop_and_resize, instances_to_original, tile_views
 
 __all__ = ["AUTOFOCUS_PIPELINE_REGISTRY", "CoarseToFinePipeline", "build_autofocus_pipeline", "prepare_image"]
 
@@ -176,17 +176,11 @@ class CoarseToFinePipeline:
     def views_for_chips(self, image_index: int, scale: int, chips: torch.Tensor, zoom: float) -> List[View]:
         """Views of original-frame integer ``chips`` (N, 4) at ``scale``/``zoom``; a chip longer than
         ``max_chip_side`` pixels at that scale becomes overlapping tiles."""
-        views = []
-        for box in chips.round().long().tolist():
-            out_hw = zoomed_hw(box, zoom)
-            if max(out_hw) <= self.max_chip_side:
-                views.append(View(image_index, scale, tuple(box), out_hw))
-                continue
-            tile = int(self.max_chip_side / zoom)
-            overlap = int(round(self.tile_overlap / zoom))
-            for sub in tile_box(box, tile, overlap):
-                views.append(View(image_index, scale, sub, zoomed_hw(sub, zoom)))
-        return views
+        return [
+            view
+            for box in chips.round().long().tolist()
+            for view in tile_views(image_index, scale, box, zoom, self.max_chip_side, self.tile_overlap)
+        ]
 
     def first_views(self, image_index: int, image_hw: Tuple[int, int]) -> List[View]:
         """The views of scale 0: the whole image at its scale-0 size (tiled where too long)."""

@@ -25,6 +25,7 @@ from .views import (
     snap_to_pixels,
     tile_box,
     tile_intervals,
+    tile_views,
     zoomed_hw,
 )
 
@@ -49,5 +50,6 @@ __all__ = [
     "snap_to_pixels",
     "tile_box",
     "tile_intervals",
+    "tile_views",
     "zoomed_hw",
 ]

@@ -17,6 +17,7 @@ __all__ = [
     "zoomed_hw",
     "tile_intervals",
     "tile_box",
+    "tile_views",
     "snap_to_pixels",
     "crop_and_resize",
     "area_downscale",
@@ -100,6 +101,23 @@ def tile_box(box: Sequence[int], tile: int, overlap: int) -> List[Box]:
     xs = tile_intervals(x1 - x0, tile, overlap)
     ys = tile_intervals(y1 - y0, tile, overlap)
     return [(x0 + a, y0 + c, x0 + b, y0 + d) for (c, d) in ys for (a, b) in xs]
+
+
+def tile_views(
+    image_index: int, scale: int, box: Sequence[int], zoom: float, max_side: int, overlap: int
+) -> List[View]:
+    """The views of original-frame integer ``box`` at ``scale`` / ``zoom``: the box itself when its
+    zoomed size is at most ``max_side`` pixels a side, else overlapping tiles of at most
+    ``max_side`` pixels of the scale (tile side ``int(max_side / zoom)`` original pixels), neighbours
+    overlapping by about ``overlap`` pixels of the scale (:func:`tile_box`). The pipeline's tiling of
+    chips and whole images, and SNIPER negative mining's."""
+    box = tuple(int(v) for v in box)
+    out_hw = zoomed_hw(box, zoom)
+    if max(out_hw) <= max_side:
+        return [View(image_index, scale, box, out_hw)]
+    tile = int(max_side / zoom)
+    tile_overlap = int(round(overlap / zoom))
+    return [View(image_index, scale, sub, zoomed_hw(sub, zoom)) for sub in tile_box(box, tile, tile_overlap)]
 
 
 def snap_to_pixels(boxes: torch.Tensor, image_hw: Tuple[int, int]) -> torch.Tensor:
