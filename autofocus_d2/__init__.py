@@ -1,8 +1,8 @@
 """AutoFocus (Najibi, Singh, Davis, ICCV 2019) for Detectron2.
 
 ``import autofocus_d2`` registers the meta-architectures ``AutoFocusRCNN`` and
-``AutoFocusRetinaNet``, the FocusPixel heads, the compact backbones and the built-in datasets;
-``add_autofocus_config(cfg)`` adds the config keys.
+``AutoFocusRetinaNet``, the FocusPixel heads, the inference pipeline, the compact backbones and the
+built-in datasets; ``add_autofocus_config(cfg)`` adds the config keys.
 """
 try:
     import detectron2  # noqa: F401
@@ -14,6 +14,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from .config import add_autofocus_config
 from . import modeling  # noqa: F401  (registers AutoFocusRCNN/RetinaNet, FocusPixel heads, backbones)
+from . import inference  # noqa: F401  (registers the pipelines the models build by name)
 from .data import register_synthetic_datasets
 
 # The built-in datasets, under $AUTOFOCUS_DATA (default ./datasets/autofocus_synth); generated on

@@ -40,7 +40,7 @@ from autofocus_d2.analysis import (
 from autofocus_d2.data import generate_synthetic_split
 from autofocus_d2.inference.chip_policies import build_chip_policy
 from autofocus_d2.inference.pipeline import CoarseToFinePipeline
-from autofocus_d2.inference.views import View
+from autofocus_d2.structures.views import View
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(REPO, "tools", "analyze_chips.py")

@@ -11,7 +11,7 @@ from detectron2.modeling import build_model
 
 from autofocus_d2 import model_zoo
 from autofocus_d2.config_checks import check_scale_chain
-from autofocus_d2.inference import ScaleChain
+from autofocus_d2.structures import ScaleChain
 from autofocus_d2.inference.chip_policies import AutoFocusChipPolicy
 from autofocus_d2.inference.pipeline import build_autofocus_pipeline
 

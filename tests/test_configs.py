@@ -14,7 +14,7 @@ from detectron2.utils.events import EventStorage
 import autofocus_d2
 from autofocus_d2 import model_zoo
 from autofocus_d2.config import sniper_training_scales
-from autofocus_d2.inference import ScaleChain
+from autofocus_d2.structures import ScaleChain
 from autofocus_d2.modeling import FocusDetectorMixin
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

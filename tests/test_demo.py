@@ -14,7 +14,7 @@ from detectron2.structures import Boxes, Instances
 from PIL import Image
 
 from autofocus_d2 import model_zoo
-from autofocus_d2.inference.views import View
+from autofocus_d2.structures.views import View
 from autofocus_d2.utils import draw_chips, draw_detections, focus_heatmap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -30,7 +30,7 @@ from ..evaluation.efficiency import summarize_efficiency
 from ..inference.chip_policies import ChipPolicy, OracleChipPolicy, oracle_focus_map
 from ..inference.focus_stacking import stacking_keep_mask
 from ..inference.pipeline import CoarseToFinePipeline
-from ..inference.views import View
+from ..structures.views import View
 from .ground_truth import SIZE_CLASSES, GroundTruthImage, load_coco_ground_truth
 from .size_holes import in_size_holes, size_holes
 

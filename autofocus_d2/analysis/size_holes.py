@@ -17,7 +17,7 @@ import torch
 from detectron2.structures import Boxes
 from torch import Tensor
 
-from ..inference.scale_chain import ScaleChain
+from ..structures.scale_chain import ScaleChain
 
 __all__ = ["kept_size_intervals", "size_holes", "in_size_holes", "objects_in_holes"]
 

@@ -24,8 +24,8 @@ from detectron2.structures import Boxes, Instances
 
 from ..config import per_transition
 from ..inference.pipeline import build_autofocus_pipeline
-from ..inference.scale_chain import ScaleChain, scale_zoom
-from ..inference.views import zoomed_hw
+from ..structures import ImageStats, ScaleChain, scale_zoom
+from ..structures.views import zoomed_hw
 from ..integrations.sahi import AutoFocusSahiModel, require_sahi
 from .timing import DetectorPass
 
@@ -261,11 +261,11 @@ def sahi_method(model, cfg, name: str = "sahi") -> Callable:
         keep = torch.argsort(instances.scores, descending=True)[:max_det]
         return {
             "instances": instances[keep],
-            "autofocus": {
-                "pixels_per_scale": [result.standard_pixels, result.slice_pixels],
-                "chips_per_scale": [1 if result.standard_pixels else 0, result.num_slices],
-                "pyramid_pixels_per_scale": pipeline.pyramid_pixels((h, w)),
-            },
+            "autofocus": ImageStats(
+                pixels_per_scale=[result.standard_pixels, result.slice_pixels],
+                chips_per_scale=[1 if result.standard_pixels else 0, result.num_slices],
+                pyramid_pixels_per_scale=pipeline.pyramid_pixels((h, w)),
+            ).to_dict(),
             "detector_passes": result.passes,
         }
 

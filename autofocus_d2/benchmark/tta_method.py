@@ -18,7 +18,7 @@ from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.modeling.test_time_augmentation import DatasetMapperTTA
 
 from ..inference.pipeline import build_autofocus_pipeline
-from ..inference.scale_chain import ScaleChain
+from ..structures import ImageStats, ScaleChain
 from .timing import DetectorPass, timed_inference
 
 __all__ = ["ScaleChainTTAMapper", "tta_method"]
@@ -67,11 +67,11 @@ def tta_method(model, cfg) -> Callable:
         hw = tuple(x["image"].shape[-2:])
         return {
             "instances": out["instances"],
-            "autofocus": {
-                "pixels_per_scale": pixels,
-                "chips_per_scale": [1] * num_scales,
-                "pyramid_pixels_per_scale": pipeline.pyramid_pixels(hw),
-            },
+            "autofocus": ImageStats(
+                pixels_per_scale=pixels,
+                chips_per_scale=[1] * num_scales,
+                pyramid_pixels_per_scale=pipeline.pyramid_pixels(hw),
+            ).to_dict(),
             "detector_passes": passes,
         }
 

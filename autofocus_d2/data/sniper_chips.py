@@ -29,7 +29,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..inference.focus_stacking import in_size_range
+from ..structures.size_ranges import check_size_range, in_size_range
 
 __all__ = ["positive_chips", "negative_chips", "chip_box_validity", "chips_holding"]
 
@@ -59,12 +59,6 @@ def _check_args(image_hw: Sequence[int], zoom: float, chip_size: int, stride: in
     if int(stride) != stride or not 1 <= stride <= chip_size:
         raise ValueError(f"stride must be an integer in [1, chip_size={chip_size}], got {stride}")
     return int(image_hw[0]), int(image_hw[1])
-
-
-def _check_range(valid_range: Sequence[float]) -> Tuple[float, float]:
-    if len(valid_range) != 2 or any(math.isnan(float(v)) for v in valid_range):
-        raise ValueError(f"valid_range must be (lo, hi), -1 = no limit, got {tuple(valid_range)}")
-    return float(valid_range[0]), float(valid_range[1])
 
 
 def _clip(boxes: Tensor, image_hw: Tuple[int, int]) -> Tensor:
@@ -194,7 +188,7 @@ def positive_chips(
 
     The boxes are clipped to the image; those with an empty clipped box are skipped, the others
     are VALID when their clipped ``sqrt(area)`` lies in ``valid_range`` (inclusive, as
-    :func:`autofocus_d2.inference.focus_stacking.in_size_range`). Chips are picked greedily
+    :func:`autofocus_d2.structures.in_size_range`). Chips are picked greedily
     among the candidates (module docstring), the one holding the most not-yet-covered valid
     boxes first (ties: the first in row-major order), until every valid box is held.
 
@@ -217,7 +211,7 @@ def positive_chips(
     """
     _check_boxes(gt_boxes, "gt_boxes")
     image_hw = _check_args(image_hw, zoom, chip_size, stride)
-    lo, hi = _check_range(valid_range)
+    lo, hi = check_size_range(valid_range)
     boxes = _clip(gt_boxes.to(torch.float64), image_hw)
     boxes = boxes[_nonempty(boxes)]
     boxes = boxes[in_size_range(boxes, lo, hi)]
@@ -263,7 +257,7 @@ def negative_chips(
     boxes = _clip(proposals.to(torch.float64).cpu(), image_hw)
     boxes = boxes[_nonempty(boxes)]
     if valid_range is not None:
-        boxes = boxes[in_size_range(boxes, *_check_range(valid_range))]
+        boxes = boxes[in_size_range(boxes, *check_size_range(valid_range))]
     pos = positive_chips.to(torch.float64).cpu()
     inside = (boxes[:, None, :2] >= pos[None, :, :2] - _TOL) & (
         boxes[:, None, 2:] <= pos[None, :, 2:] + _TOL
@@ -312,7 +306,7 @@ def chip_box_validity(
         raise ValueError(f"chip must be a tensor of shape (4,), got {getattr(chip, 'shape', chip)}")
     if not (chip_side > 0 and math.isfinite(chip_side)):
         raise ValueError(f"chip_side must be a positive finite number, got {chip_side}")
-    lo, hi = _check_range(valid_range)
+    lo, hi = check_size_range(valid_range)
     boxes = boxes.to(torch.float64)
     chip = chip.to(device=boxes.device, dtype=torch.float64)
     in_range = in_size_range(boxes, lo, hi)

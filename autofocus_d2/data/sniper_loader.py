@@ -27,11 +27,11 @@ from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
 from ..config import DEFAULT_MAX_IMAGE_MPIX, sniper_training_scales, sniper_valid_ranges, validate_sniper_config
-from ..inference.scale_chain import ScaleChain
+from ..structures.scale_chain import ScaleChain
 from ..modeling.sniper_heads import require_ignore_support
 from ..utils.image_io import read_image
 from .chip_sampler import ChipEpochSampler
-from ..modeling.focus_labels import focus_size_range
+from ..structures.focus_labels import focus_size_range
 from .sniper_chips import chip_box_validity, chips_holding, positive_chips
 
 __all__ = [
@@ -131,7 +131,7 @@ def _records_from_config(cfg: CfgNode, dataset_dicts, negative_chips=None):
 def focus_objects(boxes: torch.Tensor, zoom: float, zoom_step: float, focus_range) -> torch.Tensor:
     """(N,) bool: which of the original-frame ``boxes`` are FocusPixel objects in a chip of a scale
     at ``zoom`` whose next scale is ``zoom_step`` times finer (the labels' size range,
-    :func:`autofocus_d2.modeling.focus_labels.focus_size_range`; ``focus_range`` = (SMALL_RANGE,
+    :func:`autofocus_d2.structures.focus_labels.focus_size_range`; ``focus_range`` = (SMALL_RANGE,
     SMALL_MIN_FRAME))."""
     lo, hi = focus_size_range(focus_range[0], zoom_step, focus_range[1])
     sizes = ((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)).sqrt() * zoom

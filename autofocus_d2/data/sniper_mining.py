@@ -1,7 +1,8 @@
 """SNIPER negative chip mining: where a briefly trained RPN fires away from the positive chips.
 
-For every image and training scale, the whole image is seen at that scale (in tiles of at most
-``MAX_TILE_SIDE`` pixels, to bound memory), the RPN's best proposals are mapped back to the
+For every image and training scale, the whole image is seen at that scale (tiled as the inference
+pipeline tiles it: :func:`autofocus_d2.structures.tile_views` with ``MODEL.AUTOFOCUS.MAX_CHIP_SIDE``
+and ``TILE_OVERLAP``, which bound memory), the RPN's best proposals are mapped back to the
 ORIGINAL frame, and :func:`negative_chips` covers those no positive chip holds. The result is
 the json read by ``INPUT.SNIPER.NEGATIVE_CHIPS_FILE``::
 
@@ -21,32 +22,29 @@ from detectron2.config import CfgNode
 from detectron2.data import detection_utils as utils
 
 from ..config import sniper_training_scales, sniper_valid_ranges, validate_sniper_config
-from ..inference.scale_chain import ScaleChain
-from ..inference.views import View, crop_and_resize, tile_box, zoomed_hw
+from ..config_checks import check_tiling
+from ..structures.scale_chain import ScaleChain
+from ..structures.views import crop_and_resize, tile_views
 from ..utils.image_io import read_image
 from .sniper_chips import negative_chips, positive_chips
 from .sniper_loader import NEGATIVE_CHIPS_VERSION, annotation_boxes
 
-__all__ = ["mine_negative_chips", "rpn_proposals_at_zoom", "MAX_TILE_SIDE"]
+__all__ = ["mine_negative_chips", "rpn_proposals_at_zoom"]
 
 logger = logging.getLogger(__name__)
 
-# Largest side, in pixels of the scale, of one RPN pass while mining; larger images are tiled.
-MAX_TILE_SIDE = 1333
-# Overlap of those tiles, in pixels of the scale (at most a quarter of a tile).
-_TILE_OVERLAP = 128
 _LOG_PERIOD = 20
 
 
 @torch.no_grad()
 def rpn_proposals_at_zoom(
-    model: nn.Module, image: torch.Tensor, zoom: float, top_k: int
+    model: nn.Module, image: torch.Tensor, zoom: float, top_k: int, *, max_side: int, tile_overlap: int
 ) -> torch.Tensor:
     """
     The ``top_k`` RPN proposals (highest objectness first) of a whole image seen at ``zoom``.
 
-    The zoomed image is cut into overlapping tiles of at most ``MAX_TILE_SIDE`` pixels a side,
-    each resized from the original pixels (bilinear, antialiased when shrinking), normalized
+    Where the zoomed image is longer than ``max_side`` pixels it is cut into overlapping tiles of
+    at most ``max_side`` pixels a side (:func:`tile_views`, the pipeline's tiling), each resized from the original pixels (bilinear, antialiased when shrinking), normalized
     with ``model.normalize`` and run through ``model.backbone`` and
     ``model.proposal_generator``. The model must be in eval mode.
 
@@ -55,6 +53,8 @@ def rpn_proposals_at_zoom(
         image (Tensor): (C, H, W) original image in the model's input format, any dtype.
         zoom (float): pixels of the scale per original pixel.
         top_k (int): number of proposals kept over all tiles.
+        max_side, tile_overlap (int): pixels of the scale (MODEL.AUTOFOCUS.MAX_CHIP_SIDE,
+            MODEL.AUTOFOCUS.TILE_OVERLAP).
 
     Returns:
         Tensor: (R, 4) float32 XYXY proposals in the original frame, R <= top_k, on the CPU.
@@ -63,15 +63,13 @@ def rpn_proposals_at_zoom(
         raise ValueError(f"zoom must be a positive finite number, got {zoom}")
     if int(top_k) != top_k or top_k < 1:
         raise ValueError(f"top_k must be an integer >= 1, got {top_k}")
+    check_tiling(max_side, tile_overlap, "max_side", "tile_overlap")
     device = model.device
     image = image.to(device=device, dtype=torch.float32)
     h, w = image.shape[-2:]
-    tile = max(1, math.floor(MAX_TILE_SIDE / zoom))
-    overlap = min(tile // 4, math.ceil(_TILE_OVERLAP / zoom))
     boxes, scores = [], []
-    for region in tile_box((0, 0, w, h), tile, overlap):
-        view = View(0, 0, region, zoomed_hw(region, zoom))
-        x = crop_and_resize(image, region, view.out_hw)
+    for view in tile_views(0, 0, (0, 0, w, h), zoom, max_side, tile_overlap):
+        x = crop_and_resize(image, view.box, view.out_hw)
         images = model.normalize([x])
         features = model.backbone(images.tensor)
         proposals, _ = model.proposal_generator(images, features, None)
@@ -102,7 +100,7 @@ def mine_negative_chips(
         entry, possibly an empty list.
     """
     validate_sniper_config(cfg)
-    sn = cfg.INPUT.SNIPER
+    sn, af = cfg.INPUT.SNIPER, cfg.MODEL.AUTOFOCUS
     scales = sniper_training_scales(cfg)
     ranges = sniper_valid_ranges(cfg)
     chain = ScaleChain(scales=scales)
@@ -120,7 +118,8 @@ def mine_negative_chips(
             gt = annotation_boxes(d)
             entry: List[List[float]] = []
             for scale, (zoom, vr) in enumerate(zip(chain.zooms(hw), ranges)):
-                proposals = rpn_proposals_at_zoom(model, image_t, zoom, sn.NEGATIVE_PROPOSALS_PER_IMAGE)
+                proposals = rpn_proposals_at_zoom(model, image_t, zoom, sn.NEGATIVE_PROPOSALS_PER_IMAGE,
+                                                  max_side=af.MAX_CHIP_SIDE, tile_overlap=af.TILE_OVERLAP)
                 common = dict(image_hw=hw, zoom=zoom, chip_size=sn.CHIP_SIZE, stride=sn.CHIP_STRIDE)
                 pos = positive_chips(gt, valid_range=vr, **common)
                 neg = negative_chips(proposals, positive_chips=pos, valid_range=vr,

@@ -2,11 +2,14 @@
 import itertools
 import logging
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Dict, List
 
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from tabulate import tabulate
+
+from ..structures import ImageStats
 
 __all__ = ["AutoFocusEfficiencyEvaluator", "summarize_efficiency"]
 
@@ -60,8 +63,8 @@ class AutoFocusEfficiencyEvaluator(DatasetEvaluator):
     def process(self, inputs, outputs):
         for output in outputs:
             if "autofocus" in output:
-                stats = output["autofocus"]
-                self._stats.append({k: v for k, v in stats.items() if k != "chip_boxes_per_scale"})
+                stats = replace(ImageStats.from_dict(output["autofocus"]), chip_boxes_per_scale=None)
+                self._stats.append(stats.to_dict())
 
     def evaluate(self):
         stats = self._stats

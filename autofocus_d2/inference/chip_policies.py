@@ -23,9 +23,9 @@ from ..config_checks import (
     check_min_sizes,
     check_probabilities,
 )
-from ..modeling.focus_labels import FOCUS_POSITIVE, focus_pixel_targets, focus_size_range
+from ..structures.focus_labels import FOCUS_POSITIVE, focus_pixel_targets, focus_size_range
 from .focus_chips import generate_focus_chips, merge_overlapping_boxes
-from .views import View, snap_to_pixels, tile_box
+from ..structures.views import View, snap_to_pixels, tile_box
 
 __all__ = [
     "CHIP_POLICY_REGISTRY",

@@ -14,12 +14,11 @@ from torch import Tensor
 from detectron2.layers import batched_nms
 from detectron2.structures import Boxes, pairwise_iou
 
-from .views import View
+from ..structures import View, box_sizes, in_size_range
 
 __all__ = [
     "drop_border_cut",
     "drop_small_covered",
-    "in_size_range",
     "merge_detections",
     "merge_indices",
     "stacking_keep_mask",
@@ -38,11 +37,6 @@ _TRUSTED_SLACK = 2 * _INSIDE_TOL
 def _check_boxes(boxes: Tensor, name: str = "boxes") -> None:
     if boxes.dim() != 2 or boxes.shape[1] != 4:
         raise ValueError(f"{name} must have shape (R, 4), got {tuple(boxes.shape)}")
-
-
-def _sqrt_area(boxes: Tensor) -> Tensor:
-    """(R,) square root of the area of (R, 4) XYXY boxes, in pixels of the boxes' frame."""
-    return Boxes(boxes).area().clamp(min=0).sqrt()
 
 
 def drop_border_cut(
@@ -143,29 +137,7 @@ def drop_small_covered(boxes: Tensor, finer_chips: Tensor, max_size: float) -> T
         (boxes[:, None, :2] >= finer_chips[None, :, :2] - _INSIDE_TOL)
         & (boxes[:, None, 2:] <= finer_chips[None, :, 2:] + _INSIDE_TOL)
     ).all(dim=2)  # (R, C)
-    return ~(inside.any(dim=1) & (_sqrt_area(boxes) < max_size))
-
-
-def in_size_range(boxes: Tensor, lo: float, hi: float) -> Tensor:
-    """
-    Keep the boxes whose size ``sqrt(area)`` lies in ``[lo, hi]`` (both inclusive); ``hi < 0``
-    means no upper limit. This is the valid range of a scale in SNIP/AutoFocus.
-
-    Args:
-        boxes (Tensor): (R, 4) XYXY boxes in any frame.
-        lo, hi (float): limits in pixels of the boxes' frame.
-
-    Returns:
-        Tensor: (R,) bool, True for the boxes to keep.
-    """
-    _check_boxes(boxes)
-    if math.isnan(lo) or math.isnan(hi):
-        raise ValueError(f"size range must not contain NaN, got ({lo}, {hi})")
-    size = _sqrt_area(boxes)
-    keep = size >= lo
-    if hi >= 0:
-        keep &= size <= hi
-    return keep
+    return ~(inside.any(dim=1) & (box_sizes(boxes) < max_size))
 
 
 def stacking_keep_mask(

@@ -3,15 +3,15 @@ then focus stacking. Returns ordinary Detectron2 outputs (plus what the pipeline
 import logging
 import math
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 from detectron2.config import configurable
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Instances
-from detectron2.utils.registry import Registry
 
-from ..config import INFERENCE_DTYPE_NAMES, NMS_METHODS, lookup_registry, validate_autofocus_config
+from ..config import INFERENCE_DTYPE_NAMES, NMS_METHODS, validate_autofocus_config
 from ..config_checks import (
     check,
     check_at_least,
@@ -37,20 +37,15 @@ from .chip_canvas import (
     pack_chips,
 )
 from .focus_stacking import merge_indices, stacking_keep_mask
-from .scale_chain import ScaleChain
-from .views import View, area_downscale, crop_and_resize, instances_to_original, tile_box, zoomed_hw
+# The registry lives below modeling and inference (the models build their pipeline from it).
+from ..pipeline_registry import AUTOFOCUS_PIPELINE_REGISTRY, build_autofocus_pipeline
+from ..structures.image_stats import ImageStats
+from ..structures.scale_chain import ScaleChain
+from ..structures.views import View, area_downscale, crop_and_resize, instances_to_original, tile_views
 
 __all__ = ["AUTOFOCUS_PIPELINE_REGISTRY", "CoarseToFinePipeline", "build_autofocus_pipeline", "prepare_image"]
 
 logger = logging.getLogger(__name__)
-
-AUTOFOCUS_PIPELINE_REGISTRY = Registry("AUTOFOCUS_PIPELINE")
-AUTOFOCUS_PIPELINE_REGISTRY.__doc__ = """
-Registry for inference pipelines, built as ``cls(cfg)`` and called as
-``pipeline(model, batched_inputs, with_details=False)`` by the AutoFocus meta-architectures in eval
-mode; ``model`` provides :class:`autofocus_d2.inference.FocusDetector`.
-"""
-
 
 @AUTOFOCUS_PIPELINE_REGISTRY.register()
 class CoarseToFinePipeline:
@@ -181,17 +176,11 @@ class CoarseToFinePipeline:
     def views_for_chips(self, image_index: int, scale: int, chips: torch.Tensor, zoom: float) -> List[View]:
         """Views of original-frame integer ``chips`` (N, 4) at ``scale``/``zoom``; a chip longer than
         ``max_chip_side`` pixels at that scale becomes overlapping tiles."""
-        views = []
-        for box in chips.round().long().tolist():
-            out_hw = zoomed_hw(box, zoom)
-            if max(out_hw) <= self.max_chip_side:
-                views.append(View(image_index, scale, tuple(box), out_hw))
-                continue
-            tile = int(self.max_chip_side / zoom)
-            overlap = int(round(self.tile_overlap / zoom))
-            for sub in tile_box(box, tile, overlap):
-                views.append(View(image_index, scale, sub, zoomed_hw(sub, zoom)))
-        return views
+        return [
+            view
+            for box in chips.round().long().tolist()
+            for view in tile_views(image_index, scale, box, zoom, self.max_chip_side, self.tile_overlap)
+        ]
 
     def first_views(self, image_index: int, image_hw: Tuple[int, int]) -> List[View]:
         """The views of scale 0: the whole image at its scale-0 size (tiled where too long)."""
@@ -374,7 +363,7 @@ class CoarseToFinePipeline:
             outputs.append(
                 {
                     "instances": detector_postprocess(instances, height, width),
-                    "autofocus": {**self.image_stats(i, hw, views_per_scale), "skipped_scales": skipped[i]},
+                    "autofocus": replace(self.image_stats(i, hw, views_per_scale), skipped_scales=skipped[i]).to_dict(),
                 }
             )
             if with_details:
@@ -448,7 +437,7 @@ class CoarseToFinePipeline:
 
     def image_stats(
         self, image_index: int, image_hw: Tuple[int, int], views_per_scale: List[List[View]]
-    ) -> Dict[str, Any]:
+    ) -> ImageStats:
         """What the pipeline did for one image (all plain Python numbers)."""
         pixels, chips = defaultdict(int), defaultdict(list)
         for k, views in enumerate(views_per_scale):
@@ -457,15 +446,9 @@ class CoarseToFinePipeline:
                     pixels[k] += v.pixels
                     chips[k].append(list(v.box))
         num = len(views_per_scale)
-        return {
-            "pixels_per_scale": [pixels[k] for k in range(num)],
-            "chips_per_scale": [len(chips[k]) for k in range(num)],
-            "chip_boxes_per_scale": [chips[k] for k in range(num)],
-            "pyramid_pixels_per_scale": self.pyramid_pixels(image_hw),
-        }
-
-
-def build_autofocus_pipeline(cfg):
-    """The pipeline named by ``MODEL.AUTOFOCUS.PIPELINE`` in AUTOFOCUS_PIPELINE_REGISTRY."""
-    name = cfg.MODEL.AUTOFOCUS.PIPELINE
-    return lookup_registry(AUTOFOCUS_PIPELINE_REGISTRY, name, "MODEL.AUTOFOCUS.PIPELINE")(cfg)
+        return ImageStats(
+            pixels_per_scale=[pixels[k] for k in range(num)],
+            chips_per_scale=[len(chips[k]) for k in range(num)],
+            chip_boxes_per_scale=[chips[k] for k in range(num)],
+            pyramid_pixels_per_scale=self.pyramid_pixels(image_hw),
+        )

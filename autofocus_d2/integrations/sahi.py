@@ -41,8 +41,8 @@ import numpy as np
 import torch
 from detectron2.structures import Instances
 
-from ..inference.scale_chain import scale_zoom
-from ..inference.views import crop_and_resize, zoomed_hw
+from ..structures.scale_chain import scale_zoom
+from ..structures.views import crop_and_resize, zoomed_hw
 
 __all__ = ["AutoFocusSahiModel", "DetectorCall", "SliceDetector", "require_sahi", "sahi_available"]
 
@@ -110,7 +110,7 @@ class SliceDetector:
             detector: a GeneralizedRCNN (AutoFocusRCNN included) in eval mode, or any object with
                 ``inference(batched_inputs)``, ``input_format`` and ``device`` alike.
             first_scale: (shorter side, longer-side cap) in pixels of the whole-image pass (the rule
-                of :class:`autofocus_d2.inference.ScaleChain`; -1 = no constraint).
+                of :class:`autofocus_d2.structures.ScaleChain`; -1 = no constraint).
             zoom: detector-input pixels per pixel of a slice.
         """
         if detector.input_format not in ("RGB", "BGR"):

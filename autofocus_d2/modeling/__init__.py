@@ -1,11 +1,11 @@
-"""Modeling: the AutoFocusRCNN and AutoFocusRetinaNet meta-architectures, the FocusPixel head,
-labels and loss, and the ignore-aware RPN / ROI heads of SNIPER chip training (registered on import)."""
+"""Modeling: the AutoFocusRCNN and AutoFocusRetinaNet meta-architectures, the FocusPixel head and
+loss (its labels: :mod:`autofocus_d2.structures.focus_labels`), and the ignore-aware RPN / ROI heads
+of SNIPER chip training (registered on import)."""
 from . import compact_resnet as _compact_resnet  # noqa: F401  (registers the compact backbones)
 from .autofocus_rcnn import AutoFocusRCNN
 from .autofocus_retinanet import AutoFocusRetinaNet, raw_dense_outputs
 from .focus_detector import FocusDetectorMixin
 from .focus_head import FOCUS_HEAD_REGISTRY, StandardFocusHead, build_focus_head, focus_pixel_loss
-from .focus_labels import focus_pixel_targets, focus_size_range
 from .sniper_heads import (  # importing it registers the SNIPER RPN and ROI heads
     SNIPERROIHeadsMixin,
     SNIPERRPN,
@@ -25,8 +25,6 @@ __all__ = [
     "StandardFocusHead",
     "build_focus_head",
     "focus_pixel_loss",
-    "focus_pixel_targets",
-    "focus_size_range",
     "SNIPERRPN",
     "SNIPERROIHeadsMixin",
     "SNIPERStandardROIHeads",

@@ -10,10 +10,9 @@ from detectron2.structures import ImageList, Instances
 from torch import nn
 
 from ..config_checks import check, check_at_least, check_focus_label_range
-from ..inference.pipeline import build_autofocus_pipeline
+from ..pipeline_registry import build_autofocus_pipeline
 from .focus_head import build_focus_head, focus_pixel_loss, resolve_focus_feature
-from .focus_labels import focus_pixel_targets
-from .focus_labels import focus_size_range
+from ..structures.focus_labels import focus_pixel_targets, focus_size_range
 from .sniper_heads import split_ignored
 
 __all__ = ["FocusDetectorMixin", "split_focus_arguments", "focus_zoom_steps"]
@@ -82,7 +81,7 @@ class FocusDetectorMixin:
             focus_ignore_ignored_boxes: ignore the FocusPixel cells of ground truth marked
                 ``gt_ignore`` (else they are labelled by size like any box, as the official code).
             pipeline: called as ``pipeline(model, batched_inputs)`` in eval mode (see
-                autofocus_d2.inference.pipeline); None runs the plain detector's inference instead.
+                autofocus_d2.pipeline_registry, autofocus_d2.inference.pipeline); None runs the plain detector's inference instead.
             focus_train_only: retrofit: freeze the detector and train only ``focus_head`` (see the
                 class docstring). Call :meth:`init_focus` after every detector module is built.
         """

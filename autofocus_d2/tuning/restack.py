@@ -25,7 +25,7 @@ from detectron2.structures import Instances
 
 from ..inference.chip_policies import ChipPolicy
 from ..inference.pipeline import CoarseToFinePipeline, prepare_image
-from ..inference.views import View
+from ..structures.views import View
 
 __all__ = ["StoredImage", "collect_image", "restack_image", "restack_views", "crop_focus_map"]
 

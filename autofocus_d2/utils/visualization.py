@@ -14,7 +14,7 @@ import torch
 from detectron2.structures import Instances
 from detectron2.utils.visualizer import Visualizer
 
-from ..inference.views import View
+from ..structures.views import View
 
 __all__ = ["SCALE_COLORS", "draw_detections", "draw_chips", "focus_heatmap"]
 

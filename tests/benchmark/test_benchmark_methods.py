@@ -17,7 +17,7 @@ from autofocus_d2 import model_zoo
 from autofocus_d2.benchmark.runner import load_inputs, measure_method
 from autofocus_d2.benchmark.suite import available_methods, build_method, check_methods
 from autofocus_d2.benchmark.tta_method import ScaleChainTTAMapper
-from autofocus_d2.inference import ScaleChain
+from autofocus_d2.structures import ScaleChain
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -23,8 +23,8 @@ from autofocus_d2.benchmark.sahi_method import (  # noqa: E402
     sahi_slice_params,
 )
 from autofocus_d2.integrations.sahi import AutoFocusSahiModel, sahi_available  # noqa: E402
-from autofocus_d2.inference import ScaleChain  # noqa: E402
-from autofocus_d2.inference.views import View, zoomed_hw  # noqa: E402
+from autofocus_d2.structures import ScaleChain  # noqa: E402
+from autofocus_d2.structures.views import View, zoomed_hw  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 H, W = 700, 900

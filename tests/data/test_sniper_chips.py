@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from autofocus_d2.data import chip_box_validity, negative_chips, positive_chips
-from autofocus_d2.inference.focus_stacking import in_size_range
+from autofocus_d2.structures import in_size_range
 
 TOL = 1e-3
 

@@ -26,6 +26,7 @@ from autofocus_d2.data import (
 )
 from autofocus_d2.data import chip_sampler, sniper_mining
 from autofocus_d2.data.sniper_loader import check_negative_chips, chip_transform
+from autofocus_d2.structures import tile_views
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "configs", "Synthetic", "autofocus_compact_fpn.yaml")
@@ -359,14 +360,15 @@ def test_mine_negative_chips_structure(tiny_dataset):
     assert len(records) - num_positive == len(all_chips)
 
 
-def test_rpn_proposals_at_zoom_tiles_in_the_original_frame(tiny_dataset, monkeypatch):
+def test_rpn_proposals_at_zoom_tiles_in_the_original_frame(tiny_dataset):
     cfg = _tiny_model_cfg(tiny_dataset)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     image = torch.randint(0, 255, (3, 300, 400), dtype=torch.uint8)
-    whole = sniper_mining.rpn_proposals_at_zoom(model, image, 0.25, 30)
-    monkeypatch.setattr(sniper_mining, "MAX_TILE_SIDE", 48)  # 75 x 100 pixels of the scale: 6 tiles
-    tiled = sniper_mining.rpn_proposals_at_zoom(model, image, 0.25, 30)
+    whole = sniper_mining.rpn_proposals_at_zoom(model, image, 0.25, 30, max_side=2048, tile_overlap=128)
+    # 75 x 100 pixels of the scale in tiles of 48: the pipeline's tiling (tile_views), 6 tiles
+    assert len(tile_views(0, 0, (0, 0, 400, 300), 0.25, 48, 8)) == 6
+    tiled = sniper_mining.rpn_proposals_at_zoom(model, image, 0.25, 30, max_side=48, tile_overlap=8)
     for boxes in (whole, tiled):
         assert boxes.shape == (30, 4)
         assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 400).all() and (boxes[:, 3] <= 300).all()

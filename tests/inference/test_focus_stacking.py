@@ -6,12 +6,11 @@ import torch
 from autofocus_d2.inference import (
     drop_border_cut,
     drop_small_covered,
-    in_size_range,
     merge_detections,
     merge_indices,
     stacking_keep_mask,
 )
-from autofocus_d2.inference.views import View
+from autofocus_d2.structures.views import View
 
 
 def _t(rows):
@@ -125,32 +124,6 @@ def test_drop_small_covered_empty():
     assert keep.shape == (0,) and keep.dtype == torch.bool
     with pytest.raises(ValueError, match=r"finer_chips must have shape \(R, 4\)"):
         drop_small_covered(boxes, torch.zeros(4), max_size=10.0)
-
-
-# ---------------------------------------------------------------------------------------------
-# in_size_range
-# ---------------------------------------------------------------------------------------------
-
-
-def test_in_size_range():
-    boxes = _t(
-        [
-            [0.0, 0.0, 4.0, 4.0],  # 4
-            [0.0, 0.0, 8.0, 8.0],  # 8
-            [0.0, 0.0, 2.0, 8.0],  # 4
-            [10.0, 10.0, 26.0, 26.0],  # 16
-            [0.0, 0.0, 32.0, 32.0],  # 32
-            [5.0, 5.0, 5.0, 9.0],  # 0 (degenerate)
-        ]
-    )
-    assert in_size_range(boxes, 4.0, 16.0).tolist() == [True, True, True, True, False, False]
-    assert in_size_range(boxes, 8.0, -1.0).tolist() == [False, True, False, True, True, False]
-    assert in_size_range(boxes, 0.0, -1.0).tolist() == [True] * 6
-    assert in_size_range(boxes, 4.5, 7.99).tolist() == [False] * 6
-    keep = in_size_range(torch.zeros(0, 4), 0.0, 10.0)
-    assert keep.shape == (0,) and keep.dtype == torch.bool
-    with pytest.raises(ValueError, match="must not contain NaN"):
-        in_size_range(boxes, float("nan"), 1.0)
 
 
 # ---------------------------------------------------------------------------------------------

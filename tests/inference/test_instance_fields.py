@@ -8,7 +8,7 @@ from detectron2.structures import Boxes, Instances
 
 from autofocus_d2 import add_autofocus_config
 from autofocus_d2.inference.pipeline import build_autofocus_pipeline
-from autofocus_d2.inference.views import View, instances_to_original
+from autofocus_d2.structures.views import View, instances_to_original
 
 A = (0, 100, 100, 400, 300)  # channel 0: 300 x 200 px, found at scale 0 (zoom 0.5)
 B = (1, 600, 200, 616, 216)  # channel 1: 16 px, found in a scale-2 chip (zoom 2)

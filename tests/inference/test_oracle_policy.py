@@ -17,8 +17,8 @@ from autofocus_d2.inference.chip_policies import (
     policy_names,
 )
 from autofocus_d2.inference.pipeline import build_autofocus_pipeline
-from autofocus_d2.inference.views import View, zoomed_hw
-from autofocus_d2.modeling.focus_labels import FOCUS_POSITIVE, focus_pixel_targets
+from autofocus_d2.structures.views import View, zoomed_hw
+from autofocus_d2.structures.focus_labels import FOCUS_POSITIVE, focus_pixel_targets
 
 # The 800 x 1200 image of test_pipeline.py: zooms 0.5, 1 and 2 for scales 0, 1, 2.
 A = (100.0, 100.0, 400.0, 300.0)  # 245 px: 122 px at scale 0, above IGNORE_MAX (90): negative

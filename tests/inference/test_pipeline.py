@@ -10,7 +10,7 @@ from detectron2.structures import Boxes, Instances
 from autofocus_d2 import add_autofocus_config
 from autofocus_d2.inference.input_check import prepare_image
 from autofocus_d2.inference.pipeline import build_autofocus_pipeline
-from autofocus_d2.inference import ScaleChain
+from autofocus_d2.structures import ScaleChain
 
 A = (0, 100, 100, 400, 300)  # channel 0: large object, not a FocusPixel
 B = (1, 600, 200, 616, 216)  # channel 1: 16 px

@@ -8,8 +8,8 @@ from detectron2.modeling import build_model
 
 from autofocus_d2 import add_autofocus_config
 from autofocus_d2.evaluation import AutoFocusEfficiencyEvaluator, summarize_efficiency
-from autofocus_d2.inference import ScaleChain
-from autofocus_d2.inference.views import crop_and_resize
+from autofocus_d2.structures import ScaleChain
+from autofocus_d2.structures.views import crop_and_resize
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

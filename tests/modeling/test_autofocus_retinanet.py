@@ -10,8 +10,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from autofocus_d2 import add_autofocus_config
-from autofocus_d2.inference import ScaleChain
-from autofocus_d2.inference.views import crop_and_resize
+from autofocus_d2.structures import ScaleChain
+from autofocus_d2.structures.views import crop_and_resize
 from autofocus_d2 import model_zoo
 from autofocus_d2.modeling import AutoFocusRetinaNet
 

@@ -3,8 +3,8 @@ import torch
 
 from autofocus_d2.inference.chip_policies import AutoFocusChipPolicy, PyramidChipPolicy
 from autofocus_d2.inference.pipeline import CoarseToFinePipeline
-from autofocus_d2.inference.scale_chain import ScaleChain
-from autofocus_d2.inference.views import View
+from autofocus_d2.structures.scale_chain import ScaleChain
+from autofocus_d2.structures.views import View
 from autofocus_d2.tuning import collect_image, crop_focus_map, restack_image, restack_views
 
 # (channel, x0, y0, x1, y1) in original pixels: channel 0 a large object, 1 and 2 small ones that

@@ -9,7 +9,7 @@ from detectron2.model_zoo import get_config
 
 from autofocus_d2.inference.chip_policies import AutoFocusChipPolicy
 from autofocus_d2.inference.pipeline import CoarseToFinePipeline
-from autofocus_d2.inference.scale_chain import ScaleChain
+from autofocus_d2.structures.scale_chain import ScaleChain
 from autofocus_d2.modeling import AutoFocusRCNN, SNIPERRPN, SNIPERStandardROIHeads, StandardFocusHead
 
 model = get_config("common/models/mask_rcnn_fpn.py").model

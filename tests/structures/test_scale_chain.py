@@ -3,7 +3,7 @@ import pytest
 from detectron2.config import get_cfg
 
 from autofocus_d2 import add_autofocus_config
-from autofocus_d2.inference import ScaleChain, scale_zoom
+from autofocus_d2.structures import ScaleChain, scale_zoom
 
 PAPER = [[480, 512], [800, 1280], [1400, 2000]]
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autofocus_d2.inference.views import area_downscale, crop_and_resize
+from autofocus_d2.structures.views import area_downscale, crop_and_resize
 
 
 def field_image(hw=(1500, 2000), seed=0):
@@ -52,3 +52,16 @@ def test_small_factors_and_uint8():
     as_uint8 = image.to(torch.uint8)
     assert torch.allclose(area_downscale(as_uint8, (0, 0, 400, 300), (100, 133)),
                           area_downscale(as_uint8.float(), (0, 0, 400, 300), (100, 133)))
+
+
+def test_tile_views_keeps_a_short_box_whole_and_tiles_a_long_one_within_max_side():
+    from autofocus_d2.structures import tile_views
+
+    whole = tile_views(3, 1, (10, 20, 410, 320), 2.0, max_side=800, overlap=64)
+    assert [(v.image_index, v.scale, v.box, v.out_hw) for v in whole] == [(3, 1, (10, 20, 410, 320), (600, 800))]
+    tiles = tile_views(0, 1, (0, 0, 1000, 300), 2.0, max_side=800, overlap=64)
+    assert len(tiles) > 1 and all(max(v.out_hw) <= 800 for v in tiles)
+    xs = sorted((v.box[0], v.box[2]) for v in tiles)
+    assert xs[0][0] == 0 and xs[-1][1] == 1000
+    # neighbours overlap by at least 64 px of the scale (32 original pixels at zoom 2)
+    assert all(b[0] <= a[1] - 32 for a, b in zip(xs, xs[1:]))

@@ -17,6 +17,7 @@ __all__ = [
     "zoomed_hw",
     "tile_intervals",
     "tile_box",
+    "tile_views",
     "snap_to_pixels",
     "crop_and_resize",
     "area_downscale",
@@ -102,6 +103,23 @@ def tile_box(box: Sequence[int], tile: int, overlap: int) -> List[Box]:
     return [(x0 + a, y0 + c, x0 + b, y0 + d) for (c, d) in ys for (a, b) in xs]
 
 
+def tile_views(
+    image_index: int, scale: int, box: Sequence[int], zoom: float, max_side: int, overlap: int
+) -> List[View]:
+    """The views of original-frame integer ``box`` at ``scale`` / ``zoom``: the box itself when its
+    zoomed size is at most ``max_side`` pixels a side, else overlapping tiles of at most
+    ``max_side`` pixels of the scale (tile side ``int(max_side / zoom)`` original pixels), neighbours
+    overlapping by about ``overlap`` pixels of the scale (:func:`tile_box`). The pipeline's tiling of
+    chips and whole images, and SNIPER negative mining's."""
+    box = tuple(int(v) for v in box)
+    out_hw = zoomed_hw(box, zoom)
+    if max(out_hw) <= max_side:
+        return [View(image_index, scale, box, out_hw)]
+    tile = int(max_side / zoom)
+    tile_overlap = int(round(overlap / zoom))
+    return [View(image_index, scale, sub, zoomed_hw(sub, zoom)) for sub in tile_box(box, tile, tile_overlap)]
+
+
 def snap_to_pixels(boxes: torch.Tensor, image_hw: Tuple[int, int]) -> torch.Tensor:
     """(N, 4) float XYXY boxes -> the enclosing integer-pixel boxes, clipped to the image and at
     least one pixel wide (float tensor holding integers)."""
@@ -135,7 +153,7 @@ def area_downscale(image: torch.Tensor, box: Sequence[int], out_hw: Tuple[int, i
     bilinear step of the remaining factor (1 to 2, no antialiasing needed) that samples every
     output pixel centre exactly where :func:`crop_and_resize` does. Where the shrink factor is
     below ``min_factor`` it is :func:`crop_and_resize` itself. Returns float (C, h, w), on the
-    image's device. tests/inference/test_views.py states the tolerance against crop_and_resize."""
+    image's device. tests/structures/test_views.py states the tolerance against crop_and_resize."""
     x0, y0, x1, y1 = box
     crop = image[:, y0:y1, x0:x1]
     ch, cw = crop.shape[-2:]

@@ -14,7 +14,7 @@ from typing import List, Sequence, Tuple
 
 from detectron2.config import configurable
 
-from ..config import check_scale_chain
+from ..config_checks import check_scale_chain
 from .views import zoomed_hw
 
 __all__ = ["ScaleChain", "scale_zoom"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from detectron2.structures import Boxes
 
-from autofocus_d2.modeling import focus_pixel_targets
+from autofocus_d2.structures import focus_pixel_targets
 
 
 def _targets(boxes, image_hw=(64, 64), feature_hw=(4, 4), stride=16, **kw):
@@ -178,7 +178,7 @@ def test_ignored_boxes_must_be_n_by_4():
 def test_next_scale_rule_measures_the_lower_bound_at_the_next_scale(step):
     """With SMALL_MIN_FRAME next_scale an object is a FocusPixel when the next scale, ``step`` times
     finer, sees it at >= 5 px: r >= 5 / step here. Boxes just inside and just outside the bound."""
-    from autofocus_d2.modeling import focus_size_range
+    from autofocus_d2.structures import focus_size_range
 
     lo, hi = focus_size_range((5.0, 64.0), step, "next_scale")
     assert hi == 64.0 and lo == pytest.approx(5.0 / step)
@@ -194,7 +194,7 @@ def test_next_scale_rule_measures_the_lower_bound_at_the_next_scale(step):
 
 
 def test_next_scale_rule_is_the_paper_rule_without_a_finer_scale():
-    from autofocus_d2.modeling import focus_size_range
+    from autofocus_d2.structures import focus_size_range
 
     assert focus_size_range((5.0, 64.0), 0.8, "next_scale") == (5.0, 64.0)  # not finer: step 1
     with pytest.raises(ValueError, match="small_min_frame"):
