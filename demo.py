@@ -7,6 +7,10 @@ Like Detectron2's demo/demo.py:
         --input datasets/autofocus_synth/val/images/ --output output/demo_pictures \\
         --show-chips --opts MODEL.WEIGHTS output/demo/model_final.pth
 
+or with the weights alone (a checkpoint of train_net.py records its config and class names):
+
+    python demo.py --weights output/demo/model_final.pth --input image.jpg --output out/
+
 For each image it prints the detections, the chips per scale, the pixels processed (and their
 share of the full image pyramid's) and the time, and with --output writes to that folder:
 
@@ -23,17 +27,19 @@ import os
 import sys
 import time
 
+import autofocus_d2  # noqa: F401,I001  (first: it imports Detectron2 without its known warnings)
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from PIL import Image
 
-import autofocus_d2
+from autofocus_d2.checkpoint import load_weights
 from autofocus_d2.data import add_register_coco_argument, register_coco_datasets
+from autofocus_d2.evaluation import DetectionCapCounter, detection_cap, score_floor
+from autofocus_d2.model_metadata import load_tool_config
+from autofocus_d2.utils.quiet_logs import quiet_logs
 from autofocus_d2.utils import ImageReadError, draw_chips, draw_detections, focus_heatmap, read_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -41,7 +47,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True, metavar="FILE", help="path to the config file")
+    p.add_argument("--config-file", metavar="FILE",
+                   help="path to the config file (default: the one recorded in the weights by train_net.py)")
+    p.add_argument("--weights", metavar="FILE", help="checkpoint to run (same as --opts MODEL.WEIGHTS FILE)")
     p.add_argument("--input", nargs="+", required=True,
                    help="image files, glob patterns ('imgs/*.jpg') or folders")
     p.add_argument("--output", help="folder for the pictures (created); without it only prints")
@@ -55,14 +63,13 @@ def get_parser():
 
 
 def setup_cfg(args):
-    cfg = get_cfg()
-    autofocus_d2.add_autofocus_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
     # As Detectron2's demo: the threshold is applied by the ROI heads (to every view, before focus
     # stacking; with hard NMS the detections kept above it are the same as thresholding after).
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
-    cfg.freeze()
+    opts = list(args.opts) + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", args.confidence_threshold]
+    try:
+        cfg = load_tool_config(args.config_file, opts, args.weights)
+    except ValueError as e:  # no config at all, or one that contradicts the weights
+        raise SystemExit(f"error: {e}") from None
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"error: MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available; "
                          "run on the CPU with --opts MODEL.DEVICE cpu")
@@ -107,7 +114,7 @@ class AutoFocusPredictor:
                              "use a config with META_ARCHITECTURE AutoFocusRCNN")
         self.model.eval()
         if cfg.MODEL.WEIGHTS:
-            DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+            load_weights(self.model, cfg.MODEL.WEIGHTS)  # weights that do not fit are an error
         else:
             print("warning: MODEL.WEIGHTS is empty: the model has random weights", file=sys.stderr)
         self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
@@ -140,12 +147,15 @@ def megapixels(n: float) -> str:
 
 
 def main(argv=None):
+    quiet_logs()
     args = get_parser().parse_args(argv)
     register_coco_datasets(args.register_coco)  # class names come from DATASETS.TEST[0]'s metadata
     cfg = setup_cfg(args)
     paths = expand_inputs(args.input)
     predictor = AutoFocusPredictor(cfg)
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+    # Dense scenes: images whose predictions reach TEST.DETECTIONS_PER_IMAGE, said once at the end.
+    capped = DetectionCapCounter(detection_cap(cfg), "demo.py", score_floor(cfg))
     if args.output:
         os.makedirs(args.output, exist_ok=True)
     device = torch.device(cfg.MODEL.DEVICE)
@@ -161,6 +171,7 @@ def main(argv=None):
         seconds = time.perf_counter() - start
 
         instances = output["instances"].to("cpu")
+        capped.add(instances.scores.tolist())
         instances = instances[instances.scores >= args.confidence_threshold]
         stats = output["autofocus"]
         pixels, pyramid = sum(stats["pixels_per_scale"]), sum(stats["pyramid_pixels_per_scale"])
@@ -195,6 +206,8 @@ def main(argv=None):
                 reason = f"{type(e).__name__}: {reason}"
             print(f"error: {path}: {reason}", file=sys.stderr)
             failed.append((path, reason))
+    if capped.message():
+        print(f"warning: {capped.message()}", file=sys.stderr)
     if failed:
         print(f"error: {len(failed)} of {len(paths)} images failed:", file=sys.stderr)
         for path, reason in failed:

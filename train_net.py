@@ -4,6 +4,7 @@
 Same flags as Detectron2's tools/train_net.py, e.g.
     python train_net.py --config-file configs/Synthetic/autofocus_compact_fpn.yaml
     python train_net.py --config-file <cfg> --eval-only MODEL.WEIGHTS output/model_final.pth
+    python train_net.py --eval-only MODEL.WEIGHTS output/model_final.pth   (the config it was trained with)
     python train_net.py --config-file <cfg> --num-gpus 8
     python train_net.py --config-file <cfg> --num-gpus 8 --num-machines 2 --machine-rank 0 \
         --dist-url tcp://<host>:<port>
@@ -14,6 +15,7 @@ import os
 import weakref
 from typing import List
 
+import autofocus_d2  # noqa: F401,I001  (first: it imports Detectron2 without its known warnings)
 import detectron2.utils.comm as comm
 import torch
 from detectron2.engine import (
@@ -27,17 +29,26 @@ from detectron2.engine import (
 from detectron2.evaluation import DatasetEvaluators, verify_results
 from detectron2.utils.logger import setup_logger
 
-import autofocus_d2  # noqa: F401  (registers the model, heads and datasets)
 from autofocus_d2.checkpoint import AtomicCheckpointer, add_finetune_argument
 from autofocus_d2.config import load_autofocus_config
+from autofocus_d2.model_metadata import load_tool_config, model_metadata
 from autofocus_d2.data import (
     add_register_coco_argument,
     build_sniper_train_loader,
     check_config_datasets,
     register_coco_datasets,
+    warn_dense_scenes,
 )
-from autofocus_d2.evaluation import AutoFocusEfficiencyEvaluator, build_coco_evaluator
+from autofocus_d2.evaluation import (
+    AutoFocusEfficiencyEvaluator,
+    DetectionCapEvaluator,
+    build_coco_evaluator,
+    detection_cap,
+    evaluation_max_dets,
+    score_floor,
+)
 from autofocus_d2.utils.distributed import check_amp_device, create_ddp_model
+from autofocus_d2.utils.quiet_logs import quiet_logs
 
 
 class Trainer(DefaultTrainer):
@@ -62,7 +73,8 @@ class Trainer(DefaultTrainer):
         model = create_ddp_model(model, broadcast_buffers=False)
         self._trainer = SimpleTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, metadata=model_metadata(cfg),
+                                               trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -70,8 +82,10 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self) -> List:
         # DefaultTrainer.__init__ builds its DetectionCheckpointer just before calling this: the
-        # hooks (PeriodicCheckpointer) and resume_or_load get the atomic one instead.
-        self.checkpointer = AtomicCheckpointer.like(self.checkpointer, allow_mismatch=self.finetune)
+        # hooks (PeriodicCheckpointer) and resume_or_load get the atomic one instead, which writes
+        # the model's record (config, class names) into every checkpoint.
+        self.checkpointer = AtomicCheckpointer.like(self.checkpointer, allow_mismatch=self.finetune,
+                                                    metadata=model_metadata(self.cfg))
         return super().build_hooks()
 
     @classmethod
@@ -84,23 +98,34 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return DatasetEvaluators(
-            [build_coco_evaluator(dataset_name, output_folder), AutoFocusEfficiencyEvaluator()]
-        )
+        # COCO AP counts up to max(100, TEST.DETECTIONS_PER_IMAGE) detections per image, and images
+        # whose predictions reach that cap are reported (evaluation.detection_cap).
+        return DatasetEvaluators([
+            build_coco_evaluator(dataset_name, output_folder, max_dets=evaluation_max_dets(cfg)),
+            AutoFocusEfficiencyEvaluator(),
+            DetectionCapEvaluator(detection_cap(cfg), score_floor(cfg)),
+        ])
 
 
 def setup(args):
-    """get_cfg -> add_autofocus_config -> merge file and opts -> freeze -> default_setup."""
-    cfg = load_autofocus_config(args.config_file, args.opts)
+    """get_cfg -> add_autofocus_config -> merge file and opts -> freeze -> default_setup. With
+    --eval-only and no --config-file, the config recorded in MODEL.WEIGHTS (load_tool_config)."""
+    if args.eval_only:
+        cfg = load_tool_config(args.config_file or None, args.opts)
+    else:
+        cfg = load_autofocus_config(args.config_file, args.opts)
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="autofocus_d2")
     return cfg
 
 
 def main(args):
+    quiet_logs()  # known third-party warnings, in every process launch() starts
     register_coco_datasets(args.register_coco)  # in every process that launch() starts
     cfg = setup(args)
     check_config_datasets(cfg, train=not args.eval_only)  # before the model and the first iteration
+    if comm.is_main_process():
+        warn_dense_scenes(cfg, list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
     finetune = getattr(args, "finetune", False)
     if args.eval_only:
         model = Trainer.build_model(cfg)

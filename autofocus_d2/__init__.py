@@ -4,6 +4,8 @@
 ``AutoFocusRetinaNet``, the FocusPixel heads, the inference pipeline, the compact backbones and the
 built-in datasets; ``add_autofocus_config(cfg)`` adds the config keys.
 """
+import warnings
+
 try:
     import detectron2  # noqa: F401
 except ImportError as e:  # pragma: no cover - depends on the environment
@@ -12,10 +14,15 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "`python tools/install_detectron2.py` from the autofocus-d2 source tree (see README.md)."
     ) from e
 
-from .config import add_autofocus_config
-from . import modeling  # noqa: F401  (registers AutoFocusRCNN/RetinaNet, FocusPixel heads, backbones)
-from . import inference  # noqa: F401  (registers the pipelines the models build by name)
-from .data import register_synthetic_datasets
+# Importing Detectron2's modeling scripts two box functions with torch.jit.script, which recent torch
+# reports as deprecated (a FutureWarning each): ignored here, for these imports only. The tools'
+# other known third-party warnings: autofocus_d2.utils.quiet_logs.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    from .config import add_autofocus_config
+    from . import modeling  # noqa: F401  (registers AutoFocusRCNN/RetinaNet, FocusPixel heads, backbones)
+    from . import inference  # noqa: F401  (registers the pipelines the models build by name)
+    from .data import register_synthetic_datasets
 
 # The built-in datasets, under $AUTOFOCUS_DATA (default ./datasets/autofocus_synth); generated on
 # first use. Detectron2 registers its own built-in datasets at import in the same way.

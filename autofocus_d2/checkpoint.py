@@ -20,6 +20,11 @@ write (periodic, final, retrofit, LazyConfig) and every weight file they read:
    the trainers) keeps Detectron2's behaviour: such tensors are skipped with a warning and keep their
    initialisation, as when fine-tuning a COCO detector on a dataset with other classes.
 
+With ``metadata`` (``train_net.py``: :func:`~autofocus_d2.model_metadata.model_metadata` of its
+config) every checkpoint it saves also holds that record (config, class names, class count,
+meta-architecture) under ``autofocus_d2_metadata``, so the weights alone describe the model
+(:func:`~autofocus_d2.model_metadata.read_model_metadata`).
+
 A file that cannot be deserialised at all (empty, truncated, not a checkpoint) raises
 :class:`CheckpointError` naming the file, its size and what it looks like.
 """
@@ -34,6 +39,7 @@ import detectron2.utils.comm as comm
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from .model_metadata import METADATA_KEY
 from .utils.atomic_files import TMP_SUFFIX, atomic_write
 
 __all__ = [
@@ -105,21 +111,27 @@ class AtomicCheckpointer(DetectionCheckpointer):
         allow_mismatch: load weights whose tensors do not fit the model as Detectron2 does
             (skipping those tensors with a warning) instead of raising
             :class:`WeightsMismatchError`; for fine-tuning on other classes.
+        metadata: the model's record, written into every checkpoint saved (see the module
+            docstring); None writes none.
     """
 
     def __init__(self, model, save_dir: str = "", *, save_to_disk: Optional[bool] = None,
-                 allow_mismatch: bool = False, **checkpointables):
+                 allow_mismatch: bool = False, metadata: Optional[Dict[str, Any]] = None,
+                 **checkpointables):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.allow_mismatch = allow_mismatch
+        self.metadata = metadata
         self._loading: Optional[str] = None
 
     @classmethod
-    def like(cls, checkpointer: DetectionCheckpointer, *,
-             allow_mismatch: bool = False) -> "AtomicCheckpointer":
+    def like(cls, checkpointer: DetectionCheckpointer, *, allow_mismatch: bool = False,
+             metadata: Optional[Dict[str, Any]] = None) -> "AtomicCheckpointer":
         """An AtomicCheckpointer of the same model, folder and checkpointables as ``checkpointer``
-        (e.g. the one ``DefaultTrainer.__init__`` builds)."""
+        (e.g. the one ``DefaultTrainer.__init__`` builds); ``metadata`` default: its own, if any."""
+        if metadata is None:
+            metadata = getattr(checkpointer, "metadata", None)
         return cls(checkpointer.model, checkpointer.save_dir, save_to_disk=checkpointer.save_to_disk,
-                   allow_mismatch=allow_mismatch, **checkpointer.checkpointables)
+                   allow_mismatch=allow_mismatch, metadata=metadata, **checkpointer.checkpointables)
 
     # ---- saving -------------------------------------------------------------------------------
     def save(self, name: str, **kwargs: Any) -> None:
@@ -127,6 +139,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
         with :func:`atomic_write`, then ``last_checkpoint`` (also atomically)."""
         if not self.save_dir or not self.save_to_disk:
             return
+        if self.metadata is not None:
+            kwargs.setdefault(METADATA_KEY, self.metadata)
         if "://" in self.save_dir:  # a remote PathManager folder: no rename there
             logger.warning("Saving %s non-atomically: %s is not a local folder", name, self.save_dir)
             super().save(name, **kwargs)

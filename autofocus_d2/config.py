@@ -124,7 +124,7 @@ def add_autofocus_config(cfg: CN) -> None:
     # Zero band between two chips of a canvas, in pixels of the scale (docs/speed.md: why 64 is enough).
     cfg.MODEL.AUTOFOCUS.CHIP_CANVAS_GAP = 64
     # Scale-0 views made by an integer-factor area reduction plus a bilinear step instead of an
-    # antialiased bilinear resize of the full-resolution image (bool; inference.views.area_downscale;
+    # antialiased bilinear resize of the full-resolution image (bool; structures.views.area_downscale;
     # docs/speed.md has its measured AP effect).
     cfg.MODEL.AUTOFOCUS.AREA_DOWNSCALE = False
     # Precision of the detector passes: "float32", or autocast "bfloat16" / "float16" (CUDA only).

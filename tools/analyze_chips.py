@@ -22,15 +22,16 @@ import sys
 import textwrap
 import time
 
+import autofocus_d2  # noqa: I001  (first: it imports Detectron2 without its known warnings)
 from detectron2.config import get_cfg
 
-import autofocus_d2
 from autofocus_d2.analysis import (
     RECOVERABLE_DEFINITION,
     format_holes,
     format_report_table,
     run_oracle_analysis,
 )
+from autofocus_d2.utils.quiet_logs import quiet_logs
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(_REPO, "configs", "Synthetic", "autofocus_compact_fpn.yaml")
@@ -55,6 +56,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    quiet_logs()
     args = parse_args(argv)
     start = time.perf_counter()
     try:

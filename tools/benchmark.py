@@ -10,6 +10,10 @@ policy (single, pyramid, grid, autofocus, oracle, ...), sahi (slices matched to 
 sahi@S (SAHI as its users run it, S x S slices; sahi@512 is SAHI's default) and tta (Detectron2's
 GeneralizedRCNNWithTTA over the scale chain).
 
+    python tools/benchmark.py --weights output/model_final.pth --dataset autofocus_synth_val
+
+Without --config-file, the config recorded in the weights by train_net.py (and its class names).
+
     python tools/benchmark.py --config-file <config> --timing-only --max-images 3
 
 --timing-only: random init (MODEL.WEIGHTS is not loaded), no AP; pixels, time and the time split of
@@ -19,9 +23,9 @@ import argparse
 import os
 import sys
 
+import autofocus_d2  # noqa: F401,I001  (first: it imports Detectron2 without its known warnings)
 from detectron2.utils.logger import setup_logger
 
-import autofocus_d2  # noqa: F401  (registers the model, heads and datasets)
 from autofocus_d2.benchmark import (
     DEFAULT_METHODS,
     TIMING_METHODS,
@@ -32,6 +36,7 @@ from autofocus_d2.benchmark import (
 )
 from autofocus_d2.config_checks import check_probabilities
 from autofocus_d2.data import add_register_coco_argument, tool_config_and_dataset
+from autofocus_d2.utils.quiet_logs import quiet_logs
 
 DEFAULT_SWEEP = [0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9]
 TIMING_MAX_IMAGES = 3
@@ -39,7 +44,10 @@ TIMING_MAX_IMAGES = 3
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config-file", required=True)
+    p.add_argument("--config-file", default=None,
+                   help="model config (default: the one recorded in the weights by train_net.py)")
+    p.add_argument("--weights", default=None,
+                   help="checkpoint to benchmark (same as --opts MODEL.WEIGHTS FILE)")
     p.add_argument("--dataset", default=None, help="registered dataset (default: DATASETS.TEST[0])")
     p.add_argument("--methods", nargs="+", default=None,
                    help=f"default: {' '.join(DEFAULT_METHODS)} (with --timing-only: the registered ones "
@@ -69,6 +77,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    quiet_logs()
     args = parse_args(argv)
     setup_logger(name="autofocus_d2")
     try:

@@ -22,11 +22,13 @@ import autofocus_d2  # noqa: E402,F401  (registers the model and the built-in da
 from autofocus_d2.data import add_register_coco_argument  # noqa: E402
 from autofocus_d2.prediction import PredictOptions, predict  # noqa: E402
 from autofocus_d2.prediction.runner import COCO_RESULTS_FILE  # noqa: E402
+from autofocus_d2.utils.quiet_logs import quiet_logs  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True, metavar="FILE", help="path to the config file")
+    p.add_argument("--config-file", metavar="FILE",
+                   help="path to the config file (default: the one recorded in MODEL.WEIGHTS by train_net.py)")
     p.add_argument("--input", nargs="+", required=True,
                    help="folders, glob patterns ('imgs/**/*.jpg'), list files, images or dataset names")
     p.add_argument("--output", required=True, help="output folder (created; shared by all processes)")
@@ -50,6 +52,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    quiet_logs()
     args = get_parser().parse_args(argv)
     coco = args.coco_results
     if coco == "":

@@ -38,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--device", help="device of the speed, e.g. 'V100' (default: MODEL.DEVICE)")
     p.add_argument("--model-zoo-md", help="MODEL_ZOO.md whose released-models table gets the row")
     p.add_argument("--date", help="release date, ISO (default: today)")
+    p.add_argument("--half", action="store_true",
+                   help="store the weights in float16 (half the file; check the AP with --verify-on)")
     p.add_argument("--verify-on", metavar="DATASET",
                    help="after releasing, load it with model_zoo.get(trained=True) and check that "
                         "it reproduces the released AP on DATASET (needs --manifest)")
@@ -54,7 +56,7 @@ def main(argv=None) -> int:
             args.train_dir, args.config_name, args.release_dir, manifest=args.manifest,
             metrics_file=args.metrics, checkpoint=args.checkpoint, config_yaml=args.config_yaml,
             url_prefix=args.url_prefix, schedule=args.schedule, images_per_s=args.images_per_s,
-            device=args.device, model_zoo_md=args.model_zoo_md, date=args.date,
+            device=args.device, model_zoo_md=args.model_zoo_md, date=args.date, half=args.half,
         )
         print(f"checkpoint: {rel.checkpoint}")
         print(f"sha256:     {rel.sha256}")

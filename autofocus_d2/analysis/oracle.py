@@ -21,7 +21,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from ..config import per_transition, validate_autofocus_config
 from ..evaluation.efficiency import summarize_efficiency
@@ -31,6 +30,7 @@ from ..inference.chip_policies import ChipPolicy, OracleChipPolicy, oracle_focus
 from ..inference.focus_stacking import stacking_keep_mask
 from ..inference.pipeline import CoarseToFinePipeline
 from ..structures.views import View
+from ..utils.quiet_logs import progress as show_progress
 from .ground_truth import SIZE_CLASSES, GroundTruthImage, load_coco_ground_truth
 from .size_holes import in_size_holes, size_holes
 
@@ -299,7 +299,7 @@ def analyze_oracle_chips(
     tallies = [_Tally(num_scales) for _ in settings]
     pyramid = _Tally(num_scales)
     counts = torch.zeros(len(SIZE_CLASSES), dtype=torch.long)
-    for image in tqdm(images, desc="oracle chips", unit="image", disable=not progress):
+    for image in show_progress(images, "oracle chips", enabled=progress):
         counts += torch.bincount(image.size_class, minlength=len(SIZE_CLASSES))
         boxes = perfect_detections(image)
         pyramid.add(image, boxes, pipeline.pyramid_views(image.image_hw), pipeline)

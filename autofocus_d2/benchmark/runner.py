@@ -26,6 +26,7 @@ from detectron2.data.detection_utils import annotations_to_instances, build_augm
 from ..evaluation import build_coco_evaluator, coco_results
 from ..inference.pipeline import build_autofocus_pipeline
 from ..utils.image_io import read_image
+from ..utils.quiet_logs import progress as show_progress
 from .sahi_method import sahi_method
 from .timing import TimedFocusDetector, attribute_passes, summarize_time_split
 
@@ -215,8 +216,6 @@ def measure_methods(
     ``repeat_scale0_ms_per_mpix`` per repeat);
     the largest peak memory of the method's calls.
     """
-    from tqdm import tqdm
-
     device = torch.device(device)
     if evaluate and not dataset_name:
         raise ValueError("measure_methods needs dataset_name to evaluate AP (or evaluate=False)")
@@ -238,7 +237,8 @@ def measure_methods(
         for r in range(repeats):
             active = [(name, predict) for name, predict in methods if r < repeats_of[name]]
             desc = f"repeat {r + 1}/{repeats}" if repeats > 1 else "benchmark"
-            for i, x in enumerate(tqdm(inputs, desc=desc, disable=not progress or not active, leave=False)):
+            # tqdm on a terminal, a plain line every 10 s in a log file
+            for i, x in enumerate(show_progress(inputs, desc, enabled=progress and bool(active))):
                 shift = (i + r) % max(1, len(active))
                 for name, predict in active[shift:] + active[:shift]:
                     record = records[name]

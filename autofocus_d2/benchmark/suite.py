@@ -5,10 +5,11 @@ import platform
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
+from ..checkpoint import load_weights
 from ..evaluation import load_coco_ground_truth
+from ..evaluation.detection_cap import detection_cap, results_at_cap, score_floor
 from ..inference.chip_policies import (
     CHIP_POLICY_REGISTRY,
     OracleChipPolicy,
@@ -120,7 +121,7 @@ def run_benchmark(
     else:
         if not cfg.MODEL.WEIGHTS:
             logger.warning("MODEL.WEIGHTS is empty: benchmarking randomly initialised weights")
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        load_weights(model, cfg.MODEL.WEIGHTS)  # weights that do not fit the model are an error
     device = model.device
     with_gt = any(_needs_ground_truth(cfg, name) for name in methods)
     inputs = load_inputs(cfg, dataset_name, max_images, with_ground_truth=with_gt)
@@ -175,7 +176,10 @@ def run_benchmark(
         "skipped": skipped,
         "sweep": sweep_rows,
         "scale0_agreement": scale0,
-        "warnings": run_warnings(len(inputs), scale0),
+        # Dense scenes: methods whose predictions reach TEST.DETECTIONS_PER_IMAGE, said once each
+        # (summary_text prints the warnings).
+        "warnings": run_warnings(len(inputs), scale0)
+        + results_at_cap(results or {}, len(inputs), detection_cap(cfg), score_floor(cfg)),
         "targets_checked": builtin,
         "targets": check_targets(rows) if builtin else [],
         "detections": results,

@@ -8,7 +8,12 @@ from .dataset_checks import (
     num_classes_key,
     validate_dataset,
 )
-from .own_datasets import add_register_coco_argument, register_coco_datasets, tool_config_and_dataset
+from .own_datasets import (
+    add_register_coco_argument,
+    register_coco_datasets,
+    tool_config_and_dataset,
+    warn_dense_scenes,
+)
 from .sniper_chips import chip_box_validity, negative_chips, positive_chips
 from .sniper_loader import (
     SNIPERDatasetMapper,
@@ -38,6 +43,7 @@ __all__ = [
     "add_register_coco_argument",
     "register_coco_datasets",
     "tool_config_and_dataset",
+    "warn_dense_scenes",
     "SYNTHETIC_CATEGORIES",
     "SYNTHETIC_SPLITS",
     "dataset_statistics",

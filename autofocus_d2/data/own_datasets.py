@@ -10,12 +10,14 @@ drops empty ones (:func:`~autofocus_d2.data.dataset_checks.clip_and_drop_boxes`)
 """
 import argparse
 import functools
+import logging
 import os
 from typing import Any, Dict, List, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from ..evaluation.detection_cap import dense_scene_hint, max_objects_per_image
 from .dataset_checks import (
     DatasetError,
     clip_and_drop_boxes,
@@ -24,9 +26,11 @@ from .dataset_checks import (
     validate_coco_instances,
 )
 
-__all__ = ["add_register_coco_argument", "register_coco_datasets"]
+__all__ = ["add_register_coco_argument", "register_coco_datasets", "tool_config_and_dataset",
+           "warn_dense_scenes"]
 
 _FLAG = "--register-coco"
+logger = logging.getLogger(__name__)
 
 
 def add_register_coco_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -45,16 +49,36 @@ def add_register_coco_argument(parser: argparse.ArgumentParser) -> argparse.Argu
 
 def tool_config_and_dataset(args: argparse.Namespace):
     """What the evaluation tools (benchmark, tuner) start with: ``--register-coco`` registered, the
-    config of ``--config-file`` + ``--opts`` (frozen), and the dataset ``--dataset`` or else
-    ``DATASETS.TEST[0]``. Returns (cfg, dataset name); raises ValueError when there is no dataset."""
-    from ..config import load_autofocus_config
+    config of ``--config-file`` (or else the one recorded in the weights, ``--weights`` or
+    MODEL.WEIGHTS of ``--opts``: :func:`~autofocus_d2.model_metadata.load_tool_config`) + ``--opts``
+    (frozen), and the dataset ``--dataset`` or else ``DATASETS.TEST[0]``. Returns (cfg, dataset
+    name); raises ValueError when there is no dataset or the config contradicts the weights."""
+    from ..model_metadata import load_tool_config
 
     register_coco_datasets(args.register_coco)
-    cfg = load_autofocus_config(args.config_file, args.opts)
+    cfg = load_tool_config(args.config_file, args.opts, getattr(args, "weights", None))
     dataset = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
     if dataset is None:
         raise ValueError("no --dataset given and DATASETS.TEST is empty")
+    warn_dense_scenes(cfg, [dataset])
     return cfg, dataset
+
+
+def warn_dense_scenes(cfg, dataset_names: Sequence[str]) -> List[str]:
+    """Log, for each of ``dataset_names`` registered by ``--register-coco``, its classes and the
+    largest number of objects in one image, and warn (with the setting to use) when that is more
+    than ``cfg``'s TEST.DETECTIONS_PER_IMAGE; return the warnings."""
+    for name in dict.fromkeys(dataset_names):
+        metadata = MetadataCatalog.get(name)
+        most = metadata.get("max_objects_per_image", None)
+        if most is not None:
+            logger.info("%s %s: classes %s, at most %d objects per image (%s: %d)", _FLAG, name,
+                        metadata.thing_classes, most, "TEST.DETECTIONS_PER_IMAGE",
+                        cfg.TEST.DETECTIONS_PER_IMAGE)
+    hints = dense_scene_hint(cfg, dataset_names)
+    for hint in hints:
+        logger.warning(hint)
+    return hints
 
 
 def register_coco_datasets(specs: Sequence[Sequence[str]]) -> List[str]:
@@ -93,10 +117,12 @@ def register_coco_datasets(specs: Sequence[Sequence[str]]) -> List[str]:
             continue
         validate_coco_instances(data, image_dir, f"{_FLAG} {name} ({json_file})")
         thing_classes, id_map = coco_thing_metadata(data)
+        most = max_objects_per_image(data.get("annotations", []))
         DatasetCatalog.register(name, functools.partial(_load_clipped, json_file, image_dir, name))
         MetadataCatalog.get(name).set(
             json_file=json_file, image_root=image_dir, evaluator_type="coco",
             thing_classes=thing_classes, thing_dataset_id_to_contiguous_id=id_map,
+            max_objects_per_image=most,
         )
         names.append(name)
     return names

@@ -24,17 +24,22 @@ def build_coco_evaluator(
     output_dir: Optional[str] = None,
     tasks: Sequence[str] = ("bbox",),
     distributed: bool = True,
+    max_dets: Optional[int] = None,
 ) -> COCOEvaluator:
     """COCOEvaluator for ``tasks`` ("bbox", "segm", "keypoints"); the C++ COCOeval
     (``use_fast_impl``) only where it was compiled. ``distributed``: gather the predictions of all
     processes before evaluating (Detectron2's default); False evaluates this process's predictions
-    only (a single-process benchmark, or a loop that runs in every process on its own)."""
+    only (a single-process benchmark, or a loop that runs in every process on its own).
+    ``max_dets``: the largest ``maxDets`` of COCOeval (default COCO's 100; the tools pass
+    :func:`~autofocus_d2.evaluation.detection_cap.evaluation_max_dets` of their config)."""
+    extra = {} if max_dets in (None, 100) else {"max_dets_per_image": int(max_dets)}
     return COCOEvaluator(
         dataset_name,
         tasks=tuple(tasks),
         distributed=bool(distributed),
         output_dir=output_dir,
         use_fast_impl=has_compiled_ops(),
+        **extra,
     )
 
 

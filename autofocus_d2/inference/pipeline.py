@@ -162,7 +162,9 @@ class CoarseToFinePipeline:
             "nms_method": af.NMS_METHOD,
             "nms_thresh": af.NMS_THRESH,
             "soft_nms_sigma": af.SOFT_NMS_SIGMA,
-            "detections_per_image": af.DETECTIONS_PER_IMAGE,
+            # One setting for dense scenes: TEST.DETECTIONS_PER_IMAGE raises the final cap too
+            # (evaluation.detection_cap.final_detection_cap).
+            "detections_per_image": max(af.DETECTIONS_PER_IMAGE, cfg.TEST.DETECTIONS_PER_IMAGE),
             "raw_score_thresh": af.RAW_SCORE_THRESH if af.VIEW_DETECTIONS == "raw" else None,
             "max_batch_padding": af.MAX_BATCH_PADDING,
             "inference_dtype": af.INFERENCE_DTYPE,

@@ -11,13 +11,16 @@ builds the model and what it calls per array are replaced::
     from sahi.predict import get_sliced_prediction
     from autofocus_d2.integrations.sahi import AutoFocusSahiModel
 
-    model = AutoFocusSahiModel.from_config_file(
-        "configs/Synthetic/autofocus_compact_fpn.yaml", "output/demo/train/model_final.pth")
+    model = AutoFocusSahiModel.from_weights("output/demo/train/model_final.pth")
     result = get_sliced_prediction("image.png", model, slice_height=512, slice_width=512)
+
+  (``from_weights``: the config and class names recorded in a checkpoint of ``train_net.py``;
+  ``from_config_file(config_file, weights)`` with an explicit config, which must agree with them.)
 
 * **The model.** Built from our config (``get_cfg`` + ``add_autofocus_config`` + the file, so the
   MODEL.AUTOFOCUS keys and the compact backbone resolve; SAHI's own ``load_model`` cannot) with
-  ``build_model`` + ``DetectionCheckpointer`` as ``train_net.py`` does, or handed over already built
+  ``build_model`` + :func:`~autofocus_d2.checkpoint.load_weights` (weights that do not fit the
+  model are an error, not skipped tensors) as ``train_net.py`` does, or handed over already built
   (``model=``), used as the same object. Each array SAHI hands over runs through the model's
   ``inference`` -- GeneralizedRCNN's plain single pass, which the AutoFocus meta-architectures do
   not override: the per-view detector of the pipeline (backbone, RPN, ROI heads), with the
@@ -194,7 +197,7 @@ class AutoFocusSahiModel(Detectron2DetectionModel):
             confidence_threshold: SAHI drops detections with a score below this.
             device: default the model's device, else ``cfg.MODEL.DEVICE``.
             category_mapping: {str(class id): name}; default the names of ``DATASETS.TEST[0]``
-                (else "0".."K-1") for ROI_HEADS.NUM_CLASSES classes.
+                (else "0".."K-1") for the config's class count (ROI_HEADS / RETINANET.NUM_CLASSES).
         """
         require_sahi()
         if cfg is None and model is None:
@@ -219,14 +222,22 @@ class AutoFocusSahiModel(Detectron2DetectionModel):
 
     @classmethod
     def from_config_file(
-        cls, config_file: str, weights: str, *, opts: Sequence[str] = (), **kwargs: Any
+        cls, config_file: Optional[str], weights: str, *, opts: Sequence[str] = (), **kwargs: Any
     ) -> "AutoFocusSahiModel":
         """Build and load the model of an autofocus-d2 config file (``opts``: KEY VALUE overrides)
-        with the checkpoint ``weights``; ``kwargs`` as for the constructor."""
-        from ..config import load_autofocus_config
+        with the checkpoint ``weights``; ``kwargs`` as for the constructor. ``config_file`` None:
+        the config recorded in the weights; a config that contradicts the weights' record (class
+        count, meta-architecture, class names) raises ValueError naming the key
+        (:func:`~autofocus_d2.model_metadata.load_tool_config`)."""
+        from ..model_metadata import load_tool_config
 
-        cfg = load_autofocus_config(config_file, list(opts) + ["MODEL.WEIGHTS", weights])
-        return cls(cfg, **kwargs)
+        return cls(load_tool_config(config_file, opts, weights), **kwargs)
+
+    @classmethod
+    def from_weights(cls, weights: str, *, opts: Sequence[str] = (), **kwargs: Any) -> "AutoFocusSahiModel":
+        """The model of a checkpoint written by ``train_net.py``, from the config and class names it
+        records (``opts``: KEY VALUE overrides; ``kwargs`` as for the constructor)."""
+        return cls.from_config_file(None, weights, opts=opts, **kwargs)
 
     def set_device(self, device: Optional[str] = None) -> None:
         # SAHI's select_device sets CUDA_VISIBLE_DEVICES for the whole process; the device is known.
@@ -234,8 +245,9 @@ class AutoFocusSahiModel(Detectron2DetectionModel):
 
     def load_model(self) -> None:
         """Build the model from ``self.cfg`` and load ``self.model_path`` (as train_net.py does)."""
-        from detectron2.checkpoint import DetectionCheckpointer
         from detectron2.modeling import build_model
+
+        from ..checkpoint import load_weights
 
         if self.cfg is None:
             raise ValueError("AutoFocusSahiModel.load_model needs the cfg the model is built from")
@@ -247,7 +259,7 @@ class AutoFocusSahiModel(Detectron2DetectionModel):
         cfg.defrost()
         cfg.MODEL.DEVICE = str(self.device)
         model = build_model(cfg)
-        DetectionCheckpointer(model).load(self.model_path)
+        load_weights(model, self.model_path)
         self.set_model(model)
 
     def set_model(self, model: Any, **kwargs: Any) -> None:
@@ -265,7 +277,9 @@ class AutoFocusSahiModel(Detectron2DetectionModel):
     def default_category_mapping(self, model) -> Dict[str, str]:
         """{str(class id): name} for the model's classes (see the constructor's category_mapping)."""
         if self.cfg is not None:
-            num_classes = self.cfg.MODEL.ROI_HEADS.NUM_CLASSES
+            from ..model_metadata import num_classes_key
+
+            num_classes = self.cfg.MODEL[num_classes_key(self.cfg).split(".")[1]].NUM_CLASSES
         else:
             num_classes = getattr(getattr(model, "roi_heads", None), "num_classes", None)
             if num_classes is None:

@@ -9,7 +9,10 @@ them, and the evaluation metrics) it writes, Detectron2's model zoo style::
 
 where ``<h>`` is the first 6 hex digits of the sha256 of the ``.pkl``. The ``.pkl`` is a pickled
 ``{"model": {name: numpy array}, "__author__": ..., "matching_heuristics": False}``, the format
-DetectionCheckpointer reads as a Detectron2 model zoo file (names matched exactly, no heuristics).
+DetectionCheckpointer reads as a Detectron2 model zoo file (names matched exactly, no heuristics),
+plus the training checkpoint's own record (``autofocus_d2_metadata``: config, class names; see
+:mod:`autofocus_d2.model_metadata`) when it has one. ``half=True`` stores the float32 arrays as
+float16 (half the size; loading casts them back to the model's float32).
 Then it adds the manifest entry and the MODEL_ZOO.md row.
 """
 import datetime
@@ -31,6 +34,7 @@ from detectron2.modeling import build_model
 
 from ..config import add_autofocus_config
 from ..data import ensure_split
+from ..model_metadata import METADATA_KEY, read_model_metadata
 from ..evaluation import AutoFocusEfficiencyEvaluator, build_coco_evaluator
 from .model_zoo import (
     ModelZooError,
@@ -253,6 +257,7 @@ def release_checkpoint(
     device: Optional[str] = None,
     model_zoo_md: Optional[str] = None,
     date: Optional[str] = None,
+    half: bool = False,
 ) -> Release:
     """
     Release the model trained in ``train_dir`` under config ``name`` into ``release_dir``.
@@ -274,6 +279,7 @@ def release_checkpoint(
         images_per_s, device: see :func:`release_metrics`; the device defaults to MODEL.DEVICE.
         model_zoo_md: MODEL_ZOO.md to write the row into; None only returns it.
         date: ISO date of the release, default today.
+        half: store the float32 weights as float16.
     """
     canon = canonical_name(name)
     get_config_file(canon)  # an unknown name fails before any work
@@ -299,7 +305,12 @@ def release_checkpoint(
     # Write the pickle, hash it, then move it under its final name.
     stem = canon[: -len(".yaml")]
     os.makedirs(release_dir, exist_ok=True)
+    if half:
+        weights = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in weights.items()}
     payload = {"model": weights, "__author__": AUTHOR, "matching_heuristics": False}
+    record = read_model_metadata(checkpoint)
+    if record is not None:  # the weights keep describing themselves (config, class names)
+        payload[METADATA_KEY] = record
     fd, tmp = tempfile.mkstemp(dir=release_dir, suffix=".pkl.tmp")
     with os.fdopen(fd, "wb") as f:
         pickle.dump(payload, f, protocol=PICKLE_PROTOCOL)

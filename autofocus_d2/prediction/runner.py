@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import launch
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 
-from ..config import load_autofocus_config
+from ..checkpoint import load_weights
 from ..data import register_coco_datasets
+from ..evaluation.detection_cap import DetectionCapCounter, detection_cap, score_floor
+from ..model_metadata import load_tool_config
 from ..utils.distributed import launch_starts_cpu_processes
 from .inputs import PredictionInput, PredictionMapper, collect_inputs
 from ..utils.atomic_files import write_json_atomic
@@ -49,7 +50,8 @@ class PredictOptions:
     """What to predict and where (the arguments of ``tools/predict.py`` except the distributed ones).
 
     Attributes:
-        config_file: the model's config (yacs .yaml).
+        config_file: the model's config (yacs .yaml); None / "": the config recorded in the weights
+            (MODEL.WEIGHTS of ``opts``) by train_net.py.
         inputs: folders, globs, list files, image files or registered dataset names
             (:func:`~autofocus_d2.prediction.inputs.collect_inputs`).
         output: the output folder (created); shared by every process and machine.
@@ -64,7 +66,7 @@ class PredictOptions:
         confidence_threshold: if given, MODEL.ROI_HEADS.SCORE_THRESH_TEST (as demo.py).
     """
 
-    config_file: str
+    config_file: Optional[str]
     inputs: Sequence[str]
     output: str
     opts: Sequence[str] = ()
@@ -83,7 +85,7 @@ def _setup_cfg(options: PredictOptions):
     if options.confidence_threshold is not None:
         opts += ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", options.confidence_threshold,
                  "MODEL.RETINANET.SCORE_THRESH_TEST", options.confidence_threshold]
-    cfg = load_autofocus_config(options.config_file, opts)
+    cfg = load_tool_config(options.config_file or None, opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available; "
                          "run on the CPU with --opts MODEL.DEVICE cpu")
@@ -195,7 +197,7 @@ def _predict_shard(options: PredictOptions, inputs: Sequence[PredictionInput], c
         raise ValueError(f"{cfg.MODEL.META_ARCHITECTURE} has no AutoFocus pipeline; use a config "
                          "with META_ARCHITECTURE AutoFocusRCNN or AutoFocusRetinaNet")
     model.eval()
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    load_weights(model, cfg.MODEL.WEIGHTS)  # weights that do not fit the model are an error
     num_classes = model.roi_heads.num_classes if hasattr(model, "roi_heads") else model.num_classes
     names = _class_names(options.metadata_name, num_classes, logger)
 
@@ -203,6 +205,7 @@ def _predict_shard(options: PredictOptions, inputs: Sequence[PredictionInput], c
                                      batch_size=options.batch_size, num_workers=options.num_workers)
     progress = ProgressLog(logger, len(mine), options.log_period)
     failures, done, pixels, pyramid = [], 0, 0, 0
+    capped = DetectionCapCounter(detection_cap(cfg), min_score=score_floor(cfg))
 
     def fail(item: PredictionInput, reason: str) -> None:
         failures.append((item, reason))
@@ -220,6 +223,7 @@ def _predict_shard(options: PredictOptions, inputs: Sequence[PredictionInput], c
             if isinstance(output, Exception):
                 fail(item, f"prediction failed: {type(output).__name__}: {output}")
                 continue
+            capped.add(output["instances"].scores.tolist())
             result = prediction_record(item, output, record["height"], record["width"], fingerprint, names)
             write_json_atomic(prediction_path(options.output, item), result)
             done += 1
@@ -232,6 +236,7 @@ def _predict_shard(options: PredictOptions, inputs: Sequence[PredictionInput], c
 
     gathered = comm.all_gather({
         "done": done, "seconds": seconds, "pixels": pixels, "pyramid_pixels": pyramid,
+        "at_cap": capped.images_at_cap, "cap": capped.cap, "min_score": capped.min_score,
         "failures": [{"file_name": i.file_name, "key": i.key, "reason": r} for i, r in failures],
     })
     if rank == 0:
@@ -262,6 +267,10 @@ def _finish(options, inputs, fingerprint, gathered, skipped, logger) -> None:
         summary["coco_results"] = {"file": options.coco_results, "images": sum(r is not None for r in records),
                                    "detections": len(results)}
         logger.info(f"COCO results of {summary['coco_results']['images']} images: {options.coco_results}")
+    capped = DetectionCapCounter(gathered[0]["cap"], "predict", gathered[0]["min_score"])
+    capped.add_counts(done, sum(g["at_cap"] for g in gathered))
+    summary["images_at_detection_cap"] = capped.images_at_cap
+    capped.warn(logger)
     write_json_atomic(os.path.join(options.output, SUMMARY_FILE), summary)
     share = f" = {pixels / pyramid:.3f} of the pyramid's {pyramid / 1e6:.1f} MP" if pyramid else ""
     logger.info(
