@@ -14,15 +14,19 @@ or with the weights alone (a checkpoint of train_net.py records its config and c
 For each image it prints the detections, the chips per scale, the pixels processed (and their
 share of the full image pyramid's) and the time, and with --output writes to that folder:
 
-    <name>_detections.jpg    detections with score >= --confidence-threshold
-    <name>_chips.jpg         (--show-chips) the regions processed at every scale, one colour each
-    <name>_focus_s<k>.jpg    (--show-chips) the FocusPixel map predicted at scale k, for every scale
-                             that predicted one
+    <name>.json              the detections with score >= --confidence-threshold: boxes XYWH in
+                             original pixels, scores, category ids and names (docs/predict.md)
+    <name>_detections.png    those detections drawn
+    <name>_chips.png         (--show-chips) the regions processed at every scale, one colour each
+                             (a whole-image chip: a band inside the image border)
+    <name>_focus_s<k>.png    (--show-chips) the FocusPixel map predicted at scale k, for every scale
+                             that predicted one, with its colour bar
 
 CPU or CUDA: the config's MODEL.DEVICE, e.g. --opts MODEL.DEVICE cuda.
 """
 import argparse
 import glob
+import json
 import os
 import sys
 import time
@@ -33,14 +37,16 @@ import torch
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
+from detectron2.modeling.postprocessing import detector_postprocess
 from PIL import Image
 
 from autofocus_d2.checkpoint import load_weights
 from autofocus_d2.data import add_register_coco_argument, register_coco_datasets
 from autofocus_d2.evaluation import DetectionCapCounter, detection_cap, score_floor
 from autofocus_d2.model_metadata import load_tool_config
+from autofocus_d2.prediction import image_detections
 from autofocus_d2.utils.quiet_logs import quiet_logs
-from autofocus_d2.utils import ImageReadError, draw_chips, draw_detections, focus_heatmap, read_image
+from autofocus_d2.utils import ImageReadError, add_colorbar, draw_chips, draw_detections, focus_heatmap, read_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -139,7 +145,7 @@ def to_rgb(image: np.ndarray, fmt: str) -> np.ndarray:
 
 
 def save(rgb: np.ndarray, path: str) -> None:
-    Image.fromarray(rgb).save(path, quality=90)
+    Image.fromarray(rgb).save(path)
 
 
 def megapixels(n: float) -> str:
@@ -161,7 +167,8 @@ def main(argv=None):
     device = torch.device(cfg.MODEL.DEVICE)
 
     def process(path):
-        image = predictor.resize(read_image(path, format=cfg.INPUT.FORMAT, max_mpix=cfg.INPUT.MAX_IMAGE_MPIX))
+        original = read_image(path, format=cfg.INPUT.FORMAT, max_mpix=cfg.INPUT.MAX_IMAGE_MPIX)
+        image = predictor.resize(original)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
@@ -184,15 +191,19 @@ def main(argv=None):
             return
         rgb = to_rgb(image, cfg.INPUT.FORMAT)
         stem = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0])
-        save(draw_detections(rgb, instances, metadata, args.confidence_threshold), stem + "_detections.jpg")
+        record = image_detections(path, detector_postprocess(instances, *original.shape[:2]),
+                                  *original.shape[:2], metadata.get("thing_classes", None))
+        with open(stem + ".json", "w") as f:
+            json.dump(record, f, indent=1)
+        save(draw_detections(rgb, instances, metadata, args.confidence_threshold), stem + "_detections.png")
         if args.show_chips:
-            save(draw_chips(rgb, stats["chip_boxes_per_scale"]), stem + "_chips.jpg")
+            save(draw_chips(rgb, stats["chip_boxes_per_scale"]), stem + "_chips.png")
             details = output["autofocus_details"]
             for k, (views, maps) in enumerate(zip(details["views_per_scale"],
                                                   details["focus_maps_per_scale"])):
                 if any(m is not None for m in maps):
-                    save(focus_heatmap(rgb, views, maps, predictor.model.focus_stride),
-                         f"{stem}_focus_s{k}.jpg")
+                    save(add_colorbar(focus_heatmap(rgb, views, maps, predictor.model.focus_stride)),
+                         f"{stem}_focus_s{k}.png")
 
     # A bad file (unreadable, of an unsupported mode, too large, rejected by the model) is
     # reported with its name and reason; the other files are still processed.

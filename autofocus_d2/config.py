@@ -21,6 +21,7 @@ from .config_checks import (
 __all__ = [
     "add_autofocus_config",
     "load_autofocus_config",
+    "coerce_autofocus_numbers",
     "validate_autofocus_config",
     "validate_sniper_config",
     "sniper_training_scales",
@@ -237,10 +238,50 @@ def load_autofocus_config(config_file: str, opts: Sequence[str] = ()) -> CN:
 
     cfg = get_cfg()
     add_autofocus_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    _merge_file_with_numbers(cfg, config_file)
+    cfg.merge_from_list(coerce_autofocus_numbers(cfg, opts))
     cfg.freeze()
     return cfg
+
+
+def _autofocus_float_keys(cfg: CN) -> List[str]:
+    """Keys of MODEL.AUTOFOCUS whose value is a float (an integer given for them is a number too)."""
+    return [k for k, v in cfg.MODEL.AUTOFOCUS.items() if isinstance(v, float)]
+
+
+def coerce_autofocus_numbers(cfg: CN, opts: Sequence) -> List:
+    """
+    ``opts`` (KEY VALUE pairs, as for ``cfg.merge_from_list``) with an integer value of a float-typed
+    ``MODEL.AUTOFOCUS`` key made a float: yacs refuses ``MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX 0``
+    ("Type mismatch (float vs int)"). Other keys and values are passed as given.
+    """
+    opts = list(opts)
+    floats = {"MODEL.AUTOFOCUS." + k for k in _autofocus_float_keys(cfg)}
+    for i in range(0, len(opts) - 1, 2):
+        if opts[i] in floats:
+            value = cfg._decode_cfg_value(opts[i + 1])
+            if isinstance(value, int) and not isinstance(value, bool):
+                opts[i + 1] = float(value)
+    return opts
+
+
+def _merge_file_with_numbers(cfg: CN, config_file: str) -> None:
+    """``cfg.merge_from_file(config_file)``, with integers accepted for the float-typed
+    MODEL.AUTOFOCUS keys (as :func:`coerce_autofocus_numbers`)."""
+    from detectron2.config.compat import guess_version
+
+    loaded = cfg.load_yaml_with_base(config_file, allow_unsafe=True)
+    node = (loaded.get("MODEL") or {}).get("AUTOFOCUS") or {}
+    changed = False
+    for key in _autofocus_float_keys(cfg):
+        if isinstance(node.get(key), int) and not isinstance(node[key], bool):
+            node[key], changed = float(node[key]), True
+    loaded = type(cfg)(loaded)
+    version = loaded.get("VERSION", None) or guess_version(loaded, config_file)
+    if changed and version == cfg.VERSION:
+        cfg.merge_from_other_cfg(loaded)
+    else:  # Detectron2's own path (and its upgrade of older config versions)
+        cfg.merge_from_file(config_file)
 
 
 def per_transition(values: Sequence, num_transitions: int, key: str) -> List:

@@ -7,15 +7,41 @@ tensors, so Detectron2's ``TracingAdapter``, whose package needs caffe2 on 0.6, 
 result is saved with
 ``torch.jit.save`` and loaded without the plugin's model code. :class:`TracedFocusDetector` wraps the
 loaded module in the pipeline's interface (:class:`autofocus_d2.inference.FocusDetector`), so the
-same ``CoarseToFinePipeline`` runs around it.
+same ``CoarseToFinePipeline`` runs around it. :func:`save_focus_detector` and
+:func:`load_focus_detector` store and restore the traced module with the wrapper's settings.
+
+``torch.export`` (which torch 2.14 recommends over TorchScript) cannot export this pass without
+rewriting Detectron2's post-processing: its RPN proposal selection and ROI-head inference branch on
+tensor values (``if not valid_mask.all()`` in ``find_top_rpn_proposals``, the box filtering by
+``nonzero``), which ``torch.export`` refuses ("Could not guard on data-dependent expression";
+docs/deployment.md gives the full error). Tracing records them as the sample took them, which is
+what ``torch.jit.trace``'s TracerWarnings say; :func:`export_focus_detector` silences those
+warnings and TorchScript's deprecation notices, and only there.
 """
+import json
+import warnings
+from contextlib import contextmanager
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
-__all__ = ["export_focus_detector", "TracedFocusDetector"]
+__all__ = ["export_focus_detector", "TracedFocusDetector", "save_focus_detector", "load_focus_detector"]
+
+# Name of the settings stored beside the graph in a saved file (torch.jit extra files).
+_SETTINGS_FILE = "autofocus_settings.json"
+
+
+@contextmanager
+def _quiet_torchscript():
+    """TorchScript's TracerWarnings (the data-dependent branches of Detectron2's post-processing,
+    recorded as the sample took them: known and expected) and its deprecation notices, silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r".*deprecated.*torch\.export", category=FutureWarning)
+        yield
 
 
 def _check_budget(pipeline) -> None:
@@ -47,11 +73,37 @@ def export_focus_detector(model: nn.Module, sample_image: torch.Tensor) -> torch
     _check_budget(pipeline)
     raw_thresh = getattr(pipeline, "raw_score_thresh", None)
 
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_torchscript():
         traced = torch.jit.trace(_OneView(model, raw_thresh), (sample_image,), check_trace=False)
-    # What the wrapper needs besides the traced graph, stored in the module itself.
+    # What the wrapper needs besides the traced graph, kept with the module (saved by
+    # save_focus_detector).
     traced.focus_stride = int(model.focus_stride)  # type: ignore[attr-defined]
+    traced.autofocus_settings = {  # type: ignore[attr-defined]
+        "focus_stride": int(model.focus_stride),
+        "pixel_mean": [float(v) for v in model.pixel_mean.flatten().tolist()],
+        "size_divisibility": int(model.backbone.size_divisibility),
+        "raw_score_thresh": raw_thresh,
+    }
     return traced
+
+
+def save_focus_detector(traced: torch.jit.ScriptModule, path: str) -> None:
+    """Save a module of :func:`export_focus_detector` with its settings (``torch.jit.save``)."""
+    settings = getattr(traced, "autofocus_settings", None)
+    if settings is None:
+        raise ValueError("save_focus_detector saves a module made by export_focus_detector")
+    with _quiet_torchscript():
+        torch.jit.save(traced, path, _extra_files={_SETTINGS_FILE: json.dumps(settings)})
+
+
+def load_focus_detector(path: str, device: str = "cpu") -> "TracedFocusDetector":
+    """The file of :func:`save_focus_detector` behind the pipeline's interface, on ``device``."""
+    extra = {_SETTINGS_FILE: ""}
+    with _quiet_torchscript():
+        traced = torch.jit.load(path, map_location=device, _extra_files=extra)
+    if not extra[_SETTINGS_FILE]:
+        raise ValueError(f"{path}: no {_SETTINGS_FILE} in the file; save it with save_focus_detector")
+    return TracedFocusDetector(traced, device=device, **json.loads(extra[_SETTINGS_FILE]))
 
 
 class _OneView(nn.Module):

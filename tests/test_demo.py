@@ -1,5 +1,6 @@
 """demo.py writes the pictures it promises, and the drawing helpers keep their contract: an
 (H, W, 3) uint8 RGB array of the input's size, the input untouched."""
+import json
 import os
 import shutil
 import subprocess
@@ -14,8 +15,9 @@ from detectron2.structures import Boxes, Instances
 from PIL import Image
 
 from autofocus_d2 import model_zoo
+from autofocus_d2.config import load_autofocus_config
 from autofocus_d2.structures.views import View
-from autofocus_d2.utils import draw_chips, draw_detections, focus_heatmap
+from autofocus_d2.utils import add_colorbar, draw_chips, draw_detections, focus_heatmap, read_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "Synthetic", "autofocus_compact_fpn.yaml")
@@ -49,6 +51,27 @@ def test_draw_chips_marks_each_scales_boxes():
     assert out.shape == img.shape and out.dtype == np.uint8
     assert out[10:41, 10].any() and out[5:31, 75].any()  # the chips' left / right edges
     assert not out[45:55, 45:55].any()  # inside no chip, away from every edge and label
+
+
+def test_draw_chips_draws_a_whole_image_chip_as_a_band_inside_the_border():
+    img = np.zeros((200, 300, 3), dtype=np.uint8)
+    out = draw_chips(img, [[[0, 0, 300, 200]], [[100, 60, 180, 140]]])
+    band = max(3, 200 // 100)
+    # scale 0's colour (white) on every side, band pixels deep, inside the image
+    for edge in (out[:band, 50:250], out[-band:, 50:250], out[50:150, :band], out[50:150, -band:]):
+        assert (edge == 255).all()
+    assert not out[band + 2:55, 200:290].any()  # inside: untouched (no chip, no label there)
+
+
+def test_add_colorbar_appends_a_bar_of_the_colour_map():
+    img = image(240, 320)
+    out = add_colorbar(img)
+    assert out.shape[0] == 240 and out.shape[1] > 320 and out.dtype == np.uint8
+    assert (out[:, :320] == img).all()
+    bar = out[:, 320:].reshape(-1, 3).astype(int)
+    # jet's ends are both in the bar: dark red (1) and dark blue (0)
+    assert ((bar[:, 0] > 100) & (bar[:, 1] < 40) & (bar[:, 2] < 40)).any()
+    assert ((bar[:, 2] > 100) & (bar[:, 0] < 40) & (bar[:, 1] < 40)).any()
 
 
 def test_focus_heatmap_pastes_each_views_map_into_the_original_frame():
@@ -115,14 +138,18 @@ def run_demo(tmp_path, device):
 ])
 def test_demo_writes_detections_chips_and_focus_maps(tmp_path, device):
     proc, out, files = run_demo(tmp_path, device)
-    expected = {f"{stem}_{kind}.jpg" for stem in ("first", "second")
+    expected = {f"{stem}_{kind}.png" for stem in ("first", "second")
                 for kind in ("detections", "chips", "focus_s0")}
-    assert set(os.listdir(out)) == expected
+    assert set(os.listdir(out)) == expected | {"first.json", "second.json"}
     for stem, src in zip(("first", "second"), files):
         size = Image.open(src).size
-        for kind in ("detections", "chips", "focus_s0"):
-            picture = Image.open(out / f"{stem}_{kind}.jpg")
+        for kind in ("detections", "chips"):
+            picture = Image.open(out / f"{stem}_{kind}.png")
             assert picture.size == size and picture.mode == "RGB"
+        focus = Image.open(out / f"{stem}_focus_s0.png")  # the map, then its colour bar
+        assert focus.size[1] == size[1] and focus.size[0] > size[0] and focus.mode == "RGB"
+        record = json.loads((out / f"{stem}.json").read_text())
+        assert (record["width"], record["height"]) == size
     lines = [line for line in proc.stdout.splitlines() if "detections in" in line]
     assert len(lines) == 2
     for line, stem in zip(lines, ("first", "second")):
@@ -145,3 +172,41 @@ def test_demo_reports_each_bad_file_processes_the_rest_and_exits_non_zero(tmp_pa
                          ("truncated", "cannot decode the image (OSError: image file is truncated")]:
         assert f"error: {bad_image_files[case]}: {reason}" in err
         assert f"  {bad_image_files[case]}: {reason}" in summary
+
+
+def test_demo_json_equals_the_models_detections(tmp_path):
+    """The JSON demo.py writes for an image holds the model's own detections above the threshold:
+    boxes XYWH in original pixels, scores, category ids and names."""
+    torch.manual_seed(0)
+    model = model_zoo.get("Synthetic/autofocus_compact_fpn.yaml", device="cpu")
+    DetectionCheckpointer(model, str(tmp_path)).save("random_init")
+    src = DatasetCatalog.get("autofocus_synth_tiny")[0]["file_name"]
+    threshold = 0.05  # random weights: low scores, so a low threshold keeps some
+    out = tmp_path / "out"
+    weights = str(tmp_path / "random_init.pth")
+    code = demo.main(["--config-file", CONFIG, "--input", src, "--output", str(out),
+                      "--confidence-threshold", str(threshold),
+                      "--opts", "MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu"])
+    assert code == 0
+    record = json.loads((out / (os.path.splitext(os.path.basename(src))[0] + ".json")).read_text())
+
+    cfg = load_autofocus_config(CONFIG, ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu",
+                                         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", threshold])
+    from detectron2.modeling import build_model
+    expected_model = build_model(cfg).eval()
+    DetectionCheckpointer(expected_model).load(weights)
+    picture = read_image(src, format=cfg.INPUT.FORMAT)
+    with torch.no_grad():
+        inst = expected_model([{"image": torch.as_tensor(picture.transpose(2, 0, 1).copy())}])[0]["instances"]
+    inst = inst[inst.scores >= threshold]
+    assert len(inst) > 0
+    names = MetadataCatalog.get(cfg.DATASETS.TEST[0]).thing_classes
+    assert (record["height"], record["width"]) == picture.shape[:2]
+    got = record["instances"]
+    assert len(got) == len(inst)
+    boxes = inst.pred_boxes.tensor.clone()
+    boxes[:, 2:] -= boxes[:, :2]  # XYXY -> XYWH
+    np.testing.assert_allclose([d["bbox"] for d in got], boxes.numpy(), atol=1e-3)
+    np.testing.assert_allclose([d["score"] for d in got], inst.scores.numpy(), atol=1e-6)
+    assert [d["category_id"] for d in got] == inst.pred_classes.tolist()
+    assert [d["category_name"] for d in got] == [names[c] for c in inst.pred_classes.tolist()]

@@ -1,10 +1,16 @@
 """The traced per-view detector runs the AutoFocus pipeline with the eager model's outputs."""
+import os
+import re
+import warnings
+
+import numpy as np
 import pytest
 import torch
 from detectron2.modeling import build_model
 
 from autofocus_d2 import model_zoo
-from autofocus_d2.export import TracedFocusDetector, export_focus_detector
+from autofocus_d2.export import (
+    TracedFocusDetector, export_focus_detector, load_focus_detector, save_focus_detector)
 from autofocus_d2.inference.pipeline import build_autofocus_pipeline
 
 
@@ -37,13 +43,10 @@ def test_traced_detector_equals_eager_through_the_pipeline(tmp_path):
     torch.manual_seed(1)
     images = [(torch.rand(3, h, w) * 255).round() for h, w in ((420, 600), (700, 380))]
     traced = export_focus_detector(model, images[0])
-    torch.jit.save(traced, str(tmp_path / "detector.ts"))
-    loaded = torch.jit.load(str(tmp_path / "detector.ts"))
-    exported = TracedFocusDetector(
-        loaded, focus_stride=model.focus_stride, pixel_mean=cfg.MODEL.PIXEL_MEAN,
-        size_divisibility=model.backbone.size_divisibility,
-        raw_score_thresh=cfg.MODEL.AUTOFOCUS.RAW_SCORE_THRESH,
-    )
+    save_focus_detector(traced, str(tmp_path / "detector.ts"))
+    exported = load_focus_detector(str(tmp_path / "detector.ts"))  # settings restored from the file
+    assert (exported.focus_stride, exported.size_divisibility, exported.input_channels) == (
+        model.focus_stride, model.backbone.size_divisibility, len(cfg.MODEL.PIXEL_MEAN))
     pipeline = build_autofocus_pipeline(cfg)
     with torch.no_grad():
         for image in images:
@@ -76,3 +79,56 @@ def test_traced_detector_refuses_another_view_mode():
                                    size_divisibility=32, raw_score_thresh=0.001)
     with pytest.raises(ValueError, match="raw_score_thresh"):
         exported.detect(exported.normalize([torch.zeros(3, 64, 64)]), raw_score_thresh=None)
+
+
+def deployment_snippet() -> str:
+    """The export snippet of docs/deployment.md, as written."""
+    doc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "deployment.md")
+    with open(doc) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+    (snippet,) = [b for b in blocks if "export_focus_detector(model, sample_image)" in b]
+    return snippet
+
+
+def test_deployment_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
+    from detectron2.checkpoint import DetectionCheckpointer
+    from PIL import Image
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    torch.manual_seed(0)
+    model = random_model(model_zoo.get_config("Synthetic/autofocus_compact_fpn.yaml"))
+    DetectionCheckpointer(model, str(tmp_path)).save("random_init")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(tmp_path / "image.jpg")
+    snippet = deployment_snippet()
+    for path in ("output/demo/train/model_final.pth", "image.jpg", "detector.ts"):
+        assert f'"{path}"' in snippet  # the snippet's own paths, replaced by the test's files
+    snippet = (snippet.replace('"output/demo/train/model_final.pth"', repr(str(tmp_path / "random_init.pth")))
+               .replace('"image.jpg"', repr(str(tmp_path / "image.jpg")))
+               .replace('"detector.ts"', repr(str(tmp_path / "detector.ts"))))
+    monkeypatch.chdir(repo)  # the snippet's config path is relative to the repository
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)  # silenced by the export
+        namespace = {}
+        exec(compile(snippet, "deployment.md", "exec"), namespace)
+    assert (tmp_path / "detector.ts").is_file()
+    cfg, outputs = namespace["cfg"], namespace["outputs"]
+    assert cfg.MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX == 0.0  # the integer "0" was accepted
+    assert "instances" in outputs[0] and "autofocus" in outputs[0]
+    assert f"{len(outputs[0]['instances'])} detections" in capsys.readouterr().out
+
+
+def test_integers_are_accepted_for_float_autofocus_keys(tmp_path):
+    from autofocus_d2.config import load_autofocus_config
+
+    config = model_zoo.get_config_file("Synthetic/autofocus_compact_fpn.yaml")
+    cfg = load_autofocus_config(config, ["MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX", "0",
+                                         "MODEL.AUTOFOCUS.NMS_THRESH", 1])
+    assert cfg.MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX == 0.0
+    assert isinstance(cfg.MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX, float)
+    assert isinstance(cfg.MODEL.AUTOFOCUS.NMS_THRESH, float)
+    own = tmp_path / "own.yaml"
+    own.write_text(f"_BASE_: {config}\nMODEL:\n  AUTOFOCUS:\n    BORDER_MARGIN: 4\n")
+    assert load_autofocus_config(str(own)).MODEL.AUTOFOCUS.BORDER_MARGIN == 4.0
+    with pytest.raises(ValueError, match="Type mismatch"):  # other types are still checked
+        load_autofocus_config(config, ["MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX", "'a'"])

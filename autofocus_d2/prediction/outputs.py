@@ -31,6 +31,7 @@ __all__ = [
     "read_complete_record",
     "pending_inputs",
     "coco_results",
+    "image_detections",
 ]
 
 # Stored in every per-image output and part of the fingerprint: a change of the layout redoes all.
@@ -166,3 +167,32 @@ def coco_results(
                 r["category_id"] = to_dataset[contiguous]
             results.append(r)
     return results
+
+
+def image_detections(
+    file_name: str,
+    instances,
+    height: int,
+    width: int,
+    thing_classes: Optional[Sequence[str]] = None,
+) -> Dict[str, Any]:
+    """
+    One image's detections as ``demo.py`` writes them (``<name>.json`` beside its pictures):
+    ``{"file_name", "height", "width", "instances": [...]}``, each instance as Detectron2's COCO
+    results (``instances_to_coco_json``): ``bbox`` XYWH in original-image pixels, ``score``,
+    ``category_id`` (the model's contiguous class), ``segmentation`` when the model predicts masks;
+    plus ``category_name`` from ``thing_classes`` when given.
+
+    Args:
+        instances: ``pred_boxes``/``scores``/``pred_classes`` in the frame of the ORIGINAL image
+            (``height`` x ``width``), e.g. after ``detector_postprocess``.
+    """
+    if tuple(instances.image_size) != (int(height), int(width)):
+        raise ValueError(f"instances of an image of {tuple(instances.image_size)} px, not of the "
+                         f"original ({height}, {width}): map them to the original frame first")
+    detections = instances_to_coco_json(instances.to("cpu"), 0)
+    for d in detections:
+        d.pop("image_id")
+        if thing_classes is not None:
+            d["category_name"] = thing_classes[d["category_id"]]
+    return {"file_name": file_name, "height": int(height), "width": int(width), "instances": detections}

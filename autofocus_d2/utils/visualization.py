@@ -1,7 +1,8 @@
 """Pictures of what AutoFocus did: detections, FocusChips per scale, FocusPixel maps.
 
 Every function takes an RGB image (H, W, 3) uint8 in the ORIGINAL image frame and returns a new
-(H, W, 3) uint8 RGB array of the same size; the input is not modified. Boxes are XYXY in the original
+(H, W, 3) uint8 RGB array of the same size (but :func:`add_colorbar`, which widens it); the input
+is not modified. Boxes are XYXY in the original
 image frame. Drawing goes through Detectron2's ``Visualizer``; only the heat map (FocusPixel
 probabilities pasted from each view's frame into the original frame) is written here, since
 Detectron2 has no such drawing.
@@ -16,7 +17,7 @@ from detectron2.utils.visualizer import Visualizer
 
 from ..structures.views import View
 
-__all__ = ["SCALE_COLORS", "draw_detections", "draw_chips", "focus_heatmap"]
+__all__ = ["SCALE_COLORS", "draw_detections", "draw_chips", "focus_heatmap", "add_colorbar"]
 
 # Edge colour of the chips of scale k (RGB in [0, 1]), cycled: scale 0 (whole images) white, then
 # the finer scales.
@@ -65,16 +66,71 @@ def draw_chips(image: np.ndarray, chip_boxes_per_scale: Sequence[Sequence[Sequen
         (H, W, 3) uint8 RGB.
     """
     image = _check_image(image)
-    vis = Visualizer(image, None, scale=1.0)
-    font = max(10, min(image.shape[:2]) // 40)
+    h, w = image.shape[:2]
+    # A chip covering the whole image would be drawn on the image border, half outside it: it is
+    # drawn as a band of this many pixels inside the border instead, one band per scale, nested.
+    band = max(3, min(h, w) // 100)
+    framed = image.copy()
+    whole = [k for k, boxes in enumerate(chip_boxes_per_scale)
+             if any(_covers(box, h, w) for box in boxes)]
+    for i, k in enumerate(whole):
+        color = np.array(SCALE_COLORS[k % len(SCALE_COLORS)]) * 255
+        a, b = i * band, (i + 1) * band
+        if b * 2 >= min(h, w):
+            break
+        framed[a:b, a:w - a] = color
+        framed[h - b:h - a, a:w - a] = color
+        framed[a:h - a, a:b] = color
+        framed[a:h - a, w - b:w - a] = color
+    vis = Visualizer(framed, None, scale=1.0)
+    font = max(10, min(h, w) // 40)
     for k, boxes in enumerate(chip_boxes_per_scale):
         color = SCALE_COLORS[k % len(SCALE_COLORS)]
         for box in boxes:
             x0, y0, x1, y1 = [float(v) for v in box]
-            vis.draw_box((x0, y0, x1, y1), alpha=1.0, edge_color=color, line_style="-" if k else "--")
-            vis.draw_text(f"s{k}", (x0 + 2, y0 + 2), color=color, horizontal_alignment="left",
-                          font_size=font)
+            if not _covers(box, h, w):
+                vis.draw_box((x0, y0, x1, y1), alpha=1.0, edge_color=color, line_style="-")
+            inset = (whole.index(k) + 1) * band if k in whole and _covers(box, h, w) else 0
+            vis.draw_text(f"s{k}", (x0 + 2 + inset, y0 + 2 + inset), color=color,
+                          horizontal_alignment="left", font_size=font)
     return _as_rgb_uint8(vis.output.get_image(), image.shape[:2])
+
+
+def _covers(box: Sequence[float], h: int, w: int) -> bool:
+    """Whether an XYXY box (original frame) covers the whole h x w image."""
+    x0, y0, x1, y1 = [float(v) for v in box]
+    return x0 <= 0 and y0 <= 0 and x1 >= w and y1 >= h
+
+
+def add_colorbar(image: np.ndarray, cmap: str = "jet", label: str = "FocusPixel probability") -> np.ndarray:
+    """
+    ``image`` (e.g. a :func:`focus_heatmap`) with a vertical colour bar of ``cmap`` over [0, 1]
+    to its right, ticks 0, 0.5 and 1 and ``label``, drawn by matplotlib at the image's pixel size.
+
+    Returns:
+        (H, W + bar, 3) uint8 RGB: the image unchanged on the left, the bar on the right.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    image = _check_image(image)
+    h = image.shape[0]
+    bar_w = max(64, h // 6)
+    dpi = 100.0
+    fig = plt.Figure(figsize=(bar_w / dpi, h / dpi), dpi=dpi)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_axes([0.12, 0.05, 0.18, 0.9])
+    norm = matplotlib.colors.Normalize(vmin=0.0, vmax=1.0)
+    bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), cax=ax, ticks=[0, 0.5, 1])
+    font = max(6.0, min(12.0, h / 40.0))
+    bar.ax.tick_params(labelsize=font)
+    bar.set_label(label, fontsize=font)
+    canvas.draw()
+    strip = np.asarray(canvas.buffer_rgba())[..., :3]
+    strip = np.ascontiguousarray(strip[:h, :bar_w])
+    if strip.shape[0] != h:  # rounding of the figure size: pad with white
+        strip = np.pad(strip, ((0, h - strip.shape[0]), (0, 0), (0, 0)), constant_values=255)
+    return np.concatenate([image, strip.astype(np.uint8)], axis=1)
 
 
 def focus_heatmap(image: np.ndarray, views: Sequence[View], maps: Sequence[Optional[torch.Tensor]],
