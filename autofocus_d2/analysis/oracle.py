@@ -16,7 +16,7 @@ is its ``out_hw`` image at its scale (see :class:`View`).
 """
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -110,7 +110,7 @@ def oracle_views(
     gt = image.boxes.float()
     num_scales = policy.num_scales(len(pipeline.scale_chain))
     zooms = pipeline.scale_chain.zooms(image.image_hw)
-    views_per_scale = [pipeline.first_views(0, image.image_hw)]
+    views_per_scale = [pipeline.first_views(0, image.image_hw, zooms[0])]
     for k in range(1, num_scales):
         parents = views_per_scale[-1]
         chips = policy.chips(next_scale=k, zoom=zooms[k], image_hw=image.image_hw, parents=parents,
@@ -201,8 +201,7 @@ class _Tally:
         self.finest[:s] += torch.nn.functional.one_hot(finest[found], s).t().long() @ onehot[found]
         self.total += (found.long()[:, None] * onehot).sum(dim=0)
         stats = pipeline.image_stats(0, image.image_hw, views_per_scale)
-        stats.pop("chip_boxes_per_scale")
-        self.stats.append(stats)
+        self.stats.append(replace(stats, chip_boxes_per_scale=None).to_dict())
 
     def summary(self, counts: Tensor, scales: Sequence[Sequence[float]]) -> Dict:
         eff = summarize_efficiency(self.stats)

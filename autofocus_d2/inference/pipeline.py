@@ -40,7 +40,7 @@ from .focus_stacking import merge_indices, stacking_keep_mask
 # The registry lives below modeling and inference (the models build their pipeline from it).
 from ..pipeline_registry import AUTOFOCUS_PIPELINE_REGISTRY, build_autofocus_pipeline
 from ..structures.image_stats import ImageStats
-from ..structures.scale_chain import ScaleChain
+from ..structures.scale_chain import ScaleChain, skipped_from_zooms
 from ..structures.views import View, area_downscale, crop_and_resize, instances_to_original, tile_views
 
 __all__ = ["AUTOFOCUS_PIPELINE_REGISTRY", "CoarseToFinePipeline", "build_autofocus_pipeline", "prepare_image"]
@@ -184,28 +184,29 @@ class CoarseToFinePipeline:
             for view in tile_views(image_index, scale, box, zoom, self.max_chip_side, self.tile_overlap)
         ]
 
-    def first_views(self, image_index: int, image_hw: Tuple[int, int]) -> List[View]:
-        """The views of scale 0: the whole image at its scale-0 size (tiled where too long)."""
+    def first_views(self, image_index: int, image_hw: Tuple[int, int], zoom: Optional[float] = None) -> List[View]:
+        """The views of scale 0: the whole image at its scale-0 size (tiled where too long);
+        ``zoom``: the image's scale-0 zoom where the caller has it (else asked of the chain)."""
         h, w = image_hw
-        out_hw = self.scale_chain.image_hw(image_hw, 0)
-        if max(out_hw) <= self.max_chip_side:
-            return [View(image_index, 0, (0, 0, w, h), out_hw)]
-        zoom = self.scale_chain.zoom(image_hw, 0)
-        return self.views_for_chips(image_index, 0, torch.tensor([[0, 0, w, h]]), zoom)
+        if zoom is None:
+            zoom = self.scale_chain.zoom(image_hw, 0)
+        return tile_views(image_index, 0, (0, 0, w, h), zoom, self.max_chip_side, self.tile_overlap)
 
-    def pyramid_views(self, image_hw: Tuple[int, int]) -> List[List[View]]:
-        """The views of the full pyramid: the whole image (tiled where too long) at every scale."""
-        whole = torch.tensor([[0, 0, image_hw[1], image_hw[0]]])
-        zooms = self.scale_chain.zooms(image_hw)
-        skipped = self.scale_chain.skipped_scales(image_hw)
-        return [self.first_views(0, image_hw)] + [
-            [] if k in skipped else self.views_for_chips(0, k, whole, zooms[k]) for k in range(1, len(zooms))
+    def pyramid_views(self, image_hw: Tuple[int, int], zooms: Optional[Sequence[float]] = None) -> List[List[View]]:
+        """The views of the full pyramid: the whole image (tiled where too long) at every scale;
+        ``zooms``: the image's zooms where the caller has them (else asked of the chain)."""
+        h, w = image_hw
+        zooms = self.scale_chain.zooms(image_hw) if zooms is None else list(zooms)
+        skipped = skipped_from_zooms(zooms)
+        return [
+            [] if k in skipped else tile_views(0, k, (0, 0, w, h), zooms[k], self.max_chip_side, self.tile_overlap)
+            for k in range(len(zooms))
         ]
 
-    def pyramid_pixels(self, image_hw: Tuple[int, int]) -> List[int]:
+    def pyramid_pixels(self, image_hw: Tuple[int, int], zooms: Optional[Sequence[float]] = None) -> List[int]:
         """Pixels the full pyramid (every configured scale on the whole image) processes, per scale
         (0 at a scale skipped for this image size, see :meth:`ScaleChain.skipped_scales`)."""
-        return [sum(v.pixels for v in views) for views in self.pyramid_views(image_hw)]
+        return [sum(v.pixels for v in views) for views in self.pyramid_views(image_hw, zooms)]
 
     # ------------------------------------------------------------------------------ running
     def run_views(
@@ -317,16 +318,19 @@ class CoarseToFinePipeline:
         sizes = [tuple(img.shape[-2:]) for img in images]
         # Ground truth (original frame) where an input carries it: the oracle policy's FocusPixels.
         gt_boxes = [input_gt_boxes(x, hw) for x, hw in zip(batched_inputs, sizes)]
+        # Per image, once: the zoom of every scale, the scales skipped at its size, the pyramid's pixels.
         zooms = [self.scale_chain.zooms(hw) for hw in sizes]
         num_scales = self.policy.num_scales(len(self.scale_chain))
-        skipped = [[k for k in self.scale_chain.skipped_scales(hw) if k < num_scales] for hw in sizes]
+        skipped = [[k for k in skipped_from_zooms(z) if k < num_scales] for z in zooms]
+        pyramid_pixels = [self.pyramid_pixels(hw, z) for hw, z in zip(sizes, zooms)]
         for i, hw in enumerate(sizes):
             if skipped[i]:
                 self.warn_skipped(hw, skipped[i][0], zooms[i])
         last_scale = [0] * len(sizes)  # per image, the finest scale processed so far
 
-        views_per_scale = [[v for i, hw in enumerate(sizes) for v in self.first_views(i, hw)]]
+        views_per_scale = [[v for i, hw in enumerate(sizes) for v in self.first_views(i, hw, zooms[i][0])]]
         dets_per_scale, maps_per_scale, focus_per_scale = [], [], []
+        views_of_image: List[List[List[int]]] = []  # per scale, per image: indices of its views
         for k in range(num_scales):
             views = views_per_scale[k]
             last = k + 1 == num_scales
@@ -338,13 +342,14 @@ class CoarseToFinePipeline:
                 maps_per_scale.append([None if m is None else m.cpu() for m in focus_maps])
             if last:
                 break
+            views_of_image.append(_split_by_image(views, len(sizes)))
             next_views = []
             for i, hw in enumerate(sizes):
                 if k + 1 in skipped[i]:
                     continue  # no finer than the image's last scale: no chips there
                 # Parents: the image's views at its finest processed scale (k unless k was skipped).
                 p = last_scale[i]
-                idx = [j for j, v in enumerate(views_per_scale[p]) if v.image_index == i]
+                idx = views_of_image[p][i]
                 chips = self.policy.chips(
                     next_scale=k + 1,
                     zoom=zooms[i][k + 1],
@@ -365,7 +370,8 @@ class CoarseToFinePipeline:
             outputs.append(
                 {
                     "instances": detector_postprocess(instances, height, width),
-                    "autofocus": replace(self.image_stats(i, hw, views_per_scale), skipped_scales=skipped[i]).to_dict(),
+                    "autofocus": replace(self.image_stats(i, hw, views_per_scale, pyramid_pixels[i]),
+                                         skipped_scales=skipped[i]).to_dict(),
                 }
             )
             if with_details:
@@ -438,9 +444,14 @@ class CoarseToFinePipeline:
         return result
 
     def image_stats(
-        self, image_index: int, image_hw: Tuple[int, int], views_per_scale: List[List[View]]
+        self,
+        image_index: int,
+        image_hw: Tuple[int, int],
+        views_per_scale: List[List[View]],
+        pyramid_pixels_per_scale: Optional[List[int]] = None,
     ) -> ImageStats:
-        """What the pipeline did for one image (all plain Python numbers)."""
+        """What the pipeline did for one image (all plain Python numbers); the pyramid's pixels per
+        scale are computed here unless given (:meth:`pyramid_pixels`)."""
         pixels, chips = defaultdict(int), defaultdict(list)
         for k, views in enumerate(views_per_scale):
             for v in views:
@@ -452,5 +463,15 @@ class CoarseToFinePipeline:
             pixels_per_scale=[pixels[k] for k in range(num)],
             chips_per_scale=[len(chips[k]) for k in range(num)],
             chip_boxes_per_scale=[chips[k] for k in range(num)],
-            pyramid_pixels_per_scale=self.pyramid_pixels(image_hw),
+            pyramid_pixels_per_scale=(
+                self.pyramid_pixels(image_hw) if pyramid_pixels_per_scale is None else pyramid_pixels_per_scale
+            ),
         )
+
+
+def _split_by_image(views: Sequence[View], num_images: int) -> List[List[int]]:
+    """Per image, the indices of its views in ``views``."""
+    out: List[List[int]] = [[] for _ in range(num_images)]
+    for j, v in enumerate(views):
+        out[v.image_index].append(j)
+    return out

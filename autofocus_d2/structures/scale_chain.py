@@ -17,7 +17,7 @@ from detectron2.config import configurable
 from ..config_checks import check_scale_chain
 from .views import zoomed_hw
 
-__all__ = ["ScaleChain", "scale_zoom"]
+__all__ = ["ScaleChain", "scale_zoom", "skipped_from_zooms"]
 
 
 def _round_half_up(x: float) -> int:
@@ -47,6 +47,18 @@ def scale_zoom(image_hw: Tuple[int, int], short: float, cap: float) -> float:
     if cap > 0:
         return cap / max(h, w)
     return 1.0
+
+
+def skipped_from_zooms(zooms: Sequence[float]) -> List[int]:
+    """The scales k >= 1 whose zoom is not above the zoom of the last scale before them that is not
+    skipped (:meth:`ScaleChain.skipped_scales` of an image whose zooms, scale 0 first, are ``zooms``)."""
+    skipped, last = [], zooms[0]
+    for k in range(1, len(zooms)):
+        if zooms[k] <= last * (1 + 1e-9):
+            skipped.append(k)
+        else:
+            last = zooms[k]
+    return skipped
 
 
 class ScaleChain:
@@ -90,14 +102,7 @@ class ScaleChain:
         e.g. scale 1 (-1, -1) after scale 0 (512, 768) on a 480 x 640 image (zooms 1.067, 1).
         The chain's check (:func:`check_scale_chain`) rejects chains where this holds for every
         image; the pipeline processes no chip at these scales for such images."""
-        zooms = self.zooms(image_hw)
-        skipped, last = [], zooms[0]
-        for k in range(1, len(zooms)):
-            if zooms[k] <= last * (1 + 1e-9):
-                skipped.append(k)
-            else:
-                last = zooms[k]
-        return skipped
+        return skipped_from_zooms(self.zooms(image_hw))
 
     def image_hw(self, image_hw: Tuple[int, int], scale: int) -> Tuple[int, int]:
         """Size (h, w) in pixels of the whole image at ``scale``."""

@@ -452,3 +452,25 @@ def test_after_a_skipped_scale_the_next_finer_one_takes_chips_from_the_last_proc
     assert stats["chip_boxes_per_scale"][2] == [[0, 0, 50, 40]]
     assert stats["pixels_per_scale"] == [40 * 50, 0, 80 * 100]
     assert boxes_by_class(out["instances"]) == {1: [10, 12, 18, 20]}
+
+
+def test_each_image_zooms_are_computed_once_per_call(planted_detector, paint_image, monkeypatch):
+    calls = []
+    original = ScaleChain.zooms
+
+    def counting(self, image_hw):
+        calls.append(tuple(image_hw))
+        return original(self, image_hw)
+
+    model = planted_detector()
+    images = [paint_image((800, 1200), [A, B, C]), paint_image((600, 900), [B])]
+    cfg = pipeline_cfg()
+    pipeline = build_autofocus_pipeline(cfg)
+    monkeypatch.setattr(ScaleChain, "zooms", counting)
+    with torch.no_grad():
+        outs = pipeline(model, [{"image": img} for img in images])
+    assert sorted(calls) == [(600, 900), (800, 1200)]
+    # the stats' pyramid (computed from those zooms) is what pyramid_pixels gives on its own
+    monkeypatch.setattr(ScaleChain, "zooms", original)
+    for out, img in zip(outs, images):
+        assert out["autofocus"]["pyramid_pixels_per_scale"] == pipeline.pyramid_pixels(tuple(img.shape[-2:]))
