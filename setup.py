@@ -20,7 +20,8 @@ setup(
     + ["autofocus_d2.model_zoo.configs"],
     package_dir={"autofocus_d2.model_zoo.configs": "configs"},
     package_data={
-        "autofocus_d2": ["model_zoo/*.json"],
+        # the manifest and the released reference checkpoints it names (relative urls)
+        "autofocus_d2": ["model_zoo/*.json", "model_zoo/released/*/*/*/*"],
         # yacs configs, and the LazyConfig .py configs with their shared parts (common/*/*.py).
         "autofocus_d2.model_zoo.configs": ["*.yaml", "*/*.yaml", "*/*.py", "*/*/*.py"],
     },

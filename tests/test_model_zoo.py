@@ -140,6 +140,8 @@ def test_installed_package_ships_the_configs(tmp_path):
                      if p.suffix in (".yaml", ".py") and not p.name.startswith("__"))
     assert shipped == model_zoo.list_configs()
     assert (build / "autofocus_d2/model_zoo/manifest.json").is_file()
+    for entry in model_zoo.load_manifest(zoo_impl.DEFAULT_MANIFEST).values():
+        assert (build / "autofocus_d2/model_zoo" / entry["url"]).is_file(), entry["url"]
 
     code = ("from autofocus_d2 import model_zoo; print(model_zoo.configs_dir()); "
             "print(model_zoo.get_config('COCO-Detection/autofocus_R_50_C4_1x.yaml').MODEL.ROI_HEADS.NAME)")
@@ -328,6 +330,26 @@ def test_malformed_manifest(tmp_path):
 def test_checked_in_manifest_is_valid():
     manifest = model_zoo.load_manifest(zoo_impl.DEFAULT_MANIFEST)
     assert all(name in model_zoo.list_configs() for name in manifest)
+    assert "Synthetic/autofocus_compact_fpn.yaml" in manifest  # the shipped reference model
+
+
+def test_shipped_reference_model_loads_on_a_fresh_checkout():
+    """model_zoo.get(..., trained=True) with the checked-in manifest: the shipped file (a relative
+    url, under the 5 MB limit for binaries) passes its sha256 and loads every parameter."""
+    name = "Synthetic/autofocus_compact_fpn.yaml"
+    entry = model_zoo.load_manifest(zoo_impl.DEFAULT_MANIFEST)[name]
+    path = model_zoo.get_checkpoint(name)
+    assert os.path.isfile(path) and os.path.getsize(path) < 5 * 1024 * 1024
+    with open(path, "rb") as f:
+        released = pickle.load(f, encoding="latin1")["model"]
+    floats = {str(v.dtype) for v in released.values() if v.dtype.kind == "f"}
+    assert floats == {"float16"}  # released with --half
+    model = model_zoo.get(name, trained=True, device="cpu")
+    state = model.state_dict()
+    assert set(released) <= set(state)
+    for k, v in released.items():
+        assert torch.equal(state[k], torch.from_numpy(v).to(state[k].dtype)), k
+    assert set(entry["metrics"]) >= {"AP", "AP_small", "pixel_ratio", "images_per_s"}
 
 
 def test_release_refuses_a_run_of_another_config(released, tmp_path):
