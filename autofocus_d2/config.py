@@ -168,7 +168,9 @@ def add_autofocus_config(cfg: CN) -> None:
     # Gaussian sigma of Soft-NMS (dimensionless, on IoU^2; paper code: 0.55).
     cfg.MODEL.AUTOFOCUS.SOFT_NMS_SIGMA = 0.55
     # Detections kept per image after the final merge (official code: 200; COCO's AP counts up to
-    # 100 per image *and category*, so more than 100 per image still score).
+    # 100 per image *and category*, so more than 100 per image still score). A larger
+    # TEST.DETECTIONS_PER_IMAGE (the dense-scene setting, docs/configuration.md) raises it: the merge
+    # keeps max(this, TEST.DETECTIONS_PER_IMAGE).
     cfg.MODEL.AUTOFOCUS.DETECTIONS_PER_IMAGE = 200
     # "grid" policy: square tile side, in pixels of the finer scale, and overlap ratio of tiles.
     cfg.MODEL.AUTOFOCUS.GRID_TILE_SIZE = 512

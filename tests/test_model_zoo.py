@@ -414,3 +414,27 @@ def test_verification_names_the_metrics_not_reproduced(released, monkeypatch):
 def test_schedule_names_follow_detectron2():
     assert rel.schedule_name(model_zoo.get_config("COCO-Detection/autofocus_R_50_FPN_1x.yaml")) == "1x"
     assert rel.schedule_name(model_zoo.get_config("COCO-Detection/autofocus_R_101_FPN_3x.yaml")) == "3x"
+
+
+def test_release_keeps_the_weights_record_and_half_stores_float16(released, tmp_path):
+    from autofocus_d2.checkpoint import AtomicCheckpointer, load_weights
+    from autofocus_d2.model_metadata import METADATA_KEY, model_metadata, read_model_metadata
+
+    train = released["root"] / "train"
+    cfg = model_zoo.get_config(NAME)
+    cfg.DATASETS.TEST = (DATASET,)
+    AtomicCheckpointer(released["model"], str(tmp_path), metadata=model_metadata(cfg)).save("with_record")
+    info = rel.release_checkpoint(str(train), NAME, str(tmp_path / "release"),
+                                  checkpoint=str(tmp_path / "with_record.pth"), half=True)
+    with open(info.checkpoint, "rb") as f:
+        data = pickle.load(f)
+    assert data[METADATA_KEY] == read_model_metadata(str(tmp_path / "with_record.pth"))
+    assert read_model_metadata(info.checkpoint)["num_classes"] == cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    state = released["model"].state_dict()
+    floats = [k for k, v in state.items() if v.dtype == torch.float32]
+    assert floats and all(data["model"][k].dtype == np.float16 for k in floats)
+    assert os.path.getsize(info.checkpoint) < 0.55 * os.path.getsize(released["info"].checkpoint)
+    model = build_model(model_zoo.get_config(NAME))
+    load_weights(model, info.checkpoint)  # float16 loads into the float32 model
+    for k in floats:
+        assert torch.equal(model.state_dict()[k], state[k].half().float()), k

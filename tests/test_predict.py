@@ -195,13 +195,15 @@ def test_outputs_resume_and_fingerprint(image_folder, weights, tmp_path):
     assert outputs_of(out) == first
 
     # Another config: every output redone, with the new fingerprint.
-    summary = predict(options([image_folder], out, weights, "MODEL.AUTOFOCUS.DETECTIONS_PER_IMAGE", 5))
+    summary = predict(options([image_folder], out, weights, "MODEL.AUTOFOCUS.DETECTIONS_PER_IMAGE", 5,
+                              "TEST.DETECTIONS_PER_IMAGE", 5))
     assert (summary["predicted"], summary["skipped_complete"]) == (4, 0)
     redone = {k: json.loads(v) for k, v in outputs_of(out).items()}
     assert {r["fingerprint"] for r in redone.values()} == {summary["fingerprint"]} != {record["fingerprint"]}
     assert all(len(r["instances"]) <= 5 for r in redone.values())
     # --overwrite redoes complete outputs too.
     summary = predict(options([image_folder], out, weights, "MODEL.AUTOFOCUS.DETECTIONS_PER_IMAGE", 5,
+                              "TEST.DETECTIONS_PER_IMAGE", 5,
                               overwrite=True))
     assert (summary["predicted"], summary["skipped_complete"]) == (4, 0)
 

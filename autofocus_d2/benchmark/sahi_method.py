@@ -242,7 +242,7 @@ def sahi_method(model, cfg, name: str = "sahi") -> Callable:
     confidence = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
     sahi_model = AutoFocusSahiModel(cfg, model=model, confidence_threshold=confidence)
     pipeline = build_autofocus_pipeline(cfg)
-    max_det = cfg.MODEL.AUTOFOCUS.DETECTIONS_PER_IMAGE
+    max_det = pipeline.detections_per_image  # the final cap of every row (detection_cap.py)
 
     def predict(x):
         image = x["image"].permute(1, 2, 0).numpy()  # HWC, in the model's INPUT.FORMAT
