@@ -10,6 +10,7 @@ is refused up front, several CPU processes train too (see autofocus_d2.utils.dis
 checkpoints are atomic, with weights that must fit unless --finetune (autofocus_d2.checkpoint).
 """
 import logging
+import os
 
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import (
@@ -23,6 +24,7 @@ from detectron2.engine import (
 )
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import autofocus_d2  # noqa: F401  (registers the model, heads and datasets)
 from autofocus_d2.checkpoint import AtomicCheckpointer, add_finetune_argument
@@ -89,12 +91,21 @@ def main(args):
     cfg = LazyConfig.load(args.config_file)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
     default_setup(cfg, args)
+    # The plugin's own log (the efficiency table, dataset checks), as train_net.py shows it.
+    setup_logger(output=cfg.train.output_dir, distributed_rank=comm.get_rank(), name="autofocus_d2")
+    train_names = cfg.dataloader.train.get("dataset", {}).get("names") if not args.eval_only else None
+    if train_names and "roi_heads" in cfg.model:  # own training data: the class count must match
+        train_names = [train_names] if isinstance(train_names, str) else list(train_names)
+        check_num_classes(cfg.model.roi_heads.num_classes, "model.roi_heads.num_classes", train_names)
     if "evaluator" in cfg.dataloader:  # the test set checked before the model and the first iteration
         names = cfg.dataloader.test.dataset.names
         names = [names] if isinstance(names, str) else list(names)
         if "roi_heads" in cfg.model:
             check_num_classes(cfg.model.roi_heads.num_classes, "model.roi_heads.num_classes", names)
         check_evaluable(names)
+        if cfg.dataloader.evaluator.get("output_dir") is None:
+            # As train_net.py: the COCO results (coco_instances_results.json) under the output folder.
+            cfg.dataloader.evaluator.output_dir = os.path.join(cfg.train.output_dir, "inference", "_".join(names))
     if args.eval_only:
         model = instantiate(cfg.model)
         model.to(cfg.train.device)

@@ -412,24 +412,33 @@ class SNIPERDatasetMapper:
         }
 
 
-def build_sniper_train_loader(cfg: CfgNode, mapper=None):
+def build_sniper_train_loader(cfg: CfgNode, mapper=None, dataset: Optional[List[Dict]] = None):
     """
     Detectron2's ``build_detection_train_loader`` over the SNIPER chip records of
     ``cfg.DATASETS.TRAIN`` (negatives from ``INPUT.SNIPER.NEGATIVE_CHIPS_FILE`` when set),
     with ``mapper`` (default :class:`SNIPERDatasetMapper`) and :class:`ChipEpochSampler`.
+
+    Args:
+        dataset: the training images (Detectron2 dataset dicts, e.g. LazyConfig's
+            ``dataloader.train.dataset = L(get_detection_dataset_dicts)(names=...)``) instead of
+            ``cfg.DATASETS.TRAIN``; the chip settings still come from ``cfg``.
     """
     validate_sniper_config(cfg)
     require_ignore_support(cfg)
-    dataset_dicts = get_detection_dataset_dicts(
-        cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
-    )
+    if dataset is None:
+        dataset_dicts = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
+        source = cfg.DATASETS.TRAIN
+    else:
+        dataset_dicts, source = list(dataset), "dataloader.train.dataset"
     negatives = None
     if cfg.INPUT.SNIPER.NEGATIVE_CHIPS_FILE:
         negatives = load_negative_chips(cfg.INPUT.SNIPER.NEGATIVE_CHIPS_FILE, sniper_training_scales(cfg))
     records, num_positive = sniper_chip_records(cfg, dataset_dicts, negative_chips=negatives)
     if num_positive == 0:
         raise ValueError(
-            f"no positive SNIPER chip in {cfg.DATASETS.TRAIN}: no box lies in the valid range "
+            f"no positive SNIPER chip in {source}: no box lies in the valid range "
             f"of any training scale (INPUT.SNIPER.VALID_RANGES = {sniper_valid_ranges(cfg)})"
         )
     sampler = ChipEpochSampler(num_positive, len(records) - num_positive,

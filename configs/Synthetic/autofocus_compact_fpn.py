@@ -47,6 +47,7 @@ model.pipeline.proposals_per_mpix = 500.0
 model.pipeline.min_proposals = 100
 
 dataloader.train.cfg.config_file.name = "Synthetic/autofocus_compact_fpn.yaml"
+dataloader.train.dataset.names = "autofocus_synth_train"
 dataloader.test.dataset.names = "autofocus_synth_val"
 dataloader.test.num_workers = 2
 

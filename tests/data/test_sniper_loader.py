@@ -296,6 +296,20 @@ def test_build_sniper_train_loader_yields_chip_batches(tiny_dataset, tmp_path):
         assert d["sniper_scale"] in (0, 1)
 
 
+def test_build_sniper_train_loader_takes_the_dataset_given_instead_of_datasets_train(tiny_dataset):
+    """LazyConfig's ``dataloader.train.dataset``: those images are cut into chips, not
+    DATASETS.TRAIN's."""
+    dicts = DatasetCatalog.get(tiny_dataset)
+    cfg = _loader_cfg("no_such_dataset_registered")  # DATASETS.TRAIN not read when a dataset is given
+    one = [dicts[0]]
+    loader = build_sniper_train_loader(cfg, dataset=one)
+    batch = next(iter(loader))
+    assert {d["image_id"] for d in batch} == {dicts[0]["image_id"]}
+    with pytest.raises(ValueError, match="no positive SNIPER chip in dataloader.train.dataset"):
+        build_sniper_train_loader(_loader_cfg(tiny_dataset, VALID_RANGES=[[500, -1], [500, -1]]),
+                                  dataset=one)
+
+
 def test_negative_chips_file_errors(tiny_dataset, tmp_path):
     missing = str(tmp_path / "missing.json")
     with pytest.raises(FileNotFoundError, match="INPUT.SNIPER.NEGATIVE_CHIPS_FILE"):

@@ -1,7 +1,8 @@
 # LazyConfig data of the AutoFocus Python configs. Training: SNIPER chips through Detectron2's own
-# build_detection_train_loader; the chip sampler reads its INPUT.SNIPER / DATASETS / SOLVER keys from
-# the yaml named by ``dataloader.train.cfg.config_file`` (overridable with ``...cfg.opts``), the one
-# place those settings live. Test: original images (AutoFocus resizes on the device), COCO AP.
+# build_detection_train_loader over ``dataloader.train.dataset`` (Detectron2's usual
+# ``dataloader.train.dataset.names=...`` override); the chip sampler reads its INPUT.SNIPER / SOLVER
+# keys from the yaml named by ``dataloader.train.cfg.config_file`` (overridable with ``...cfg.opts``),
+# the one place those settings live. Test: original images (AutoFocus resizes on the device), COCO AP.
 from detectron2.config import LazyCall as L
 from detectron2.data import DatasetMapper, build_detection_test_loader, get_detection_dataset_dicts
 from omegaconf import OmegaConf
@@ -15,7 +16,9 @@ dataloader = OmegaConf.create()
 dataloader.train = L(build_sniper_train_loader)(
     cfg=L(load_autofocus_config)(
         config_file=L(get_config_file)(name="COCO-Detection/autofocus_R_50_FPN_1x.yaml"), opts=[]
-    )
+    ),
+    # The training images (instead of the yaml's DATASETS.TRAIN), as in Detectron2's LazyConfigs.
+    dataset=L(get_detection_dataset_dicts)(names="coco_2017_train", filter_empty=True),
 )
 dataloader.test = L(build_detection_test_loader)(
     dataset=L(get_detection_dataset_dicts)(names="coco_2017_val", filter_empty=False),
