@@ -11,7 +11,7 @@ from detectron2.structures import ImageList, Instances
 from torch import nn
 
 from ..config import validate_autofocus_config
-from .focus_detector import FocusDetectorMixin, focus_zoom_steps, split_focus_arguments
+from .focus_detector import FocusDetectorMixin, split_focus_arguments
 from .sniper_heads import require_ignore_support
 
 __all__ = ["AutoFocusRCNN"]
@@ -135,29 +135,10 @@ class AutoFocusRCNN(FocusDetectorMixin, GeneralizedRCNN):
             return self.pipeline(self, batched_inputs)
         if self.focus_train_only:
             return self.focus_only_losses(batched_inputs)
-        images = self.preprocess_image(batched_inputs)
-        if "instances" not in batched_inputs[0]:
-            raise ValueError("AutoFocusRCNN training needs 'instances' (ground truth) in every input")
-        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
-        if any(inst.has("gt_ignore") for inst in gt_instances):
+        if any(x.get("instances") is not None and x["instances"].has("gt_ignore") for x in batched_inputs):
             _require_ignore_support(self.proposal_generator, "MODEL.PROPOSAL_GENERATOR.NAME")
             _require_ignore_support(self.roi_heads, "MODEL.ROI_HEADS.NAME")
-        features = self.backbone(images.tensor)
-
-        if self.proposal_generator is not None:
-            proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
-        else:
-            proposals = [x["proposals"].to(self.device) for x in batched_inputs]
-            proposal_losses = {}
-        _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
-
-        losses = {}
-        losses.update(detector_losses)
-        losses.update(proposal_losses)
-        losses["loss_focus"] = self.focus_loss_weight * self.focus_losses(
-            features, gt_instances, images.image_sizes, focus_zoom_steps(batched_inputs)
-        )
-        return losses
+        return self.with_focus_loss(super().forward, batched_inputs)
 
     def _proposal_budget(self, max_proposals: Optional[int]):
         if max_proposals is None:

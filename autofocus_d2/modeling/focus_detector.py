@@ -1,8 +1,9 @@
 """What every AutoFocus meta-architecture shares: the FocusPixel head on one backbone feature, its
 training loss, the pipeline's interface (:class:`autofocus_d2.inference.FocusDetector`), and
 retrofitting (training only the head on a trained detector, MODEL.FOCUS_HEAD.TRAIN_ONLY)."""
+import contextlib
 import logging
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.layers import ShapeSpec
@@ -182,6 +183,27 @@ class FocusDetectorMixin:
         loss = self.focus_losses(features, gt_instances, images.image_sizes, focus_zoom_steps(batched_inputs))
         return {"loss_focus": self.focus_loss_weight * loss}
 
+    def with_focus_loss(
+        self, detector_forward: Callable[[List[Dict[str, Any]]], Dict[str, torch.Tensor]],
+        batched_inputs: List[Dict[str, Any]],
+    ) -> Dict[str, torch.Tensor]:
+        """Training: the losses of ``detector_forward`` (the Detectron2 meta-architecture's own
+        training ``forward``, e.g. ``super().forward``) plus ``loss_focus`` on the backbone features
+        that pass computed (caught by a forward hook on ``self.backbone``, so the backbone runs once
+        and everything Detectron2's forward does, ``vis_period`` included, is kept)."""
+        if any("instances" not in x for x in batched_inputs):
+            raise ValueError(f"{type(self).__name__} training needs 'instances' (ground truth) in every input")
+        with _backbone_outputs(self.backbone) as outputs:
+            losses = detector_forward(batched_inputs)
+        if len(outputs) != 1:
+            raise RuntimeError(f"the detector's training forward ran the backbone {len(outputs)} times; expected once")
+        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        image_sizes = [tuple(x["image"].shape[-2:]) for x in batched_inputs]  # as preprocess_image's
+        losses["loss_focus"] = self.focus_loss_weight * self.focus_losses(
+            outputs[0], gt_instances, image_sizes, focus_zoom_steps(batched_inputs)
+        )
+        return losses
+
     def focus_losses(
         self,
         features: Dict[str, torch.Tensor],
@@ -213,6 +235,17 @@ class FocusDetectorMixin:
                 )
             )
         return focus_pixel_loss(logits, targets)
+
+
+@contextlib.contextmanager
+def _backbone_outputs(backbone: nn.Module):
+    """Collect the outputs of every ``backbone`` call made inside the block (a forward hook)."""
+    outputs: List[Dict[str, torch.Tensor]] = []
+    handle = backbone.register_forward_hook(lambda _module, _inputs, output: outputs.append(output))
+    try:
+        yield outputs
+    finally:
+        handle.remove()
 
 
 def focus_zoom_steps(batched_inputs: List[Dict[str, Any]]) -> List[float]:
