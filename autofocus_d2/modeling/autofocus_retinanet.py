@@ -16,6 +16,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
 from ..config import validate_autofocus_config
+from ..config_checks import check_ignore_iou
 from .focus_detector import FocusDetectorMixin, split_focus_arguments
 from .sniper_heads import ignored_overlap_mask, split_ignored
 
@@ -84,9 +85,7 @@ class AutoFocusRetinaNet(FocusDetectorMixin, RetinaNet):
         """
         focus = split_focus_arguments(kwargs)
         super().__init__(**kwargs)
-        if not 0.0 < ignore_iou <= 1.0:
-            raise ValueError(f"Invalid MODEL.SNIPER.IGNORE_IOU: must be in (0, 1], got {ignore_iou}")
-        self.ignore_iou = float(ignore_iou)
+        self.ignore_iou = check_ignore_iou(ignore_iou)
         self.init_focus(**focus)
 
     @classmethod

@@ -10,7 +10,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.structures import ImageList, Instances
 from torch import nn
 
-from ..config_checks import check, check_at_least, check_focus_label_range
+from ..config_checks import check, check_at_least, check_choice, check_focus_label_range
 from ..inference.pipeline import build_autofocus_pipeline
 from .focus_head import build_focus_head, focus_pixel_loss, resolve_focus_feature
 from .focus_labels import focus_pixel_targets
@@ -89,8 +89,9 @@ class FocusDetectorMixin:
         """
         check_at_least(focus_loss_weight, 0, "focus_loss_weight")
         check_focus_label_range(focus_small_range, focus_ignore_max, "focus_small_range", "focus_ignore_max")
-        check(not focus_train_only or focus_loss_weight > 0, "focus_loss_weight",
-              "is 0 while focus_train_only is on: nothing would be trained")
+        check_choice(focus_train_only, (True, False), "MODEL.FOCUS_HEAD.TRAIN_ONLY (focus_train_only)")
+        check(not focus_train_only or focus_loss_weight > 0, "MODEL.FOCUS_HEAD.LOSS_WEIGHT (focus_loss_weight)",
+              "is 0 while MODEL.FOCUS_HEAD.TRAIN_ONLY (focus_train_only) is on: nothing would be trained")
         check(focus_in_feature in self.backbone.output_shape(), "focus_in_feature",
               f"{focus_in_feature!r} is not a backbone output; the backbone produces "
               f"{sorted(self.backbone.output_shape())}")
@@ -257,10 +258,8 @@ def focus_zoom_steps(batched_inputs: List[Dict[str, Any]]) -> List[float]:
 def _retrofit_switch(cfg) -> bool:
     """MODEL.FOCUS_HEAD.TRAIN_ONLY. Empty MODEL.WEIGHTS is allowed (tests and smoke runs train the
     head on a random detector) but logged, since a retrofit of random weights is rarely meant."""
-    train_only = cfg.MODEL.FOCUS_HEAD.TRAIN_ONLY
-    if not isinstance(train_only, bool):
-        raise ValueError(f"Invalid config MODEL.FOCUS_HEAD.TRAIN_ONLY: must be True or False, got {train_only!r}")
-    if train_only and not cfg.MODEL.WEIGHTS:
+    train_only = cfg.MODEL.FOCUS_HEAD.TRAIN_ONLY  # checked by init_focus
+    if train_only is True and not cfg.MODEL.WEIGHTS:
         logger.warning(
             "MODEL.FOCUS_HEAD.TRAIN_ONLY is on but MODEL.WEIGHTS is empty: only the FocusPixel head "
             "trains, on a detector frozen at its random initialization"

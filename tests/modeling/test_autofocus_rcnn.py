@@ -88,6 +88,7 @@ def test_focus_loss_weight_scales_the_loss():
         ("MODEL.AUTOFOCUS.VALID_RANGES", [[0.0, -1.0]], "MODEL.AUTOFOCUS.VALID_RANGES"),
         ("MODEL.AUTOFOCUS.FOCUS_THRESHOLD", [0.5, 0.5, 0.5], "MODEL.AUTOFOCUS.FOCUS_THRESHOLD"),
         ("MODEL.AUTOFOCUS.NMS_METHOD", "greedy", "MODEL.AUTOFOCUS.NMS_METHOD"),
+        ("MODEL.SNIPER.IGNORE_IOU", 0.0, "MODEL.SNIPER.IGNORE_IOU"),
     ],
 )
 def test_bad_config_values_name_the_key(key, value, match):
@@ -104,7 +105,6 @@ def test_bad_config_values_name_the_key(key, value, match):
         ("INPUT.SNIPER.SCALES", [[800, 512]], "INPUT.SNIPER.SCALES"),
         ("INPUT.SNIPER.CHIP_STRIDE", 0, "INPUT.SNIPER.CHIP_STRIDE"),
         ("INPUT.SNIPER.NEGATIVES_PER_EPOCH", -0.5, "INPUT.SNIPER.NEGATIVES_PER_EPOCH"),
-        ("MODEL.SNIPER.IGNORE_IOU", 0.0, "MODEL.SNIPER.IGNORE_IOU"),
     ],
 )
 def test_bad_sniper_values_name_the_key_when_the_training_loader_is_built(key, value, match):
@@ -202,3 +202,14 @@ def test_training_losses_are_generalized_rcnns_plus_the_focus_loss():
     gt = [x["instances"] for x in inputs]
     focus = model.focus_loss_weight * model.focus_losses(features, gt, images.image_sizes)
     assert torch.allclose(losses["loss_focus"], focus)
+
+
+def test_python_construction_for_sniper_chips_checks_the_heads():
+    cfg = compact_fpn_cfg()
+    cfg.INPUT.SNIPER.ENABLED = False
+    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    args = AutoFocusRCNN.from_config(cfg)
+    assert args["sniper_training"] is False
+    AutoFocusRCNN(**args)  # whole-image training: stock heads are fine
+    with pytest.raises(ValueError, match="MODEL.ROI_HEADS.NAME builds StandardROIHeads"):
+        AutoFocusRCNN(**{**AutoFocusRCNN.from_config(cfg), "sniper_training": True})
