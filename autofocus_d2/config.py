@@ -316,8 +316,9 @@ def validate_autofocus_config(cfg: CN) -> None:
     The rules are those of :mod:`autofocus_d2.config_checks`, which the constructors of the
     pipeline, the chip policies, the scale chain and the focus settings also apply to their
     arguments (LazyConfig and plain Python); here they run first, with the yacs keys in the message.
-    Checks that need the backbone (the head's input feature) are done where the head is built; the
-    SNIPER training keys (:func:`validate_sniper_config`) where the training chips are built, so an
+    Checks that need the backbone (the head's input feature), MODEL.FOCUS_HEAD.TRAIN_ONLY and its
+    LOSS_WEIGHT rule are done where the model is built (``FocusDetectorMixin.init_focus``), and
+    MODEL.SNIPER.IGNORE_IOU where the SNIPER heads are; the SNIPER training keys (:func:`validate_sniper_config`) where the training chips are built, so an
     inference-only change of the scale chain does not trip over training settings.
     """
     head, af = cfg.MODEL.FOCUS_HEAD, cfg.MODEL.AUTOFOCUS
@@ -327,9 +328,6 @@ def validate_autofocus_config(cfg: CN) -> None:
     check_at_least(head.CONV_DIM, 1, "MODEL.FOCUS_HEAD.CONV_DIM", integer=True)
     check_choice(head.IGNORED_BOX_LABELS, ("size", "ignore"), "MODEL.FOCUS_HEAD.IGNORED_BOX_LABELS")
     check_at_least(head.LOSS_WEIGHT, 0, "MODEL.FOCUS_HEAD.LOSS_WEIGHT")
-    check_choice(head.TRAIN_ONLY, (True, False), "MODEL.FOCUS_HEAD.TRAIN_ONLY")
-    check(not head.TRAIN_ONLY or head.LOSS_WEIGHT > 0, "MODEL.FOCUS_HEAD.LOSS_WEIGHT",
-          "is 0 while MODEL.FOCUS_HEAD.TRAIN_ONLY is on: nothing would be trained")
 
     check_scale_chain(af.SCALES, "MODEL.AUTOFOCUS.SCALES")
     n = len(af.SCALES) - 1
@@ -385,8 +383,6 @@ def validate_sniper_config(cfg: CN) -> None:
           f"must be >= 1, got {sn.NEGATIVE_MIN_PROPOSALS}")
     check(sn.NEGATIVE_PROPOSALS_PER_IMAGE >= 1, "INPUT.SNIPER.NEGATIVE_PROPOSALS_PER_IMAGE",
           f"must be >= 1, got {sn.NEGATIVE_PROPOSALS_PER_IMAGE}")
-    check(0.0 < cfg.MODEL.SNIPER.IGNORE_IOU <= 1.0, "MODEL.SNIPER.IGNORE_IOU",
-          f"must be in (0, 1], got {cfg.MODEL.SNIPER.IGNORE_IOU}")
 
 
 def sniper_training_scales(cfg: CN) -> List[List[float]]:

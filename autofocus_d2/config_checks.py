@@ -27,6 +27,7 @@ __all__ = [
     "check_choice",
     "check_focus_label_range",
     "check_tiling",
+    "check_ignore_iou",
 ]
 
 
@@ -124,6 +125,12 @@ def check_in_range(value, lo: float, hi: float, name: str, *, lo_open: bool = Fa
         value < hi if hi_open else value <= hi)
     interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
     check(ok, name, f"must be in {interval}, got {value!r}")
+
+
+def check_ignore_iou(ignore_iou: float, name: str = "MODEL.SNIPER.IGNORE_IOU (ignore_iou)") -> float:
+    """SNIPER's IoU with an ignored box above which an anchor or proposal gives no loss: in (0, 1]."""
+    check(_is_number(ignore_iou) and 0.0 < ignore_iou <= 1.0, name, f"must be in (0, 1], got {ignore_iou!r}")
+    return float(ignore_iou)
 
 
 def check_choice(value, choices: Sequence, name: str) -> None:

@@ -28,7 +28,6 @@ from detectron2.utils.file_io import PathManager
 
 from ..config import DEFAULT_MAX_IMAGE_MPIX, sniper_training_scales, sniper_valid_ranges, validate_sniper_config
 from ..structures.scale_chain import ScaleChain
-from ..modeling.sniper_heads import require_ignore_support
 from ..utils.image_io import read_image
 from .chip_sampler import ChipEpochSampler
 from ..structures.focus_labels import focus_size_range
@@ -100,7 +99,18 @@ def check_negative_chips(content: Any, scales: Sequence[Sequence[float]], source
 
 def load_negative_chips(path: str, scales: Sequence[Sequence[float]]) -> Dict[str, Any]:
     """Read and check a negative-chips json (the ``INPUT.SNIPER.NEGATIVE_CHIPS_FILE``)."""
-    source = f"{_FILE_KEY} = {path!r}"
+    content = _read_negative_chips(path)
+    check_negative_chips(content, scales, _negative_chips_source(path))
+    return content
+
+
+def _negative_chips_source(path: str) -> str:
+    return f"{_FILE_KEY} = {path!r}"
+
+
+def _read_negative_chips(path: str) -> Any:
+    """The json content of a negative-chips file, unchecked (:func:`sniper_chip_records` checks it)."""
+    source = _negative_chips_source(path)
     if not PathManager.exists(path):
         raise FileNotFoundError(
             f"{source} does not exist; write it with tools/mine_negative_chips.py or set "
@@ -111,13 +121,14 @@ def load_negative_chips(path: str, scales: Sequence[Sequence[float]]) -> Dict[st
             content = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{source} is not valid json: {e}") from None
-    check_negative_chips(content, scales, source)
     return content
 
 
 def _records_from_config(cfg: CfgNode, dataset_dicts, negative_chips=None):
     head = cfg.MODEL.FOCUS_HEAD
+    path = cfg.INPUT.SNIPER.NEGATIVE_CHIPS_FILE
     return {
+        "negative_chips_source": _negative_chips_source(path) if path else "negative_chips",
         "dataset_dicts": dataset_dicts,
         "scales": sniper_training_scales(cfg),
         "valid_ranges": sniper_valid_ranges(cfg),
@@ -165,6 +176,7 @@ def sniper_chip_records(
     chip_stride: int = 32,
     negative_chips: Optional[Dict[str, Any]] = None,
     focus_range: Optional[Tuple[Sequence[float], str]] = None,
+    negative_chips_source: str = "negative_chips",
 ) -> Tuple[List[Dict[str, Any]], int]:
     """
     Expand Detectron2 dataset dicts into SNIPER chip records: for every image and training scale
@@ -181,7 +193,10 @@ def sniper_chip_records(
         scales: training scales, ``[short, cap]`` pairs (see ``ScaleChain``).
         valid_ranges: one ``[lo, hi]`` per scale, original pixels, -1 = no limit.
         chip_size, chip_stride: in pixels of the training scale.
-        negative_chips: the content of a negative-chips json (:func:`load_negative_chips`).
+        negative_chips: the content of a negative-chips json, checked here
+            (:func:`check_negative_chips`; the one check on the training path).
+        negative_chips_source: what ``negative_chips`` came from, named in its errors (from a
+            config: the INPUT.SNIPER.NEGATIVE_CHIPS_FILE key and path).
         focus_range: (SMALL_RANGE, SMALL_MIN_FRAME) of the FocusPixel labels, or None. When given,
             at every scale but the last, the FocusPixel objects (:func:`focus_objects`) that no
             positive chip holds get chips of their own (greedy cover as for valid boxes; the
@@ -196,7 +211,7 @@ def sniper_chip_records(
     if len(valid_ranges) != len(chain):
         raise ValueError(f"{len(valid_ranges)} valid ranges for {len(chain)} training scales")
     if negative_chips is not None:
-        check_negative_chips(negative_chips, chain.scales, "negative_chips")
+        check_negative_chips(negative_chips, chain.scales, negative_chips_source)
     positives: List[Dict[str, Any]] = []
     negatives: List[Dict[str, Any]] = []
     per_scale = [0] * len(chain)
@@ -423,8 +438,7 @@ def build_sniper_train_loader(cfg: CfgNode, mapper=None, dataset: Optional[List[
             ``dataloader.train.dataset = L(get_detection_dataset_dicts)(names=...)``) instead of
             ``cfg.DATASETS.TRAIN``; the chip settings still come from ``cfg``.
     """
-    validate_sniper_config(cfg)
-    require_ignore_support(cfg)
+    validate_sniper_config(cfg)  # the heads' support of ignored boxes: AutoFocusRCNN checks it when built
     if dataset is None:
         dataset_dicts = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
@@ -434,7 +448,7 @@ def build_sniper_train_loader(cfg: CfgNode, mapper=None, dataset: Optional[List[
         dataset_dicts, source = list(dataset), "dataloader.train.dataset"
     negatives = None
     if cfg.INPUT.SNIPER.NEGATIVE_CHIPS_FILE:
-        negatives = load_negative_chips(cfg.INPUT.SNIPER.NEGATIVE_CHIPS_FILE, sniper_training_scales(cfg))
+        negatives = _read_negative_chips(cfg.INPUT.SNIPER.NEGATIVE_CHIPS_FILE)  # checked by sniper_chip_records
     records, num_positive = sniper_chip_records(cfg, dataset_dicts, negative_chips=negatives)
     if num_positive == 0:
         raise ValueError(

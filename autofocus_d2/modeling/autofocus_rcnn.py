@@ -11,7 +11,7 @@ from detectron2.structures import ImageList, Instances
 from torch import nn
 
 from ..config import validate_autofocus_config
-from .focus_detector import FocusDetectorMixin, focus_zoom_steps, split_focus_arguments
+from .focus_detector import FocusDetectorMixin, split_focus_arguments
 from .sniper_heads import require_ignore_support
 
 __all__ = ["AutoFocusRCNN"]
@@ -65,17 +65,6 @@ def _raw_box_outputs(roi_heads: nn.Module, score_thresh: float):
             p.test_score_thresh, p.test_nms_thresh, p.test_topk_per_image = values
 
 
-def _require_ignore_support(module: Optional[nn.Module], key: str) -> None:
-    """SNIPER chips carry ignored ground truth (``gt_ignore``); stock Detectron2 heads would train
-    it as objects. Raise unless ``module`` declares ``supports_ignored_boxes``."""
-    if module is not None and not getattr(module, "supports_ignored_boxes", False):
-        raise ValueError(
-            f"SNIPER chip training (INPUT.SNIPER.ENABLED) gives ignored boxes; {key} builds "
-            f"{type(module).__name__}, which would train them as objects. Use an ignore-aware variant "
-            "(SNIPERRPN, SNIPERStandardROIHeads, SNIPERRes5ROIHeads) or set INPUT.SNIPER.ENABLED False"
-        )
-
-
 @META_ARCH_REGISTRY.register()
 class AutoFocusRCNN(FocusDetectorMixin, GeneralizedRCNN):
     """
@@ -91,15 +80,20 @@ class AutoFocusRCNN(FocusDetectorMixin, GeneralizedRCNN):
     """
 
     @configurable
-    def __init__(self, **kwargs):
+    def __init__(self, *, sniper_training: bool = False, **kwargs):
         """
         Args:
+            sniper_training: the model trains on SNIPER chips (INPUT.SNIPER.ENABLED), whose ground
+                truth has ignored boxes: the proposal generator and ROI heads must be ignore-aware
+                (:func:`require_ignore_support`, checked here).
             kwargs: the arguments of :meth:`FocusDetectorMixin.init_focus` (``focus_head``,
                 ``focus_in_feature``, ..., ``pipeline``, ``focus_train_only``) and of
                 :class:`GeneralizedRCNN`.
         """
         focus = split_focus_arguments(kwargs)
         super().__init__(**kwargs)
+        if sniper_training:
+            require_ignore_support(self.proposal_generator, self.roi_heads)
         self.init_focus(**focus)
 
     @classmethod
@@ -109,8 +103,6 @@ class AutoFocusRCNN(FocusDetectorMixin, GeneralizedRCNN):
         shapes = backbone.output_shape()
         proposal_generator = build_proposal_generator(cfg, shapes)
         roi_heads = build_roi_heads(cfg, shapes)
-        if cfg.INPUT.SNIPER.ENABLED:
-            require_ignore_support(cfg)
         if cfg.MODEL.AUTOFOCUS.VIEW_DETECTIONS == "raw":
             _box_predictors(roi_heads)  # fails now, naming the key, rather than at the first eval
         return {
@@ -121,6 +113,7 @@ class AutoFocusRCNN(FocusDetectorMixin, GeneralizedRCNN):
             "vis_period": cfg.VIS_PERIOD,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
+            "sniper_training": cfg.INPUT.SNIPER.ENABLED,
             **cls.focus_config(cfg, shapes),
         }
 
@@ -135,29 +128,7 @@ class AutoFocusRCNN(FocusDetectorMixin, GeneralizedRCNN):
             return self.pipeline(self, batched_inputs)
         if self.focus_train_only:
             return self.focus_only_losses(batched_inputs)
-        images = self.preprocess_image(batched_inputs)
-        if "instances" not in batched_inputs[0]:
-            raise ValueError("AutoFocusRCNN training needs 'instances' (ground truth) in every input")
-        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
-        if any(inst.has("gt_ignore") for inst in gt_instances):
-            _require_ignore_support(self.proposal_generator, "MODEL.PROPOSAL_GENERATOR.NAME")
-            _require_ignore_support(self.roi_heads, "MODEL.ROI_HEADS.NAME")
-        features = self.backbone(images.tensor)
-
-        if self.proposal_generator is not None:
-            proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
-        else:
-            proposals = [x["proposals"].to(self.device) for x in batched_inputs]
-            proposal_losses = {}
-        _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
-
-        losses = {}
-        losses.update(detector_losses)
-        losses.update(proposal_losses)
-        losses["loss_focus"] = self.focus_loss_weight * self.focus_losses(
-            features, gt_instances, images.image_sizes, focus_zoom_steps(batched_inputs)
-        )
-        return losses
+        return self.with_focus_loss(super().forward, batched_inputs)
 
     def _proposal_budget(self, max_proposals: Optional[int]):
         if max_proposals is None:

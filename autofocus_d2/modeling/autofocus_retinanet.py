@@ -16,7 +16,8 @@ from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
 from ..config import validate_autofocus_config
-from .focus_detector import FocusDetectorMixin, focus_zoom_steps, split_focus_arguments
+from ..config_checks import check_ignore_iou
+from .focus_detector import FocusDetectorMixin, split_focus_arguments
 from .sniper_heads import ignored_overlap_mask, split_ignored
 
 __all__ = ["AutoFocusRetinaNet", "raw_dense_outputs"]
@@ -84,9 +85,7 @@ class AutoFocusRetinaNet(FocusDetectorMixin, RetinaNet):
         """
         focus = split_focus_arguments(kwargs)
         super().__init__(**kwargs)
-        if not 0.0 < ignore_iou <= 1.0:
-            raise ValueError(f"Invalid MODEL.SNIPER.IGNORE_IOU: must be in (0, 1], got {ignore_iou}")
-        self.ignore_iou = float(ignore_iou)
+        self.ignore_iou = check_ignore_iou(ignore_iou)
         self.init_focus(**focus)
 
     @classmethod
@@ -114,18 +113,7 @@ class AutoFocusRetinaNet(FocusDetectorMixin, RetinaNet):
             return self.pipeline(self, batched_inputs)
         if self.focus_train_only:
             return self.focus_only_losses(batched_inputs)
-        if any("instances" not in x for x in batched_inputs):
-            raise ValueError("AutoFocusRetinaNet training needs 'instances' (ground truth) in every input")
-        images = self.preprocess_image(batched_inputs)
-        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
-        features = self.backbone(images.tensor)
-        head_features = [features[f] for f in self.head_in_features]
-        predictions = self.head(head_features)
-        losses = self.forward_training(images, head_features, predictions, gt_instances)
-        losses["loss_focus"] = self.focus_loss_weight * self.focus_losses(
-            features, gt_instances, images.image_sizes, focus_zoom_steps(batched_inputs)
-        )
-        return losses
+        return self.with_focus_loss(super().forward, batched_inputs)
 
     @torch.no_grad()
     def label_anchors(

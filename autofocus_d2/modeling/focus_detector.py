@@ -1,15 +1,16 @@
 """What every AutoFocus meta-architecture shares: the FocusPixel head on one backbone feature, its
 training loss, the pipeline's interface (:class:`autofocus_d2.inference.FocusDetector`), and
 retrofitting (training only the head on a trained detector, MODEL.FOCUS_HEAD.TRAIN_ONLY)."""
+import contextlib
 import logging
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.layers import ShapeSpec
 from detectron2.structures import ImageList, Instances
 from torch import nn
 
-from ..config_checks import check, check_at_least, check_focus_label_range
+from ..config_checks import check, check_at_least, check_choice, check_focus_label_range
 from ..pipeline_registry import build_autofocus_pipeline
 from .focus_head import build_focus_head, focus_pixel_loss, resolve_focus_feature
 from ..structures.focus_labels import focus_pixel_targets, focus_size_range
@@ -87,8 +88,9 @@ class FocusDetectorMixin:
         """
         check_at_least(focus_loss_weight, 0, "focus_loss_weight")
         check_focus_label_range(focus_small_range, focus_ignore_max, "focus_small_range", "focus_ignore_max")
-        check(not focus_train_only or focus_loss_weight > 0, "focus_loss_weight",
-              "is 0 while focus_train_only is on: nothing would be trained")
+        check_choice(focus_train_only, (True, False), "MODEL.FOCUS_HEAD.TRAIN_ONLY (focus_train_only)")
+        check(not focus_train_only or focus_loss_weight > 0, "MODEL.FOCUS_HEAD.LOSS_WEIGHT (focus_loss_weight)",
+              "is 0 while MODEL.FOCUS_HEAD.TRAIN_ONLY (focus_train_only) is on: nothing would be trained")
         check(focus_in_feature in self.backbone.output_shape(), "focus_in_feature",
               f"{focus_in_feature!r} is not a backbone output; the backbone produces "
               f"{sorted(self.backbone.output_shape())}")
@@ -181,6 +183,27 @@ class FocusDetectorMixin:
         loss = self.focus_losses(features, gt_instances, images.image_sizes, focus_zoom_steps(batched_inputs))
         return {"loss_focus": self.focus_loss_weight * loss}
 
+    def with_focus_loss(
+        self, detector_forward: Callable[[List[Dict[str, Any]]], Dict[str, torch.Tensor]],
+        batched_inputs: List[Dict[str, Any]],
+    ) -> Dict[str, torch.Tensor]:
+        """Training: the losses of ``detector_forward`` (the Detectron2 meta-architecture's own
+        training ``forward``, e.g. ``super().forward``) plus ``loss_focus`` on the backbone features
+        that pass computed (caught by a forward hook on ``self.backbone``, so the backbone runs once
+        and everything Detectron2's forward does, ``vis_period`` included, is kept)."""
+        if any("instances" not in x for x in batched_inputs):
+            raise ValueError(f"{type(self).__name__} training needs 'instances' (ground truth) in every input")
+        with _backbone_outputs(self.backbone) as outputs:
+            losses = detector_forward(batched_inputs)
+        if len(outputs) != 1:
+            raise RuntimeError(f"the detector's training forward ran the backbone {len(outputs)} times; expected once")
+        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        image_sizes = [tuple(x["image"].shape[-2:]) for x in batched_inputs]  # as preprocess_image's
+        losses["loss_focus"] = self.focus_loss_weight * self.focus_losses(
+            outputs[0], gt_instances, image_sizes, focus_zoom_steps(batched_inputs)
+        )
+        return losses
+
     def focus_losses(
         self,
         features: Dict[str, torch.Tensor],
@@ -214,6 +237,17 @@ class FocusDetectorMixin:
         return focus_pixel_loss(logits, targets)
 
 
+@contextlib.contextmanager
+def _backbone_outputs(backbone: nn.Module):
+    """Collect the outputs of every ``backbone`` call made inside the block (a forward hook)."""
+    outputs: List[Dict[str, torch.Tensor]] = []
+    handle = backbone.register_forward_hook(lambda _module, _inputs, output: outputs.append(output))
+    try:
+        yield outputs
+    finally:
+        handle.remove()
+
+
 def focus_zoom_steps(batched_inputs: List[Dict[str, Any]]) -> List[float]:
     """Per input, its ``focus_zoom_step`` (the SNIPER mapper's: the next training scale's zoom over
     the chip's), 1.0 where an input has none (whole-image training: the paper's label rule)."""
@@ -223,10 +257,8 @@ def focus_zoom_steps(batched_inputs: List[Dict[str, Any]]) -> List[float]:
 def _retrofit_switch(cfg) -> bool:
     """MODEL.FOCUS_HEAD.TRAIN_ONLY. Empty MODEL.WEIGHTS is allowed (tests and smoke runs train the
     head on a random detector) but logged, since a retrofit of random weights is rarely meant."""
-    train_only = cfg.MODEL.FOCUS_HEAD.TRAIN_ONLY
-    if not isinstance(train_only, bool):
-        raise ValueError(f"Invalid config MODEL.FOCUS_HEAD.TRAIN_ONLY: must be True or False, got {train_only!r}")
-    if train_only and not cfg.MODEL.WEIGHTS:
+    train_only = cfg.MODEL.FOCUS_HEAD.TRAIN_ONLY  # checked by init_focus
+    if train_only is True and not cfg.MODEL.WEIGHTS:
         logger.warning(
             "MODEL.FOCUS_HEAD.TRAIN_ONLY is on but MODEL.WEIGHTS is empty: only the FocusPixel head "
             "trains, on a detector frozen at its random initialization"

@@ -17,7 +17,7 @@ chip at its training scale, as the network sees it). The rules, as in the offici
 Ground truth without a ``gt_ignore`` field gives exactly Detectron2's labels, so the classes here
 are drop-in replacements of ``RPN``, ``StandardROIHeads`` and ``Res5ROIHeads``.
 """
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -29,8 +29,9 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads, Stan
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.memory import retry_if_cuda_oom
+from torch import nn
 
-from ..config import lookup_registry
+from ..config_checks import check_ignore_iou
 
 __all__ = [
     "require_ignore_support",
@@ -88,17 +89,10 @@ def ignored_overlap_mask(ignored_boxes: Boxes, boxes: Boxes, ignore_iou: float) 
     Returns:
         (R,) bool tensor on ``boxes``' device; all False when M = 0.
     """
-    _check_ignore_iou(ignore_iou)
     if len(ignored_boxes) == 0 or len(boxes) == 0:
         return torch.zeros(len(boxes), dtype=torch.bool, device=boxes.tensor.device)
     iou = retry_if_cuda_oom(pairwise_iou)(ignored_boxes, boxes)  # (M, R)
     return (iou.max(dim=0).values > ignore_iou).to(device=boxes.tensor.device)
-
-
-def _check_ignore_iou(ignore_iou: float) -> float:
-    if not 0.0 < ignore_iou <= 1.0:
-        raise ValueError(f"Invalid MODEL.SNIPER.IGNORE_IOU: must be in (0, 1], got {ignore_iou}")
-    return float(ignore_iou)
 
 
 def _ignore_iou_from_config(cfg) -> float:
@@ -123,7 +117,7 @@ class _IgnoreIoU:
             kwargs: the arguments of the Detectron2 head class.
         """
         super().__init__(**kwargs)
-        self.ignore_iou = _check_ignore_iou(ignore_iou)
+        self.ignore_iou = check_ignore_iou(ignore_iou)
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -255,22 +249,18 @@ class SNIPERRes5ROIHeads(SNIPERROIHeadsMixin, Res5ROIHeads):
     """Detectron2's :class:`Res5ROIHeads` (C4) with SNIPER's ignored boxes (see the mixin)."""
 
 
-def require_ignore_support(cfg) -> None:
+def require_ignore_support(proposal_generator: Optional[nn.Module], roi_heads: Optional[nn.Module]) -> None:
     """
     SNIPER chips carry ignored ground truth (``gt_ignore``), which stock Detectron2 heads would
-    train as objects. Raise ValueError naming the key unless the proposal generator and the ROI
-    heads that ``cfg`` names declare ``supports_ignored_boxes`` (the SNIPER variants above).
+    train as objects. Raise ValueError naming the key unless the proposal generator (None:
+    precomputed proposals, no anchors to label) and the ROI heads declare ``supports_ignored_boxes``
+    (the SNIPER variants above). The one check of this rule: AutoFocusRCNN calls it when built for
+    SNIPER chip training.
     """
-    for key, registry, name in (
-        ("MODEL.PROPOSAL_GENERATOR.NAME", PROPOSAL_GENERATOR_REGISTRY, cfg.MODEL.PROPOSAL_GENERATOR.NAME),
-        ("MODEL.ROI_HEADS.NAME", ROI_HEADS_REGISTRY, cfg.MODEL.ROI_HEADS.NAME),
-    ):
-        if key == "MODEL.PROPOSAL_GENERATOR.NAME" and name == "PrecomputedProposals":
-            continue  # no anchors to label
-        cls = lookup_registry(registry, name, key)
-        if not getattr(cls, "supports_ignored_boxes", False):
+    for key, module in (("MODEL.PROPOSAL_GENERATOR.NAME", proposal_generator), ("MODEL.ROI_HEADS.NAME", roi_heads)):
+        if module is not None and not getattr(module, "supports_ignored_boxes", False):
             raise ValueError(
-                f"SNIPER chip training (INPUT.SNIPER.ENABLED) gives ignored boxes; {key} builds "
-                f"{name}, which would train them as objects. Use an ignore-aware variant "
-                "(SNIPERRPN, SNIPERStandardROIHeads, SNIPERRes5ROIHeads) or set INPUT.SNIPER.ENABLED False"
+                f"SNIPER chip training (INPUT.SNIPER.ENABLED, sniper_training) gives ignored boxes; {key} "
+                f"builds {type(module).__name__}, which would train them as objects. Use an ignore-aware "
+                "variant (SNIPERRPN, SNIPERStandardROIHeads, SNIPERRes5ROIHeads) or set INPUT.SNIPER.ENABLED False"
             )

@@ -412,13 +412,6 @@ def test_mine_negative_chips_tool(tiny_dataset, tmp_path, capsys):
     assert f"scale (75, 100): {counts[0]}" in printed and f"scale (150, 200): {counts[1]}" in printed
 
 
-def test_the_loader_refuses_heads_that_would_train_ignored_boxes(tiny_dataset):
-    cfg = _loader_cfg(tiny_dataset)
-    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-    with pytest.raises(ValueError, match="MODEL.ROI_HEADS.NAME builds StandardROIHeads"):
-        build_sniper_train_loader(cfg)
-
-
 def test_a_very_large_training_image_trains_as_chips(tmp_path):
     # 6000 x 6000 px with three small objects and one large one: at the original resolution and at
     # longer side 512, every network input is a chip of at most CHIP_SIZE (+1) px a side.

@@ -5,7 +5,7 @@ import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.modeling import build_model
+from detectron2.modeling import GeneralizedRCNN, build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
@@ -88,6 +88,7 @@ def test_focus_loss_weight_scales_the_loss():
         ("MODEL.AUTOFOCUS.VALID_RANGES", [[0.0, -1.0]], "MODEL.AUTOFOCUS.VALID_RANGES"),
         ("MODEL.AUTOFOCUS.FOCUS_THRESHOLD", [0.5, 0.5, 0.5], "MODEL.AUTOFOCUS.FOCUS_THRESHOLD"),
         ("MODEL.AUTOFOCUS.NMS_METHOD", "greedy", "MODEL.AUTOFOCUS.NMS_METHOD"),
+        ("MODEL.SNIPER.IGNORE_IOU", 0.0, "MODEL.SNIPER.IGNORE_IOU"),
     ],
 )
 def test_bad_config_values_name_the_key(key, value, match):
@@ -104,7 +105,6 @@ def test_bad_config_values_name_the_key(key, value, match):
         ("INPUT.SNIPER.SCALES", [[800, 512]], "INPUT.SNIPER.SCALES"),
         ("INPUT.SNIPER.CHIP_STRIDE", 0, "INPUT.SNIPER.CHIP_STRIDE"),
         ("INPUT.SNIPER.NEGATIVES_PER_EPOCH", -0.5, "INPUT.SNIPER.NEGATIVES_PER_EPOCH"),
-        ("MODEL.SNIPER.IGNORE_IOU", 0.0, "MODEL.SNIPER.IGNORE_IOU"),
     ],
 )
 def test_bad_sniper_values_name_the_key_when_the_training_loader_is_built(key, value, match):
@@ -160,3 +160,56 @@ def test_checkpoint_round_trip(tmp_path):
     assert not incompatible.missing_keys and not incompatible.unexpected_keys
     for k, v in model.state_dict().items():
         assert torch.equal(other.state_dict()[k], v), k
+
+
+class _ImageRecorder(EventStorage):
+    """An EventStorage that records the names of the images put into it."""
+
+    def __init__(self):
+        super().__init__()
+        self.image_names = []
+
+    def put_image(self, img_name, img_tensor):
+        self.image_names.append(img_name)
+        super().put_image(img_name, img_tensor)
+
+
+@pytest.mark.parametrize("vis_period, expected", [(1, 1), (0, 0)])
+def test_training_keeps_detectron2s_vis_period_visualisation(vis_period, expected):
+    cfg = compact_fpn_cfg()
+    cfg.VIS_PERIOD = vis_period
+    model = build_model(cfg).train()
+    with _ImageRecorder() as storage:
+        losses = model(_inputs())
+    assert "loss_focus" in losses and "loss_rpn_cls" in losses
+    assert len(storage.image_names) == expected
+
+
+def test_training_losses_are_generalized_rcnns_plus_the_focus_loss():
+    cfg = compact_fpn_cfg()
+    model = build_model(cfg).train()
+    inputs = _inputs()
+    with EventStorage():
+        torch.manual_seed(5)
+        losses = model(inputs)
+        torch.manual_seed(5)
+        stock = GeneralizedRCNN.forward(model, inputs)  # Detectron2's own training pass
+        images = model.preprocess_image(inputs)
+        features = model.backbone(images.tensor)
+    assert set(losses) == set(stock) | {"loss_focus"}
+    for key, value in stock.items():
+        assert torch.equal(losses[key], value), key
+    gt = [x["instances"] for x in inputs]
+    focus = model.focus_loss_weight * model.focus_losses(features, gt, images.image_sizes)
+    assert torch.allclose(losses["loss_focus"], focus)
+
+
+def test_python_construction_for_sniper_chips_checks_the_heads():
+    cfg = compact_fpn_cfg()
+    cfg.INPUT.SNIPER.ENABLED = False
+    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    args = AutoFocusRCNN.from_config(cfg)
+    assert args["sniper_training"] is False
+    AutoFocusRCNN(**args)  # whole-image training: stock heads are fine
+    with pytest.raises(ValueError, match="MODEL.ROI_HEADS.NAME builds StandardROIHeads"):
+        AutoFocusRCNN(**{**AutoFocusRCNN.from_config(cfg), "sniper_training": True})

@@ -16,7 +16,6 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from autofocus_d2 import add_autofocus_config
-from autofocus_d2.config import validate_autofocus_config
 from autofocus_d2.modeling import AutoFocusRCNN
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -203,7 +202,7 @@ def test_bad_retrofit_config_raises_naming_the_key(value, weight, match):
     cfg.MODEL.FOCUS_HEAD.TRAIN_ONLY = value
     cfg.MODEL.FOCUS_HEAD.LOSS_WEIGHT = weight
     with pytest.raises(ValueError, match=match):
-        validate_autofocus_config(cfg)
+        build_model(cfg)
 
 
 def test_retrofit_without_weights_warns():

@@ -16,6 +16,7 @@ model = get_config("common/models/mask_rcnn_fpn.py").model
 model._target_ = AutoFocusRCNN
 model.proposal_generator._target_ = SNIPERRPN
 model.proposal_generator.ignore_iou = 0.3  # MODEL.SNIPER.IGNORE_IOU
+model.sniper_training = True  # INPUT.SNIPER.ENABLED: the heads must be ignore-aware
 model.proposal_generator.pre_nms_topk = (2000, 1000)
 model.proposal_generator.post_nms_topk = (1000, 1000)
 model.roi_heads._target_ = SNIPERStandardROIHeads
