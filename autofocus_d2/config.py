@@ -22,6 +22,7 @@ __all__ = [
     "add_autofocus_config",
     "load_autofocus_config",
     "coerce_autofocus_numbers",
+    "merge_autofocus_file",
     "validate_autofocus_config",
     "validate_sniper_config",
     "sniper_training_scales",
@@ -240,7 +241,7 @@ def load_autofocus_config(config_file: str, opts: Sequence[str] = ()) -> CN:
 
     cfg = get_cfg()
     add_autofocus_config(cfg)
-    _merge_file_with_numbers(cfg, config_file)
+    merge_autofocus_file(cfg, config_file)
     cfg.merge_from_list(coerce_autofocus_numbers(cfg, opts))
     cfg.freeze()
     return cfg
@@ -267,7 +268,7 @@ def coerce_autofocus_numbers(cfg: CN, opts: Sequence) -> List:
     return opts
 
 
-def _merge_file_with_numbers(cfg: CN, config_file: str) -> None:
+def merge_autofocus_file(cfg: CN, config_file: str) -> None:
     """``cfg.merge_from_file(config_file)``, with integers accepted for the float-typed
     MODEL.AUTOFOCUS keys (as :func:`coerce_autofocus_numbers`)."""
     from detectron2.config.compat import guess_version

@@ -24,7 +24,7 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.utils.file_io import PathManager
 
-from .config import add_autofocus_config
+from .config import add_autofocus_config, coerce_autofocus_numbers, merge_autofocus_file
 
 __all__ = [
     "METADATA_KEY",
@@ -174,7 +174,7 @@ def load_tool_config(config_file: Optional[str], opts: Sequence[str] = (),
     cfg = get_cfg()
     add_autofocus_config(cfg)
     if config_file:
-        cfg.merge_from_file(config_file)
+        merge_autofocus_file(cfg, config_file)
     weights = weights or cfg.MODEL.WEIGHTS
     exists = bool(weights) and ("://" in weights or os.path.isfile(weights))
     record = read_model_metadata(weights) if exists else None
@@ -189,7 +189,7 @@ def load_tool_config(config_file: Optional[str], opts: Sequence[str] = (),
                        "train_net.py do)")
             raise ModelMetadataError(f"No config file given and {why}: pass --config-file.")
         cfg.merge_from_other_cfg(cfg.load_cfg(record["config"]))
-    cfg.merge_from_list(opts)
+    cfg.merge_from_list(coerce_autofocus_numbers(cfg, opts))
     if weights:
         cfg.MODEL.WEIGHTS = weights
     if record is not None:

@@ -25,7 +25,7 @@ FORBIDDEN: Dict[str, Set[str]] = {
     "pipeline_registry": UPPER | {"structures"},
     "modeling": UPPER - {"modeling"},
     "inference": {"modeling", "data", "analysis", "benchmark", "tuning", "prediction", "model_zoo"},
-    "data": {"inference", "analysis", "benchmark", "tuning", "prediction"},
+    "data": {"modeling", "inference", "analysis", "benchmark", "tuning", "prediction"},
 }
 
 

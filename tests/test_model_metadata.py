@@ -81,6 +81,9 @@ def test_weights_alone_give_the_config_and_the_class_names(trees):
     cfg = load_tool_config(CONFIG, ["MODEL.ROI_HEADS.NUM_CLASSES", "1", "DATASETS.TEST", f'("{NAME}",)'],
                            weights)
     assert cfg.MODEL.AUTOFOCUS.SCALES == load_tool_config(CONFIG).MODEL.AUTOFOCUS.SCALES
+    # An integer where the config expects a float (as the export docs write it), every tool alike.
+    cfg = load_tool_config(None, ["MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX", "0"], weights)
+    assert cfg.MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX == 0.0
 
 
 @pytest.mark.parametrize("config_file, opts, key", [
