@@ -325,9 +325,31 @@ def test_malformed_manifest(tmp_path):
         model_zoo.get_checkpoint_url(NAME, manifest=str(tmp_path / "none.json"))
 
 
-def test_checked_in_manifest_is_valid():
+def _published_rows(md_text):
+    """{config name: (url, sha256 prefix)} of the MODEL_ZOO.md rows whose download is a
+    ``[model](url)`` link (a published checkpoint, as tools/release_checkpoint.py writes it)."""
+    rows = {}
+    for line in md_text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        link = re.search(r"^\[model\]\((.+)\)$", cells[6]) if len(cells) >= 8 else None
+        if link:
+            rows[re.search(r"\]\(configs/(.+)\)$", cells[0]).group(1)] = (link.group(1), cells[7].strip("`"))
+    return rows
+
+
+def test_checked_in_manifest_agrees_with_model_zoo_md(released):
+    # The checked-in manifest is well formed, names only shipped configs, and lists exactly the
+    # checkpoints that MODEL_ZOO.md links, with the same url and sha256.
     manifest = model_zoo.load_manifest(zoo_impl.DEFAULT_MANIFEST)
-    assert all(name in model_zoo.list_configs() for name in manifest)
+    assert set(manifest) <= set(model_zoo.list_configs())
+    with open(os.path.join(REPO, "MODEL_ZOO.md")) as f:
+        rows = _published_rows(f.read())
+    assert set(rows) == set(manifest)
+    for name, (url, sha) in rows.items():
+        assert manifest[name]["url"] == url and manifest[name]["sha256"].startswith(sha), name
+    # The check sees a released row: the fixture's release wrote one into its MODEL_ZOO.md copy.
+    info = released["info"]
+    assert _published_rows(released["md"].read_text()) == {NAME: (info.entry["url"], info.sha256[:12])}
 
 
 def test_release_refuses_a_run_of_another_config(released, tmp_path):

@@ -22,7 +22,7 @@ from autofocus_d2.benchmark.sahi_method import (  # noqa: E402
     sahi_slice_boxes,
     sahi_slice_params,
 )
-from autofocus_d2.integrations.sahi import AutoFocusSahiModel, sahi_available  # noqa: E402
+from autofocus_d2.integrations.sahi import AutoFocusSahiModel  # noqa: E402
 from autofocus_d2.inference import ScaleChain  # noqa: E402
 from autofocus_d2.inference.views import View, zoomed_hw  # noqa: E402
 
@@ -59,10 +59,6 @@ def _rows(instances):
         [instances.scores[:, None], instances.pred_boxes.tensor, instances.pred_classes[:, None].float()], dim=1
     )
     return sorted(rows.tolist())
-
-
-def test_sahi_is_available():
-    assert sahi_available() == (True, "")
 
 
 # ------------------------------------------------------------- (a) the same detector, exactly
