@@ -3,7 +3,6 @@ the one JSON and its tables."""
 import json
 
 import pytest
-
 import torch
 
 
