@@ -6,7 +6,6 @@ Stacking: BORDER_MARGIN 10, SMALL_DROP_SIZE 64 (a scale-0 box inside a finer chi
 128 original px), open valid ranges unless a test says otherwise.
 """
 import math
-import importlib.util
 import json
 import os
 import subprocess
@@ -298,10 +297,9 @@ def test_errors(tmp_path):
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("analyze_chips", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from tools import analyze_chips
+
+    return analyze_chips
 
 
 def test_cli_errors_name_the_problem(tmp_path, capsys):

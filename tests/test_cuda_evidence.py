@@ -1,21 +1,19 @@
 """tools/cuda_evidence.py end to end in its CPU mode (tiny sizes): every section runs and lands in
 the one JSON and its tables."""
-import importlib.util
 import json
-import os
 
+import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cuda_evidence():
-    spec = importlib.util.spec_from_file_location("cuda_evidence", os.path.join(REPO, "tools", "cuda_evidence.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from tools import cuda_evidence
+
+    return cuda_evidence
 
 
+@pytest.mark.slow
 def test_cpu_smoke_runs_every_section_into_one_json(tmp_path):
     tool = _cuda_evidence()
     assert tool.canvases("512x512,1024x768") == [[512, 512], [1024, 768]]

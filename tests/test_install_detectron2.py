@@ -1,16 +1,9 @@
 """tools/install_detectron2.py: the path choice (mocked) and the compatibility fixes."""
 import hashlib
-import importlib.util
-import os
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location(
-    "install_detectron2", os.path.join(REPO, "tools", "install_detectron2.py")
-)
-inst = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(inst)
+from tools import install_detectron2 as inst
 
 
 class Calls:

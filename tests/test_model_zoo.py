@@ -327,10 +327,34 @@ def test_malformed_manifest(tmp_path):
         model_zoo.get_checkpoint_url(NAME, manifest=str(tmp_path / "none.json"))
 
 
-def test_checked_in_manifest_is_valid():
+def _published_rows(md_text):
+    """{config name: (url, sha256 prefix)} of the MODEL_ZOO.md rows whose download is a
+    ``[model](url)`` link (a published checkpoint, as tools/release_checkpoint.py writes it)."""
+    rows = {}
+    for line in md_text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        link = re.search(r"^\[model\]\((.+)\)$", cells[6]) if len(cells) >= 8 else None
+        if link:
+            rows[re.search(r"\]\(configs/(.+)\)$", cells[0]).group(1)] = (link.group(1), cells[7].strip("`"))
+    return rows
+
+
+def test_checked_in_manifest_agrees_with_model_zoo_md(released):
+    # The checked-in manifest is well formed, names only shipped configs, and lists exactly the
+    # checkpoints that MODEL_ZOO.md links, with the same url and sha256.
     manifest = model_zoo.load_manifest(zoo_impl.DEFAULT_MANIFEST)
-    assert all(name in model_zoo.list_configs() for name in manifest)
-    assert "Synthetic/autofocus_compact_fpn.yaml" in manifest  # the shipped reference model
+    assert set(manifest) <= set(model_zoo.list_configs())
+    with open(os.path.join(REPO, "MODEL_ZOO.md")) as f:
+        rows = _published_rows(f.read())
+    assert set(rows) == set(manifest)
+    for name, (url, sha) in rows.items():
+        # a relative link is relative to MODEL_ZOO.md, a relative url to the manifest
+        md_target = os.path.normpath(os.path.join(REPO, url))
+        zoo_target = os.path.normpath(os.path.join(os.path.dirname(zoo_impl.DEFAULT_MANIFEST), manifest[name]["url"]))
+        assert md_target == zoo_target and manifest[name]["sha256"].startswith(sha), name
+    # The check sees a released row: the fixture's release wrote one into its MODEL_ZOO.md copy.
+    info = released["info"]
+    assert _published_rows(released["md"].read_text()) == {NAME: (info.entry["url"], info.sha256[:12])}
 
 
 def test_shipped_reference_model_loads_on_a_fresh_checkout():

@@ -1,6 +1,5 @@
 """tools/predict.py and autofocus_d2.prediction: sharding, outputs, resume, fingerprint, failures,
 several processes, and the merged COCO results against Detectron2's own evaluation."""
-import importlib.util
 import json
 import os
 import shutil
@@ -40,10 +39,9 @@ SMALL_CHAIN = ["MODEL.AUTOFOCUS.SCALES", "[[256, 384], [512, 768]]"]
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("predict_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from tools import predict
+
+    return predict
 
 
 def _random_init_checkpoint(folder, config_name: str) -> str:

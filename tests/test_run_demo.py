@@ -1,15 +1,10 @@
 """tools/run_demo.py reuses a trained model only when it was trained with the demo's config."""
-import importlib.util
-import os
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run_demo():
-    spec = importlib.util.spec_from_file_location("run_demo", os.path.join(REPO, "tools", "run_demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from tools import run_demo
+
+    return run_demo
 
 
 def test_stale_keys_name_what_changed_since_training(tmp_path):

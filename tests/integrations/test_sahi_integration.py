@@ -17,7 +17,7 @@ from PIL import Image  # noqa: E402
 from sahi.predict import get_sliced_prediction  # noqa: E402
 
 from autofocus_d2 import add_autofocus_config  # noqa: E402
-from autofocus_d2.integrations.sahi import AutoFocusSahiModel, require_sahi, sahi_available  # noqa: E402
+from autofocus_d2.integrations.sahi import AutoFocusSahiModel  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = "configs/Synthetic/autofocus_compact_fpn.yaml"
@@ -46,11 +46,6 @@ def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("sahi_ckpt")
     DetectionCheckpointer(model, save_dir=str(out)).save("model")
     return str(out / "model.pth"), model
-
-
-def test_sahi_is_there():
-    assert sahi_available() == (True, "")
-    require_sahi()  # no error
 
 
 def test_the_docs_snippet_runs_as_written(checkpoint, tmp_path, monkeypatch, capsys):

@@ -1,23 +1,16 @@
 """AutoFocusRCNN in eval mode: `single` equals GeneralizedRCNN, outputs and efficiency statistics."""
-import os
-
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from autofocus_d2 import add_autofocus_config
+from autofocus_d2 import model_zoo
 from autofocus_d2.evaluation import AutoFocusEfficiencyEvaluator, summarize_efficiency
 from autofocus_d2.structures import ScaleChain
 from autofocus_d2.structures.views import crop_and_resize
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def cfg_for(policy):
-    cfg = get_cfg()
-    add_autofocus_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs/Synthetic/autofocus_compact_fpn.yaml"))
+    cfg = model_zoo.get_config("Synthetic/autofocus_compact_fpn.yaml")
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.AUTOFOCUS.CHIP_POLICY = policy
     cfg.MODEL.AUTOFOCUS.SCALES = [[320, 480], [-1, -1]]

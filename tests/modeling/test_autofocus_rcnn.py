@@ -1,6 +1,4 @@
 """AutoFocusRCNN: builds on C4 and FPN, trains with loss_focus, validates config, loads checkpoints."""
-import os
-
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -12,8 +10,6 @@ from detectron2.utils.events import EventStorage
 from autofocus_d2 import add_autofocus_config, model_zoo
 from autofocus_d2.data import build_sniper_train_loader
 from autofocus_d2.modeling import AutoFocusRCNN
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def compact_fpn_cfg():
@@ -46,7 +42,9 @@ def _inputs(n=2, size=(96, 128)):
     return batch
 
 
-@pytest.mark.parametrize("make_cfg, feature", [(compact_fpn_cfg, "p4"), (r18_c4_cfg, "res4")])
+@pytest.mark.parametrize(
+    "make_cfg, feature", [(compact_fpn_cfg, "p4"), pytest.param(r18_c4_cfg, "res4", marks=pytest.mark.slow)]
+)
 def test_builds_and_trains_with_focus_loss(make_cfg, feature):
     cfg = make_cfg()
     cfg.MODEL.FOCUS_HEAD.IN_FEATURE = ""  # auto: the stride-16 feature

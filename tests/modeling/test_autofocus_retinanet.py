@@ -1,7 +1,5 @@
 """AutoFocusRetinaNet: RetinaNet's losses plus loss_focus, `single` equals RetinaNet, raw passes,
 SNIPER's ignored boxes in the anchor labels, config errors."""
-import os
-
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -14,8 +12,6 @@ from autofocus_d2.structures import ScaleChain
 from autofocus_d2.structures.views import crop_and_resize
 from autofocus_d2 import model_zoo
 from autofocus_d2.modeling import AutoFocusRetinaNet
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def compact_cfg(**opts):

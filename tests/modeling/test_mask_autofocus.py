@@ -1,25 +1,19 @@
 """Mask R-CNN and Keypoint R-CNN AutoFocus models (random weights) through the whole pipeline."""
-import os
 import uuid
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.modeling import build_model
 
-from autofocus_d2 import add_autofocus_config
+from autofocus_d2 import model_zoo
 from autofocus_d2.data.synthetic import register_synthetic_datasets
 from autofocus_d2.evaluation import build_coco_evaluator
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def mask_cfg(policy="autofocus"):
-    cfg = get_cfg()
-    add_autofocus_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs/Synthetic/autofocus_compact_mask_fpn.yaml"))
+    cfg = model_zoo.get_config("Synthetic/autofocus_compact_mask_fpn.yaml")
     af = cfg.MODEL.AUTOFOCUS
     af.CHIP_POLICY = policy
     af.SCALES = [[256, 384], [-1, -1]]

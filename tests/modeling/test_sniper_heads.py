@@ -1,6 +1,5 @@
 """SNIPER's ignored ground truth in the RPN and ROI heads: exact labels on hand-made boxes."""
 import math
-import os
 
 import pytest
 import torch
@@ -25,7 +24,6 @@ from autofocus_d2.modeling import (
 )
 from test_autofocus_rcnn import compact_fpn_cfg, r18_c4_cfg  # the shared small test configs
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGE_HW = (200, 200)
 NUM_CLASSES = 3
 
@@ -395,7 +393,8 @@ def _r18_c4_cfg():
 
 @pytest.mark.parametrize(
     "make_cfg, heads_cls",
-    [(_compact_fpn_cfg, SNIPERStandardROIHeads), (_r18_c4_cfg, SNIPERRes5ROIHeads)],
+    [(_compact_fpn_cfg, SNIPERStandardROIHeads),
+     pytest.param(_r18_c4_cfg, SNIPERRes5ROIHeads, marks=pytest.mark.slow)],
 )
 def test_model_trains_with_ignored_boxes(make_cfg, heads_cls):
     torch.manual_seed(0)
