@@ -312,6 +312,7 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert "no annotations" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tiny_json, tmp_path):
     report_path = tmp_path / "out" / "report.json"
     proc = subprocess.run(

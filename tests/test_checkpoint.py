@@ -83,6 +83,7 @@ _CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpointer", ["atomic", "detectron2"])
 def test_sigkill_during_a_save(tmp_path, checkpointer):
     """A real process SIGKILLed half-way through rewriting model_final.pth: with AtomicCheckpointer

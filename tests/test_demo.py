@@ -132,6 +132,7 @@ def run_demo(tmp_path, device):
     return proc, out, files
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", [
     "cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")),

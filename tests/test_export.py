@@ -37,6 +37,7 @@ def random_model(cfg):
     return model
 
 
+@pytest.mark.slow
 def test_traced_detector_equals_eager_through_the_pipeline(tmp_path):
     cfg = export_cfg()
     model = random_model(cfg)
@@ -71,6 +72,7 @@ def test_export_refuses_a_per_view_proposal_budget():
         export_focus_detector(model.train(), torch.zeros(3, 128, 128))
 
 
+@pytest.mark.slow
 def test_traced_detector_refuses_another_view_mode():
     cfg = export_cfg()
     model = random_model(cfg)

@@ -33,6 +33,7 @@ def _head_settings(model):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TWINS)
 def test_lazy_config_builds_the_yaml_model(name):
     lazy = model_zoo.get_config(name + ".py")
@@ -85,6 +86,7 @@ def test_lazy_schedule_equals_the_yaml_schedule():
     assert lazy.optimizer.lr == yaml_cfg.SOLVER.BASE_LR
 
 
+@pytest.mark.slow
 def test_lazyconfig_train_net_trains_and_evaluates_on_own_data(tmp_path, tiny_coco):
     """A user's own one-class COCO data (the tiny split, every box of one category of id 7),
     registered with --register-coco and chosen with Detectron2's usual overrides

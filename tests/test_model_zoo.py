@@ -121,6 +121,7 @@ def test_unknown_config_name(tmp_path):
             model_zoo.get_config_file(bad)
 
 
+@pytest.mark.slow
 def test_installed_package_ships_the_configs(tmp_path):
     """setup.py puts configs/ into the package as autofocus_d2/model_zoo/configs, and the model zoo
     finds them there when there is no source tree around the package."""
@@ -216,6 +217,7 @@ def test_manifest_entry_and_model_zoo_row(released):
     assert released["md"].read_text().count("| [Synthetic/autofocus_compact_fpn](") == 1
 
 
+@pytest.mark.slow
 def test_round_trip_same_weights_and_same_ap(released):
     manifest = str(released["root"] / "manifest.json")
     assert model_zoo.get_checkpoint_url(NAME, manifest=manifest).startswith("file://")
@@ -403,6 +405,7 @@ def test_release_needs_the_metrics(released, tmp_path):
     assert info.manifest is None and info.entry["url"] == info.checkpoint
 
 
+@pytest.mark.slow
 def test_release_cli_and_verification(released, tmp_path):
     manifest = tmp_path / "manifest.json"
     cmd = [sys.executable, os.path.join(REPO, "tools", "release_checkpoint.py"),

@@ -32,6 +32,7 @@ def tiny_cfg(output_dir):
     return cfg
 
 
+@pytest.mark.slow
 def test_a_few_training_iterations_on_sniper_chips_lower_the_total_loss(tmp_path):
     cfg = tiny_cfg(tmp_path)
     cfg.DATASETS.TEST = ()  # evaluation is tested below
@@ -54,6 +55,7 @@ def test_a_few_training_iterations_on_sniper_chips_lower_the_total_loss(tmp_path
     assert focus[-1][0] < focus[0][0]
 
 
+@pytest.mark.slow
 def test_train_net_eval_only_end_to_end(tmp_path):
     cfg = tiny_cfg(tmp_path)
     torch.manual_seed(0)
@@ -83,6 +85,7 @@ def _train_net(*argv):
     )
 
 
+@pytest.mark.slow
 def test_resume_after_the_newest_checkpoint_is_truncated_continues_from_the_one_before(tmp_path):
     out = str(tmp_path / "run")
     first = _train_net("SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "OUTPUT_DIR", out)
@@ -99,6 +102,7 @@ def test_resume_after_the_newest_checkpoint_is_truncated_continues_from_the_one_
     assert torch.load(final, weights_only=False)["iteration"] == 5  # rewritten whole by the resumed run
 
 
+@pytest.mark.slow
 def test_weights_of_another_class_count_are_refused_unless_finetune(tmp_path):
     cfg = tiny_cfg(tmp_path)
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3

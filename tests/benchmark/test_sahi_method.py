@@ -58,6 +58,7 @@ def _rows(instances):
 
 
 # ------------------------------------------------------------- (a) the same detector, exactly
+@pytest.mark.slow
 def test_one_slice_at_zoom_1_equals_the_models_single_pass(compact, bgr_image):
     cfg, model = compact
     assert model.input_format == "BGR"

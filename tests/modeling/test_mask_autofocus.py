@@ -41,6 +41,7 @@ def check_in_original_frame(instances, hw):
     assert not (masks & ~inside).any()
 
 
+@pytest.mark.slow
 def test_mask_rcnn_autofocus_eval_with_coco_bbox_and_segm(tmp_path):
     prefix = f"masktest_{uuid.uuid4().hex[:8]}"
     register_synthetic_datasets(str(tmp_path), prefix=prefix)

@@ -165,6 +165,7 @@ def test_plain_generalized_rcnn_checkpoint_loads_with_the_switch_on(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_train_net_retrofits_from_a_plain_checkpoint(tmp_path):
     sys.path.insert(0, REPO)
     import train_net

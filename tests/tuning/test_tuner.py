@@ -44,6 +44,7 @@ def test_grid_is_every_combination_and_checks_values():
         setting_grid([0.3], [0], [96])
 
 
+@pytest.mark.slow
 def test_tool_end_to_end_on_the_tiny_split(tmp_path):
     """Random-init compact model on 3 tiny images: two settings re-stacked, a pick, its real run,
     and a config fragment that loads. The real run's chips are the re-stacked ones (same scale-0
