@@ -178,7 +178,7 @@ def main(argv=None):
         seconds = time.perf_counter() - start
 
         instances = output["instances"].to("cpu")
-        capped.add(instances.scores.tolist())
+        capped.add(instances.scores, instances.pred_boxes.tensor)
         instances = instances[instances.scores >= args.confidence_threshold]
         stats = output["autofocus"]
         pixels, pyramid = sum(stats["pixels_per_scale"]), sum(stats["pyramid_pixels_per_scale"])

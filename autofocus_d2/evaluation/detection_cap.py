@@ -9,19 +9,21 @@ One setting, ``TEST.DETECTIONS_PER_IMAGE`` (Detectron2's key, default 100), is t
 * the COCO evaluation counts up to ``max(100, TEST.DETECTIONS_PER_IMAGE)`` detections per image
   (:func:`evaluation_max_dets`; COCO's own 100 for the built-in configs).
 
-An image whose prediction holds at least ``TEST.DETECTIONS_PER_IMAGE`` detections scoring at least
-the test score threshold (:func:`score_floor`; low-score detections, as a weak model or
-``VIEW_DETECTIONS: raw`` gives by the hundred, do not count) may have lost some to a view's cap
+An image whose prediction holds at least ``TEST.DETECTIONS_PER_IMAGE`` distinct detections scoring
+at least the test score threshold (:func:`score_floor`; low-score detections, as a weak model or
+``VIEW_DETECTIONS: raw`` gives by the hundred, do not count; nor do the decayed duplicates that
+Soft-NMS keeps: :func:`distinct_detections`) may have lost some to a view's cap
 or to the final one: :class:`DetectionCapCounter` counts such images and the
 tools (demo, benchmark, predict, ``train_net.py``'s evaluation through
 :class:`DetectionCapEvaluator`) say so once per run. :func:`dense_scene_hint` compares a dataset's
 largest object count per image (``--register-coco`` records it) with the cap.
 """
 import logging
-from collections import Counter
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import detectron2.utils.comm as comm
+import torch
+from torchvision.ops import nms
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 
@@ -30,6 +32,7 @@ __all__ = [
     "DetectionCapCounter",
     "DetectionCapEvaluator",
     "dense_scene_hint",
+    "distinct_detections",
     "detection_cap",
     "evaluation_max_dets",
     "final_detection_cap",
@@ -68,9 +71,27 @@ def evaluation_max_dets(cfg) -> int:
     return max(COCO_MAX_DETS, detection_cap(cfg))
 
 
+DUPLICATE_IOU = 0.5  # IoU above which two detections count as one object for the cap
+
+
+def distinct_detections(scores, boxes=None, min_score: float = 0.0, iou: float = DUPLICATE_IOU) -> int:
+    """
+    How many detections score at least ``min_score``, counting a detection that overlaps a
+    higher-scoring one by IoU > ``iou`` as the same object (class-agnostic greedy NMS). The
+    Soft-NMS merge keeps such decayed duplicates above the score threshold, so without ``boxes``
+    (XYXY, any one frame, shape (N, 4)) the count can exceed the objects found.
+    """
+    scores = torch.as_tensor(scores, dtype=torch.float32).reshape(-1)
+    keep = scores >= min_score
+    if boxes is None:
+        return int(keep.sum())
+    boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)[keep]
+    return int(nms(boxes, scores[keep], iou).numel())
+
+
 class DetectionCapCounter:
-    """Counts the images whose prediction holds at least ``cap`` detections scoring at least
-    ``min_score``, and warns once.
+    """Counts the images whose prediction holds at least ``cap`` distinct detections
+    (:func:`distinct_detections`) scoring at least ``min_score``, and warns once.
 
     Args:
         cap: the per-image cap (:func:`detection_cap`).
@@ -86,11 +107,12 @@ class DetectionCapCounter:
         self.images_at_cap = 0
         self.warned = False
 
-    def add(self, scores: Sequence[float]) -> bool:
-        """Count one image whose detections have ``scores`` (a sequence or a tensor); True when at
-        least ``cap`` of them score ``min_score`` or more."""
+    def add(self, scores: Sequence[float], boxes=None) -> bool:
+        """Count one image whose detections have ``scores`` (a sequence or a tensor) and, if given,
+        ``boxes`` (XYXY, (N, 4)); True when at least ``cap`` of them score ``min_score`` or more,
+        duplicates counted once when ``boxes`` are given."""
         self.images += 1
-        at_cap = sum(float(s) >= self.min_score for s in scores) >= self.cap
+        at_cap = distinct_detections(scores, boxes, self.min_score) >= self.cap
         self.images_at_cap += int(at_cap)
         return at_cap
 
@@ -104,7 +126,8 @@ class DetectionCapCounter:
         if not self.images_at_cap:
             return None
         return (f"{self.what}: {self.images_at_cap} of {self.images} images reached the cap of "
-                f"{self.cap} detections per image ({CAP_KEY}) with scores >= {self.min_score:g}; "
+                f"{self.cap} detections per image ({CAP_KEY}) with scores >= {self.min_score:g} "
+                f"(overlaps above IoU {DUPLICATE_IOU:g} counted once); "
                 "they may have lost detections. For "
                 f"dense scenes raise it, e.g. {CAP_KEY} {max(2 * self.cap, 300)} in the config "
                 "or the tool's overrides (the COCO evaluation then counts as many; docs/own_data.md)")
@@ -131,7 +154,8 @@ class DetectionCapEvaluator(DatasetEvaluator):
     def process(self, inputs, outputs) -> None:
         for output in outputs:
             if "instances" in output:
-                self.counter.add(output["instances"].scores.tolist())
+                inst = output["instances"]
+                self.counter.add(inst.scores, inst.pred_boxes.tensor if inst.has("pred_boxes") else None)
 
     def evaluate(self):
         counts = comm.gather((self.counter.images, self.counter.images_at_cap), dst=0)
@@ -149,9 +173,18 @@ def results_at_cap(results_by_method: Dict[str, List[dict]], num_images: int, ca
     over ``num_images`` images, for the methods with images at the cap."""
     messages = []
     for method, results in results_by_method.items():
-        per_image = Counter(r["image_id"] for r in results if r["score"] >= min_score)
+        per_image: Dict[int, List[dict]] = {}
+        for r in results:
+            per_image.setdefault(r["image_id"], []).append(r)
         counter = DetectionCapCounter(cap, method, min_score)
-        counter.add_counts(num_images, sum(n >= cap for n in per_image.values()))
+        at_cap = 0
+        for rs in per_image.values():
+            boxes = None
+            if all("bbox" in r for r in rs):  # COCO results: XYWH
+                boxes = torch.tensor([r["bbox"] for r in rs], dtype=torch.float32).reshape(-1, 4)
+                boxes[:, 2:] += boxes[:, :2]
+            at_cap += distinct_detections([r["score"] for r in rs], boxes, min_score) >= cap
+        counter.add_counts(num_images, at_cap)
         if counter.message():
             messages.append(counter.message())
     return messages

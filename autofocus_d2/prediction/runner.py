@@ -223,7 +223,7 @@ def _predict_shard(options: PredictOptions, inputs: Sequence[PredictionInput], c
             if isinstance(output, Exception):
                 fail(item, f"prediction failed: {type(output).__name__}: {output}")
                 continue
-            capped.add(output["instances"].scores.tolist())
+            capped.add(output["instances"].scores, output["instances"].pred_boxes.tensor)
             result = prediction_record(item, output, record["height"], record["width"], fingerprint, names)
             write_json_atomic(prediction_path(options.output, item), result)
             done += 1

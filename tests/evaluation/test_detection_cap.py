@@ -14,7 +14,7 @@ from autofocus_d2.evaluation import (
     evaluation_max_dets,
     final_detection_cap,
 )
-from autofocus_d2.evaluation.detection_cap import results_at_cap
+from autofocus_d2.evaluation.detection_cap import distinct_detections, results_at_cap
 from autofocus_d2.inference.pipeline import build_autofocus_pipeline
 
 CAP_LOGGER = "autofocus_d2.evaluation.detection_cap"
@@ -97,3 +97,25 @@ def test_benchmark_results_at_the_cap_give_one_warning_per_method():
                "autofocus": [{"image_id": 1, "score": 0.9}] * 2 + [{"image_id": 1, "score": 0.01}] * 2}
     messages = results_at_cap(results, 3, 4, min_score=0.05)
     assert len(messages) == 1 and messages[0].startswith("pyramid: 1 of 3 images reached the cap of 4")
+
+
+def test_soft_nms_duplicates_count_once_towards_the_cap():
+    # 60 objects 50 px apart, each kept with 2 decayed duplicates (IoU ~0.8), as Soft-NMS leaves
+    # them: 180 detections above the score floor, 60 objects.
+    objects = torch.tensor([[50.0 * i, 50.0 * j, 50.0 * i + 40, 50.0 * j + 40] for i in range(10) for j in range(6)])
+    boxes = torch.cat([objects, objects + 2, objects - 2])
+    scores = torch.cat([torch.full((60,), 0.9), torch.full((60,), 0.3), torch.full((60,), 0.1)])
+    assert distinct_detections(scores, boxes, 0.05) == 60
+    assert distinct_detections(scores, None, 0.05) == 180  # without boxes every detection counts
+    assert distinct_detections(scores, boxes, 0.5) == 60
+    counter = DetectionCapCounter(100, min_score=0.05)
+    assert not counter.add(scores, boxes) and counter.add(scores)
+    # 120 distinct objects: at the cap of 100, with or without their duplicates.
+    many = torch.tensor([[50.0 * i, 50.0 * j, 50.0 * i + 40, 50.0 * j + 40] for i in range(12) for j in range(10)])
+    assert counter.add(torch.full((240,), 0.5), torch.cat([many, many + 2]))
+    # The benchmark's COCO results (XYWH) count the same way.
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1)
+    results = {"autofocus": [{"image_id": 1, "score": float(s), "bbox": b.tolist()} for s, b in zip(scores, xywh)]}
+    assert results_at_cap(results, 1, 100, min_score=0.05) == []
+    assert len(results_at_cap(results, 1, 61, min_score=0.05)) == 0
+    assert len(results_at_cap(results, 1, 60, min_score=0.05)) == 1
