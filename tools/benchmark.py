@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"benchmark: {e}", file=sys.stderr)
         return 2
-    report["config"] = args.config_file
+    report["config"] = args.config_file or f"the config recorded in {cfg.MODEL.WEIGHTS}"
     paths = write_report(report, args.output)
     print(summary_text(report))
     print(f"report: {os.path.abspath(paths['md'])}")
