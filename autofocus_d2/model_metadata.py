@@ -30,6 +30,7 @@ __all__ = [
     "METADATA_KEY",
     "ModelMetadataError",
     "check_config_against_metadata",
+    "class_names",
     "load_tool_config",
     "model_metadata",
     "num_classes_key",
@@ -70,6 +71,16 @@ def _dataset_classes(names: Sequence[str]) -> Optional[List[str]]:
         if classes is not None:
             return list(classes)
     return None
+
+
+def class_names(cfg: CfgNode) -> Optional[List[str]]:
+    """The class names of ``cfg``'s model: the ``thing_classes`` of the first DATASETS.TEST (then
+    DATASETS.TRAIN) dataset that has them (:func:`load_tool_config` fills the test datasets' from
+    the weights' record), when that list has the model's class count; else None."""
+    classes = _dataset_classes(list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN))
+    if classes is None or len(classes) != int(_get(cfg, num_classes_key(cfg))):
+        return None
+    return classes
 
 
 def model_metadata(cfg: CfgNode) -> Dict[str, Any]:
