@@ -9,7 +9,6 @@ import pytest
 pytest.importorskip("sahi", reason="sahi is optional (pip install sahi)")
 
 import torch  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
@@ -17,7 +16,9 @@ from PIL import Image  # noqa: E402
 from sahi.predict import get_sliced_prediction  # noqa: E402
 
 from autofocus_d2 import add_autofocus_config  # noqa: E402
+from autofocus_d2.checkpoint import AtomicCheckpointer  # noqa: E402
 from autofocus_d2.integrations.sahi import AutoFocusSahiModel  # noqa: E402
+from autofocus_d2.model_metadata import model_metadata  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = "configs/Synthetic/autofocus_compact_fpn.yaml"
@@ -40,16 +41,17 @@ def docs_snippet() -> str:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A random-init checkpoint of the compact config, and the model it came from."""
+    """A random-init checkpoint of the compact config carrying its record (config, class names) as
+    train_net.py writes it, and the model it came from."""
     torch.manual_seed(0)
     model = build_model(compact_cfg()).eval()
     out = tmp_path_factory.mktemp("sahi_ckpt")
-    DetectionCheckpointer(model, save_dir=str(out)).save("model")
+    AtomicCheckpointer(model, save_dir=str(out), metadata=model_metadata(compact_cfg())).save("model")
     return str(out / "model.pth"), model
 
 
 def test_the_docs_snippet_runs_as_written(checkpoint, tmp_path, monkeypatch, capsys):
-    weights, _ = checkpoint
+    weights, model = checkpoint
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8)
     image[200:320, 300:480] = (40, 200, 90)
@@ -64,6 +66,9 @@ def test_the_docs_snippet_runs_as_written(checkpoint, tmp_path, monkeypatch, cap
 
     detection_model, result = scope["detection_model"], scope["result"]
     assert isinstance(detection_model, AutoFocusSahiModel)
+    # The weights alone built the model: the checkpoint's weights are in it.
+    torch.testing.assert_close(detection_model.detector.roi_heads.box_predictor.cls_score.weight,
+                               model.roi_heads.box_predictor.cls_score.weight, rtol=0, atol=0)
     names = MetadataCatalog.get("autofocus_synth_val").thing_classes
     assert detection_model.category_mapping == {str(i): n for i, n in enumerate(names)}
     # 700 x 900 with 512 px slices, overlap 0.2: 2 x 2 slices, plus SAHI's whole-image pass.
