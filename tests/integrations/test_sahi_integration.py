@@ -101,3 +101,32 @@ def test_bad_arguments_are_named():
         AutoFocusSahiModel(compact_cfg())
     with pytest.raises(ValueError, match="slice zoom"):
         AutoFocusSahiModel(compact_cfg(), model=build_model(compact_cfg()), slice_zoom=0.0)
+
+
+@pytest.mark.parametrize("cap, warned", [(3, True), (100000, False)])
+def test_passes_at_the_detection_cap_are_warned_once(checkpoint, logged, cap, warned):
+    """A planted dense case: with the test threshold 0, the random model's passes keep every
+    proposal, so each pass reaches a cap of 3 (none reaches 100000)."""
+    _, trained = checkpoint
+    cfg = compact_cfg()
+    cfg.TEST.DETECTIONS_PER_IMAGE = cap
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    model = build_model(cfg).eval()
+    model.load_state_dict(trained.state_dict())
+    messages = logged("autofocus_d2.integrations.sahi")
+    detection_model = AutoFocusSahiModel(cfg, model=model, confidence_threshold=0.0)
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, size=(300, 300, 3), dtype=np.uint8)
+    get_sliced_prediction(image, detection_model, slice_height=256, slice_width=256, verbose=0)
+    counter = detection_model.model.cap_counter
+    passes = len(detection_model.model.calls)
+    assert passes == 5 and counter.images == passes  # 2 x 2 slices and the whole image
+    cap_messages = [m for m in messages if "reached the cap" in m]
+    if warned:
+        assert counter.images_at_cap == passes
+        assert len(cap_messages) == 1  # once, at the first pass at the cap
+        assert cap_messages[0].startswith("SAHI detector passes: 1 of 1 images reached the cap of 3 "
+                                          "detections per image (TEST.DETECTIONS_PER_IMAGE)")
+        assert "5 of 5" in counter.message()
+    else:
+        assert counter.images_at_cap == 0 and cap_messages == []
