@@ -5,6 +5,7 @@ tools/lazyconfig_train_net.py does (same flags, same ``key=value`` overrides), e
     python lazyconfig_train_net.py --config-file configs/Synthetic/autofocus_compact_fpn.py \
         --eval-only train.init_checkpoint=output/synth_compact_fpn_lazy/model_final.pth
     python lazyconfig_train_net.py --config-file <cfg.py> --num-gpus 8 train.amp.enabled=True
+    python lazyconfig_train_net.py --eval-only train.init_checkpoint=<its model_final.pth>  # config recorded
 The plugin's differences: AutoFocus's pixel saving is reported beside COCO AP, AMP on a CPU device
 is refused up front, several CPU processes train too (see autofocus_d2.utils.distributed), and
 checkpoints are atomic, with weights that must fit unless --finetune (autofocus_d2.checkpoint), and
@@ -41,6 +42,7 @@ from autofocus_d2.evaluation import AutoFocusEfficiencyEvaluator
 from autofocus_d2.model_metadata import (
     check_lazy_config_against_metadata,
     lazy_model_metadata,
+    load_recorded_lazy_config,
     read_model_metadata,
 )
 from autofocus_d2.utils.distributed import check_amp_device, create_ddp_model
@@ -97,7 +99,14 @@ def do_train(args, cfg):
 
 def main(args):
     register_coco_datasets(args.register_coco)  # in every process that launch() starts
-    cfg = LazyConfig.load(args.config_file)
+    if args.config_file:
+        cfg = LazyConfig.load(args.config_file)
+    else:  # --eval-only train.init_checkpoint=<weights of this script>: the config they carry
+        weights = [o.split("=", 1)[1] for o in args.opts if o.startswith("train.init_checkpoint=")]
+        if not (args.eval_only and weights):
+            raise SystemExit("--config-file is required (except with --eval-only "
+                             "train.init_checkpoint=<weights written by this script>)")
+        cfg = load_recorded_lazy_config(weights[-1])
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
     default_setup(cfg, args)
     # The plugin's own log (the efficiency table, dataset checks), as train_net.py shows it.

@@ -37,6 +37,7 @@ __all__ = [
     "check_lazy_config_against_metadata",
     "class_names",
     "lazy_model_metadata",
+    "load_recorded_lazy_config",
     "load_tool_config",
     "model_metadata",
     "num_classes_key",
@@ -300,3 +301,21 @@ def check_lazy_config_against_metadata(cfg: Any, record: Dict[str, Any], weights
             metadata.set(thing_classes=list(names))
         elif list(classes) != list(names):
             fail(f"thing_classes of dataloader.test.dataset.names {dataset!r}", list(classes), list(names))
+
+
+def load_recorded_lazy_config(weights: str) -> Any:
+    """The LazyConfig recorded in the checkpoint ``weights`` by ``lazyconfig_train_net.py``
+    (``LazyConfig.load`` of its ``lazy_config`` text).
+
+    Raises:
+        ModelMetadataError: the weights carry no record, or a record without a LazyConfig.
+    """
+    record = read_model_metadata(weights) if os.path.isfile(weights) or "://" in weights else None
+    if record is None or not record.get("lazy_config"):
+        what = "no record" if record is None else "a record of train_net.py (a yaml config)"
+        raise ModelMetadataError(f"The weights {weights} carry {what}, no LazyConfig: pass --config-file.")
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "recorded_config.yaml")
+        with open(path, "w") as f:
+            f.write(record["lazy_config"])
+        return LazyConfig.load(path)

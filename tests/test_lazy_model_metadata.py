@@ -17,6 +17,7 @@ from autofocus_d2.model_metadata import (
     ModelMetadataError,
     check_lazy_config_against_metadata,
     lazy_model_metadata,
+    load_recorded_lazy_config,
     load_tool_config,
     read_model_metadata,
 )
@@ -66,6 +67,10 @@ def test_the_record_holds_the_lazy_config_and_the_class_names(lazy_trees, tmp_pa
     # The yaml tools cannot run these weights alone, and say why.
     with pytest.raises(ModelMetadataError, match="trained from a LazyConfig"):
         load_tool_config(None, [], weights)
+    # ... and a checkpoint without the record has no LazyConfig to read back.
+    AtomicCheckpointer(model, str(tmp_path)).save("plain")
+    with pytest.raises(ModelMetadataError, match="carry no record, no LazyConfig: pass --config-file"):
+        load_recorded_lazy_config(str(tmp_path / "plain.pth"))
 
 
 def _eval_only(spec, overrides, weights, out, *extra):
@@ -84,6 +89,15 @@ def test_eval_only_runs_the_recorded_weights_and_refuses_a_contradiction(lazy_tr
     (model,) = tested
     saved = torch.load(weights, weights_only=False)["model"]["roi_heads.box_predictor.cls_score.weight"]
     assert torch.equal(model.roi_heads.box_predictor.cls_score.weight, saved)  # the weights loaded
+    # The weights alone: the LazyConfig they carry (the test dataset named in it, registered here).
+    parser = lazyconfig_train_net.add_register_coco_argument(lazyconfig_train_net.default_argument_parser())
+    lazyconfig_train_net.main(parser.parse_args(["--eval-only", "--register-coco", *spec,
+                                                 f"train.init_checkpoint={weights}",
+                                                 f"train.output_dir={tmp_path / 'alone'}"]))
+    assert len(tested) == 2 and tested[1].roi_heads.num_classes == 1
+    assert torch.equal(tested[1].roi_heads.box_predictor.cls_score.weight, saved)
+    with pytest.raises(SystemExit, match="--config-file is required"):
+        lazyconfig_train_net.main(parser.parse_args(["--eval-only"]))
     with pytest.raises(ModelMetadataError,
                        match="contradicts the weights .*: model.roi_heads.num_classes is 6 in the config but 1"):
         lazyconfig_train_net.main(_eval_only(spec, overrides, weights, tmp_path / "eval6",
