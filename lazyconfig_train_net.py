@@ -5,9 +5,13 @@ tools/lazyconfig_train_net.py does (same flags, same ``key=value`` overrides), e
     python lazyconfig_train_net.py --config-file configs/Synthetic/autofocus_compact_fpn.py \
         --eval-only train.init_checkpoint=output/synth_compact_fpn_lazy/model_final.pth
     python lazyconfig_train_net.py --config-file <cfg.py> --num-gpus 8 train.amp.enabled=True
+    python lazyconfig_train_net.py --eval-only train.init_checkpoint=<its model_final.pth>  # config recorded
 The plugin's differences: AutoFocus's pixel saving is reported beside COCO AP, AMP on a CPU device
 is refused up front, several CPU processes train too (see autofocus_d2.utils.distributed), and
-checkpoints are atomic, with weights that must fit unless --finetune (autofocus_d2.checkpoint).
+checkpoints are atomic, with weights that must fit unless --finetune (autofocus_d2.checkpoint), and
+they carry the model's record (the LazyConfig as yaml text, the class names and count:
+autofocus_d2.model_metadata); --eval-only checks train.init_checkpoint's record against the config
+(a contradicting model.roi_heads.num_classes is an error naming the key).
 """
 import logging
 import os
@@ -35,6 +39,12 @@ from autofocus_d2.data import (
     register_coco_datasets,
 )
 from autofocus_d2.evaluation import AutoFocusEfficiencyEvaluator
+from autofocus_d2.model_metadata import (
+    check_lazy_config_against_metadata,
+    lazy_model_metadata,
+    load_recorded_lazy_config,
+    read_model_metadata,
+)
 from autofocus_d2.utils.distributed import check_amp_device, create_ddp_model
 
 logger = logging.getLogger("autofocus_d2")
@@ -55,6 +65,7 @@ def do_train(args, cfg):
     """Detectron2's LazyConfig training loop: model, optimizer, SNIPER chip loader, (AMP)trainer
     and hooks from ``cfg``; ``train.*`` as in Detectron2's common/train.py."""
     check_amp_device(cfg.train.amp.enabled, cfg.train.device, key="train.amp.enabled")
+    metadata = lazy_model_metadata(cfg)  # before the loop puts the model into cfg.optimizer
     model = instantiate(cfg.model)
     logger.info("Model:\n%s", model)
     model.to(cfg.train.device)
@@ -65,7 +76,7 @@ def do_train(args, cfg):
 
     model = create_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
-    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer,
+    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer, metadata=metadata,
                                       allow_mismatch=getattr(args, "finetune", False))
     trainer.register_hooks(
         [
@@ -88,11 +99,23 @@ def do_train(args, cfg):
 
 def main(args):
     register_coco_datasets(args.register_coco)  # in every process that launch() starts
-    cfg = LazyConfig.load(args.config_file)
+    if args.config_file:
+        cfg = LazyConfig.load(args.config_file)
+    else:  # --eval-only train.init_checkpoint=<weights of this script>: the config they carry
+        weights = [o.split("=", 1)[1] for o in args.opts if o.startswith("train.init_checkpoint=")]
+        if not (args.eval_only and weights):
+            raise SystemExit("--config-file is required (except with --eval-only "
+                             "train.init_checkpoint=<weights written by this script>)")
+        cfg = load_recorded_lazy_config(weights[-1])
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
     default_setup(cfg, args)
     # The plugin's own log (the efficiency table, dataset checks), as train_net.py shows it.
     setup_logger(output=cfg.train.output_dir, distributed_rank=comm.get_rank(), name="autofocus_d2")
+    weights = cfg.train.init_checkpoint
+    if args.eval_only and weights and ("://" in weights or os.path.isfile(weights)):
+        record = read_model_metadata(weights)  # the weights' own config and class names, if any
+        if record is not None:
+            check_lazy_config_against_metadata(cfg, record, weights)
     train_names = cfg.dataloader.train.get("dataset", {}).get("names") if not args.eval_only else None
     if train_names and "roi_heads" in cfg.model:  # own training data: the class count must match
         train_names = [train_names] if isinstance(train_names, str) else list(train_names)

@@ -24,10 +24,26 @@ from contextlib import contextmanager
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+from detectron2.config import CfgNode
+from detectron2.modeling import build_model
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
-__all__ = ["export_focus_detector", "TracedFocusDetector", "save_focus_detector", "load_focus_detector"]
+from .checkpoint import load_weights
+from .model_metadata import class_names, load_tool_config
+
+__all__ = [
+    "EXPORT_OPTS",
+    "TracedFocusDetector",
+    "export_focus_detector",
+    "export_from_weights",
+    "exportable_model",
+    "load_focus_detector",
+    "save_focus_detector",
+]
+
+# What a traced graph needs (one proposal budget, one view at a time); exportable_model's defaults.
+EXPORT_OPTS = ("MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX", "0", "MODEL.AUTOFOCUS.CHIP_BATCH_SIZE", "1")
 
 # Name of the settings stored beside the graph in a saved file (torch.jit extra files).
 _SETTINGS_FILE = "autofocus_settings.json"
@@ -52,7 +68,8 @@ def _check_budget(pipeline) -> None:
         )
 
 
-def export_focus_detector(model: nn.Module, sample_image: torch.Tensor) -> torch.jit.ScriptModule:
+def export_focus_detector(model: nn.Module, sample_image: torch.Tensor,
+                          thing_classes: Optional[Sequence[str]] = None) -> torch.jit.ScriptModule:
     """
     Trace one view's detector pass of an AutoFocus model (eval mode, any device).
 
@@ -62,6 +79,8 @@ def export_focus_detector(model: nn.Module, sample_image: torch.Tensor) -> torch
             pipeline's ``raw_score_thresh``) or the detector's own filtered ones.
         sample_image: (C, H, W) float image in the model's input format, on the model's device;
             traced shapes generalise to other sizes (Detectron2's traceable ops).
+        thing_classes: the class names, kept in the settings (saved by :func:`save_focus_detector`,
+            :attr:`TracedFocusDetector.thing_classes` after loading); None: not known.
 
     Returns:
         a ScriptModule: (C, h, w) float image -> (boxes (N, 4) XYXY in the image's frame, scores (N,),
@@ -83,8 +102,51 @@ def export_focus_detector(model: nn.Module, sample_image: torch.Tensor) -> torch
         "pixel_mean": [float(v) for v in model.pixel_mean.flatten().tolist()],
         "size_divisibility": int(model.backbone.size_divisibility),
         "raw_score_thresh": raw_thresh,
+        "thing_classes": None if thing_classes is None else [str(c) for c in thing_classes],
     }
     return traced
+
+
+def exportable_model(weights: str, opts: Sequence[str] = (),
+                     config_file: Optional[str] = None) -> Tuple[nn.Module, CfgNode]:
+    """
+    The model of a checkpoint, ready for :func:`export_focus_detector` (eval mode, weights loaded),
+    and its config.
+
+    Args:
+        weights: a checkpoint; without ``config_file`` it must carry the config record that
+            ``train_net.py`` writes (:func:`~autofocus_d2.model_metadata.load_tool_config`).
+        opts: KEY VALUE overrides (e.g. ``MODEL.DEVICE cpu``), applied after :data:`EXPORT_OPTS`
+            (``MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX 0``, ``CHIP_BATCH_SIZE 1``).
+        config_file: an explicit config; it must agree with the weights' record.
+
+    Returns:
+        (model, cfg); ``cfg`` builds the pipeline around the traced detector
+        (``build_autofocus_pipeline(cfg)``), ``class_names(cfg)`` gives the weights' class names.
+    """
+    cfg = load_tool_config(config_file, [*EXPORT_OPTS, *opts], weights)
+    model = build_model(cfg).eval()
+    load_weights(model, cfg.MODEL.WEIGHTS)
+    return model, cfg
+
+
+def export_from_weights(weights: str, sample_image: torch.Tensor, opts: Sequence[str] = (),
+                        config_file: Optional[str] = None) -> Tuple[torch.jit.ScriptModule, CfgNode]:
+    """
+    :func:`export_focus_detector` of a checkpoint alone (:func:`exportable_model`), the class names
+    recorded in the checkpoint kept in the settings.
+
+    Args:
+        weights, opts, config_file: as :func:`exportable_model`.
+        sample_image: (C, H, W) float image in the model's input format (``cfg.INPUT.FORMAT``);
+            moved to ``MODEL.DEVICE``.
+
+    Returns:
+        (traced module, its config).
+    """
+    model, cfg = exportable_model(weights, opts, config_file)
+    traced = export_focus_detector(model, sample_image.to(cfg.MODEL.DEVICE), class_names(cfg))
+    return traced, cfg
 
 
 def save_focus_detector(traced: torch.jit.ScriptModule, path: str) -> None:
@@ -137,6 +199,7 @@ class TracedFocusDetector:
         pixel_mean: Sequence[float],
         size_divisibility: int,
         raw_score_thresh: Optional[float],
+        thing_classes: Optional[Sequence[str]] = None,
         device: str = "cpu",
     ):
         """
@@ -147,12 +210,14 @@ class TracedFocusDetector:
             size_divisibility: the backbone's, to report the padded focus grid like the eager model.
             raw_score_thresh: the pipeline's per-view raw threshold the module was traced with
                 (None: filtered view detections); the pipeline must ask for the same.
+            thing_classes: the class names (index = ``pred_classes``), None when not known.
         """
         self.traced = traced
         self.focus_stride = int(focus_stride)
         self.input_channels = len(pixel_mean)
         self.size_divisibility = int(size_divisibility)
         self.raw_score_thresh = raw_score_thresh
+        self.thing_classes = None if thing_classes is None else list(thing_classes)
         self.device = torch.device(device)
 
     def normalize(self, images: Sequence[torch.Tensor]) -> ImageList:

@@ -31,6 +31,9 @@ Fixtures shared by the tests of every folder: the tiny synthetic split as a COCO
 edited copies of it (bad datasets).
 
 ``bad_image_files``: image files of every kind a reader must handle or refuse.
+
+``recorded_checkpoint``: a model's weights saved as ``train_net.py`` saves them, with the record
+(config, class names) that lets the tools run the weights alone; no training needed.
 """
 import contextlib
 import io
@@ -47,7 +50,9 @@ import torch.nn.functional as F
 from detectron2.structures import Boxes, ImageList, Instances
 from PIL import Image
 
+from autofocus_d2.checkpoint import AtomicCheckpointer
 from autofocus_d2.data import ensure_split
+from autofocus_d2.model_metadata import model_metadata
 
 
 class PlantedDetector:
@@ -379,3 +384,16 @@ def write_bad_image_files(folder):
 @pytest.fixture
 def bad_image_files(tmp_path):
     return write_bad_image_files(tmp_path / "images")
+
+
+@pytest.fixture
+def recorded_checkpoint(tmp_path):
+    """``recorded_checkpoint(model, cfg, name="model_final")``: ``model``'s weights saved in
+    ``tmp_path`` with the record of ``cfg`` (its config, and the ``thing_classes`` its datasets have
+    now), as ``train_net.py`` writes its checkpoints; returns the file."""
+
+    def save(model, cfg, name="model_final"):
+        AtomicCheckpointer(model, str(tmp_path), metadata=model_metadata(cfg)).save(name)
+        return str(tmp_path / f"{name}.pth")
+
+    return save

@@ -8,10 +8,14 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
+from detectron2.data import MetadataCatalog
+
 from autofocus_d2 import model_zoo
 from autofocus_d2.export import (
-    TracedFocusDetector, export_focus_detector, load_focus_detector, save_focus_detector)
+    TracedFocusDetector, export_focus_detector, export_from_weights, load_focus_detector,
+    save_focus_detector)
 from autofocus_d2.inference.pipeline import build_autofocus_pipeline
+from autofocus_d2.model_metadata import ModelMetadataError
 
 
 def export_cfg(**autofocus):
@@ -88,36 +92,74 @@ def deployment_snippet() -> str:
     doc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "deployment.md")
     with open(doc) as f:
         blocks = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
-    (snippet,) = [b for b in blocks if "export_focus_detector(model, sample_image)" in b]
+    (snippet,) = [b for b in blocks if "export_focus_detector(model, sample_image" in b]
     return snippet
 
 
-def test_deployment_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
-    from detectron2.checkpoint import DetectionCheckpointer
+def one_class_checkpoint(recorded_checkpoint, dataset):
+    """(model, weights): a random-init one-class model ("tree") saved with its record, as
+    train_net.py writes it; ``dataset`` (its DATASETS.TEST) is unregistered again afterwards, so the
+    names a tool shows can only come from the weights."""
+    cfg = model_zoo.get_config("Synthetic/autofocus_compact_fpn.yaml")
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 1
+    cfg.DATASETS.TRAIN = cfg.DATASETS.TEST = (dataset,)
+    MetadataCatalog.get(dataset).set(thing_classes=["tree"])
+    model = random_model(cfg)
+    weights = recorded_checkpoint(model, cfg)
+    MetadataCatalog.remove(dataset)
+    return model, weights
+
+
+def test_deployment_snippet_runs_as_written(tmp_path, monkeypatch, capsys, recorded_checkpoint):
     from PIL import Image
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    torch.manual_seed(0)
-    model = random_model(model_zoo.get_config("Synthetic/autofocus_compact_fpn.yaml"))
-    DetectionCheckpointer(model, str(tmp_path)).save("random_init")
+    _, weights = one_class_checkpoint(recorded_checkpoint, "wtf_export_snippet_trees")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(tmp_path / "image.jpg")
     snippet = deployment_snippet()
     for path in ("output/demo/train/model_final.pth", "image.jpg", "detector.ts"):
         assert f'"{path}"' in snippet  # the snippet's own paths, replaced by the test's files
-    snippet = (snippet.replace('"output/demo/train/model_final.pth"', repr(str(tmp_path / "random_init.pth")))
+    snippet = (snippet.replace('"output/demo/train/model_final.pth"', repr(weights))
                .replace('"image.jpg"', repr(str(tmp_path / "image.jpg")))
                .replace('"detector.ts"', repr(str(tmp_path / "detector.ts"))))
-    monkeypatch.chdir(repo)  # the snippet's config path is relative to the repository
+    monkeypatch.chdir(repo)
     with warnings.catch_warnings():
         warnings.simplefilter("error", torch.jit.TracerWarning)  # silenced by the export
         namespace = {}
         exec(compile(snippet, "deployment.md", "exec"), namespace)
     assert (tmp_path / "detector.ts").is_file()
-    cfg, outputs = namespace["cfg"], namespace["outputs"]
+    cfg, outputs, detector = namespace["cfg"], namespace["outputs"], namespace["detector"]
+    # The weights alone gave the config (their class count) and the class names, kept in the file.
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 1 and cfg.DATASETS.TEST == ("wtf_export_snippet_trees",)
+    assert detector.thing_classes == ["tree"]
     assert cfg.MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX == 0.0  # the integer "0" was accepted
     assert "instances" in outputs[0] and "autofocus" in outputs[0]
-    assert f"{len(outputs[0]['instances'])} detections" in capsys.readouterr().out
+    assert f"{len(outputs[0]['instances'])} detections of ['tree']" in capsys.readouterr().out
+
+
+def test_export_from_weights_alone(recorded_checkpoint):
+    model, weights = one_class_checkpoint(recorded_checkpoint, "wtf_export_trees")
+    sample = (torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(2)) * 255).round()
+    torch.manual_seed(123)  # the model built from the weights starts from another initialisation
+    traced, cfg = export_from_weights(weights, sample, opts=["MODEL.DEVICE", "cpu"])
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 1 and cfg.MODEL.WEIGHTS == weights
+    # The export settings are its defaults.
+    assert (cfg.MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX, cfg.MODEL.AUTOFOCUS.CHIP_BATCH_SIZE) == (0.0, 1)
+    assert traced.autofocus_settings["thing_classes"] == ["tree"]
+    # The weights were loaded: the traced pass gives the saved model's detections and focus map.
+    raw = model.pipeline.raw_score_thresh
+    with torch.no_grad():
+        boxes, scores, classes, focus = traced(sample)
+        instances, eager_focus = model.detect(model.normalize([sample]), with_focus=True,
+                                              raw_score_thresh=raw)
+    torch.testing.assert_close(focus, eager_focus[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(boxes, instances[0].pred_boxes.tensor, atol=1e-3, rtol=1e-4)
+    assert torch.equal(classes, instances[0].pred_classes)
+    # An explicit config that contradicts the weights is an error naming the key.
+    config = model_zoo.get_config_file("Synthetic/autofocus_compact_fpn.yaml")
+    with pytest.raises(ModelMetadataError, match="MODEL.ROI_HEADS.NUM_CLASSES is 6 in the config but 1"):
+        export_from_weights(weights, sample, opts=["MODEL.DEVICE", "cpu"], config_file=config)
 
 
 def test_integers_are_accepted_for_float_autofocus_keys(tmp_path):

@@ -15,7 +15,7 @@ at least the test score threshold (:func:`score_floor`; low-score detections, as
 Soft-NMS keeps: :func:`distinct_detections`) may have lost some to a view's cap
 or to the final one: :class:`DetectionCapCounter` counts such images and the
 tools (demo, benchmark, predict, ``train_net.py``'s evaluation through
-:class:`DetectionCapEvaluator`) say so once per run. :func:`dense_scene_hint` compares a dataset's
+:class:`DetectionCapEvaluator`, the SAHI wrapper per detector pass) say so once per run. :func:`dense_scene_hint` compares a dataset's
 largest object count per image (``--register-coco`` records it) with the cap.
 """
 import logging

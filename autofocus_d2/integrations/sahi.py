@@ -33,10 +33,15 @@ builds the model and what it calls per array are replaced::
   the frame of the array (Detectron2's ``detector_postprocess``); SAHI adds the slice offsets.
 * **Channel order.** SAHI's arrays are RGB; SAHI's wrapper flips them to BGR when the model's
   INPUT.FORMAT is "BGR".
+* **Dense scenes.** A pass keeps at most ``TEST.DETECTIONS_PER_IMAGE`` detections; the first pass
+  that reaches that cap (with scores at least the test threshold) logs the tools' warning once
+  (:class:`~autofocus_d2.evaluation.detection_cap.DetectionCapCounter`, here counting passes);
+  ``detection_model.model.cap_counter.message()`` gives the totals so far.
 
 SAHI is an optional dependency (``pip install -e .[bench]`` or ``pip install sahi``); without it this
 module imports, :func:`sahi_available` says why not, and building a model raises ImportError.
 """
+import logging
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -44,10 +49,13 @@ import numpy as np
 import torch
 from detectron2.structures import Instances
 
+from ..evaluation.detection_cap import DetectionCapCounter, detection_cap, score_floor
 from ..structures.scale_chain import scale_zoom
 from ..structures.views import crop_and_resize, zoomed_hw
 
 __all__ = ["AutoFocusSahiModel", "DetectorCall", "SliceDetector", "require_sahi", "sahi_available"]
+
+logger = logging.getLogger(__name__)
 
 _INSTALL_HINT = "pip install sahi (or pip install -e .[bench] in autofocus-d2)"
 
@@ -107,7 +115,8 @@ class SliceDetector:
     the CPU. Every pass is appended to ``calls``.
     """
 
-    def __init__(self, detector, *, first_scale: Optional[Sequence[float]] = None, zoom: float = 1.0):
+    def __init__(self, detector, *, first_scale: Optional[Sequence[float]] = None, zoom: float = 1.0,
+                 cap_counter: Optional[DetectionCapCounter] = None):
         """
         Args:
             detector: a GeneralizedRCNN (AutoFocusRCNN included) in eval mode, or any object with
@@ -115,6 +124,8 @@ class SliceDetector:
             first_scale: (shorter side, longer-side cap) in pixels of the whole-image pass (the rule
                 of :class:`autofocus_d2.structures.ScaleChain`; -1 = no constraint).
             zoom: detector-input pixels per pixel of a slice.
+            cap_counter: counts the passes that reach the detection cap and warns once (None: no
+                count).
         """
         if detector.input_format not in ("RGB", "BGR"):
             raise ValueError(
@@ -129,6 +140,7 @@ class SliceDetector:
         self.zoom = float(zoom)
         self.full_image_hw: Optional[Tuple[int, int]] = None
         self.calls: List[DetectorCall] = []
+        self.cap_counter = cap_counter
 
     def input_hw(self, image_hw: Tuple[int, int]) -> Tuple[Tuple[int, int], str]:
         """(detector input (h, w), kind) of an array of size ``image_hw`` handed over by SAHI."""
@@ -160,7 +172,11 @@ class SliceDetector:
         _sync(self.detector.device)
         seconds = time.perf_counter() - start
         self.calls.append(DetectorCall(kind, (h, w), tuple(out_hw), seconds))
-        return {"instances": outputs[0]["instances"].to("cpu")}
+        instances = outputs[0]["instances"].to("cpu")
+        if self.cap_counter is not None:
+            self.cap_counter.add(instances.scores.tolist())
+            self.cap_counter.warn(logger)
+        return {"instances": instances}
 
 
 class AutoFocusSahiModel(Detectron2DetectionModel):
@@ -269,7 +285,11 @@ class AutoFocusSahiModel(Detectron2DetectionModel):
                 raise TypeError(f"{type(model).__name__} has no {attr!r}: expected a Detectron2 GeneralizedRCNN")
         if hasattr(model, "eval"):
             model.eval()
-        self.model = SliceDetector(model, first_scale=self.first_scale, zoom=self.slice_zoom)
+        counter = None
+        if self.cfg is not None:  # the detector's per-pass cap and score threshold
+            counter = DetectionCapCounter(detection_cap(self.cfg), "SAHI detector passes", score_floor(self.cfg))
+        self.model = SliceDetector(model, first_scale=self.first_scale, zoom=self.slice_zoom,
+                                   cap_counter=counter)
         if self.category_mapping is None:
             self.category_mapping = self.default_category_mapping(model)
         self.category_names = list(self.category_mapping.values())
