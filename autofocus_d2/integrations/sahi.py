@@ -174,7 +174,7 @@ class SliceDetector:
         self.calls.append(DetectorCall(kind, (h, w), tuple(out_hw), seconds))
         instances = outputs[0]["instances"].to("cpu")
         if self.cap_counter is not None:
-            self.cap_counter.add(instances.scores.tolist())
+            self.cap_counter.add(instances.scores, instances.pred_boxes.tensor)
             self.cap_counter.warn(logger)
         return {"instances": instances}
 
