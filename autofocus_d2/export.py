@@ -60,6 +60,17 @@ def _quiet_torchscript():
         yield
 
 
+def _check_sample_image(sample_image) -> None:
+    if not isinstance(sample_image, torch.Tensor) or sample_image.dim() != 3:
+        shape = getattr(sample_image, "shape", None)
+        raise TypeError(
+            f"sample_image must be a (C, H, W) torch.Tensor in the model's input format, got "
+            f"{type(sample_image).__name__}{'' if shape is None else f' of shape {tuple(shape)}'}. Fix: "
+            "torch.as_tensor(image.transpose(2, 0, 1).copy()).float() for an (H, W, C) array as "
+            "detectron2.data.detection_utils.read_image returns it"
+        )
+
+
 def _check_budget(pipeline) -> None:
     if pipeline is not None and getattr(pipeline, "proposals_per_mpix", 0) > 0:
         raise ValueError(
@@ -86,6 +97,7 @@ def export_focus_detector(model: nn.Module, sample_image: torch.Tensor,
         a ScriptModule: (C, h, w) float image -> (boxes (N, 4) XYXY in the image's frame, scores (N,),
         classes (N,), FocusPixel probabilities (Hf, Wf) on the padded grid of ``model.focus_stride``).
     """
+    _check_sample_image(sample_image)
     if model.training:
         raise ValueError("export_focus_detector needs the model in eval mode (model.eval())")
     pipeline = getattr(model, "pipeline", None)
@@ -144,6 +156,7 @@ def export_from_weights(weights: str, sample_image: torch.Tensor, opts: Sequence
     Returns:
         (traced module, its config).
     """
+    _check_sample_image(sample_image)
     model, cfg = exportable_model(weights, opts, config_file)
     traced = export_focus_detector(model, sample_image.to(cfg.MODEL.DEVICE), class_names(cfg))
     return traced, cfg

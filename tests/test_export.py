@@ -160,6 +160,10 @@ def test_export_from_weights_alone(recorded_checkpoint):
     config = model_zoo.get_config_file("Synthetic/autofocus_compact_fpn.yaml")
     with pytest.raises(ModelMetadataError, match="MODEL.ROI_HEADS.NUM_CLASSES is 6 in the config but 1"):
         export_from_weights(weights, sample, opts=["MODEL.DEVICE", "cpu"], config_file=config)
+    # An (H, W, C) array as read_image gives it, instead of the (C, H, W) tensor: a TypeError that
+    # says how to convert it.
+    with pytest.raises(TypeError, match=r"\(C, H, W\) torch.Tensor .* got ndarray of shape \(8, 9, 3\)"):
+        export_from_weights(weights, np.zeros((8, 9, 3), np.uint8), opts=["MODEL.DEVICE", "cpu"])
 
 
 def test_integers_are_accepted_for_float_autofocus_keys(tmp_path):
