@@ -8,6 +8,9 @@ Config paths that a module needs as constants come from
 ``compact_cfg``: ``compact_cfg(**autofocus)``, the built-in synthetic CPU config
 (``configs/Synthetic/autofocus_compact_fpn.yaml``, as ``model_zoo.get_config`` reads it) with
 ``MODEL.DEVICE`` "cpu" and the given MODEL.AUTOFOCUS keys set; a new CfgNode on every call.
+``r18_c4_cfg``: ``r18_c4_cfg()``, a small ResNet-18 C4 AutoFocusRCNN config (the C4 twin of the
+compact one in the modeling tests). Tests parametrized over configs name these fixtures and get
+them with ``request.getfixturevalue``.
 
 ``planted_detector``: a model-free stand-in detector for pipeline tests (the FocusDetector
 interface) and, through :meth:`PlantedDetector.inference`, for code that calls a Detectron2 model
@@ -84,6 +87,30 @@ def compact_config(**autofocus):
 @pytest.fixture(scope="session")
 def compact_cfg():
     return compact_config
+
+
+def r18_c4_config():
+    """A small AutoFocusRCNN on Detectron2's C4 layout: ResNet-18 (BatchNorm, nothing frozen),
+    3 classes, on the CPU."""
+    from detectron2.config import get_cfg
+
+    from autofocus_d2 import add_autofocus_config
+
+    cfg = get_cfg()
+    add_autofocus_config(cfg)
+    cfg.MODEL.META_ARCHITECTURE = "AutoFocusRCNN"
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def r18_c4_cfg():
+    return r18_c4_config
 
 
 class PlantedDetector:
