@@ -27,6 +27,7 @@ def test_the_tta_mapper_resizes_to_the_scale_chains_sizes_in_order():
     assert all(len(a["transforms"].transforms) >= 1 for a in out)
 
 
+@pytest.mark.slow
 def test_tta_runs_one_pass_per_scale_and_answers_in_the_original_frame(compact_cfg):
     cfg = compact_cfg()
     torch.manual_seed(0)
@@ -131,6 +132,7 @@ def _benchmark_tool():
     return benchmark
 
 
+@pytest.mark.slow
 def test_timing_only_needs_no_weights_and_reports_time_without_ap(repo_root, tiny_dataset, tmp_path, capsys):
     tool = _benchmark_tool()
     out = str(tmp_path / "bench")
@@ -182,6 +184,7 @@ def test_each_method_keeps_its_coco_results_and_differs_from_the_pyramid_with_an
     assert rows[1]["AP_diff_ci95"] == pytest.approx([-100.0, -100.0], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_a_benchmark_on_other_data_saves_detections_and_warns_instead_of_judging(compact_cfg, repo_root, tiny_dataset, tmp_path, capsys):
     tool = _benchmark_tool()
     out = str(tmp_path / "bench")

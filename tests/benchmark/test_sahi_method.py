@@ -82,6 +82,7 @@ def test_one_slice_at_zoom_1_equals_the_models_single_pass(compact, bgr_image):
     assert _rows(swapped.instances) != _rows(expected)
 
 
+@pytest.mark.slow
 def test_a_zoomed_slice_is_the_pipelines_view_of_that_box(compact, bgr_image):
     cfg, model = compact
     zoom = 0.5
@@ -107,6 +108,7 @@ def test_a_zoomed_slice_is_the_pipelines_view_of_that_box(compact, bgr_image):
     assert torch.allclose(ours, theirs, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_built_from_cfg_and_a_checkpoint_it_is_the_same_detector(compact, bgr_image, tmp_path):
     cfg, model = compact
     with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty"):

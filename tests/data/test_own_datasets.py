@@ -15,6 +15,7 @@ from autofocus_d2.model_zoo import get_config_file
 CONFIG = get_config_file("Synthetic/autofocus_compact_fpn.yaml")
 
 
+@pytest.mark.slow
 def test_registered_from_the_command_line_it_evaluates_as_the_built_in_split(tiny_coco, compact_cfg, tmp_path):
     """train_net.py --eval-only on the tiny split, registered by --register-coco under another name,
     gives exactly the detections and AP of the built-in registration."""

@@ -36,6 +36,7 @@ def checkpoint(compact_cfg, tmp_path_factory):
     return str(out / "model.pth"), model
 
 
+@pytest.mark.slow
 def test_the_docs_snippet_runs_as_written(repo_root, checkpoint, tmp_path, monkeypatch, capsys):
     weights, _ = checkpoint
     rng = np.random.default_rng(0)
