@@ -93,7 +93,14 @@ def expected_losses(cfg):
         {"loss_keypoint"} if cfg.MODEL.KEYPOINT_ON else set())
 
 
-@pytest.mark.parametrize("name", all_config_names())
+def _full_size(name):
+    """The configs with a full ResNet-50/101 backbone: their build and CPU pass take 2-30 s each
+    (measured with -m "not slow" on 2 loaded cores), so they run with the slow tests."""
+    return "R_50" in name or "R_101" in name or name == "Base-AutoFocus-C4.yaml"
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if _full_size(n) else n
+                                  for n in all_config_names()])
 def test_config_builds_and_runs_on_cpu(name):
     cfg = cpu_cfg(name)
     torch.manual_seed(0)

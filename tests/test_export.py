@@ -92,6 +92,7 @@ def deployment_snippet() -> str:
     return snippet
 
 
+@pytest.mark.slow
 def test_deployment_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
     from detectron2.checkpoint import DetectionCheckpointer
     from PIL import Image

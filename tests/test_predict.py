@@ -157,6 +157,7 @@ def test_fingerprint_follows_the_weights_content_and_the_config(weights, tmp_pat
 
 
 # ---------------------------------------------------------------------------------- one process
+@pytest.mark.slow
 def test_outputs_resume_and_fingerprint(image_folder, weights, tmp_path):
     out = tmp_path / "out"
     summary = predict(options([image_folder], out, weights))
@@ -272,6 +273,7 @@ def _pycocotools_ap(json_file, results_file) -> float:
     return coco_eval.stats[0] * 100
 
 
+@pytest.mark.slow
 def test_merged_coco_results_give_detectron2s_ap(tiny_coco, weights, tmp_path):
     """The merged results of the tiny split are the very detections of Detectron2's evaluation,
     and on a ground truth where the random-init model scores (its own confident detections, as a

@@ -7,12 +7,14 @@ import subprocess
 import sys
 import warnings
 
+import pytest
 import torch
 
 from autofocus_d2.utils.quiet_logs import SAHI_ONCE, OnceFilter, progress, quiet_logs
 
 
 
+@pytest.mark.slow
 def test_a_tool_starts_without_the_torch_jit_script_warning(repo_root):
     proc = subprocess.run([sys.executable, "-W", "default", os.path.join(repo_root, "demo.py"), "--help"],
                           capture_output=True, text=True, cwd=repo_root, timeout=600)
