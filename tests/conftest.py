@@ -1,6 +1,20 @@
 """The one fixture layer of the suite (pytest loads it for every test directory).
 
-``planted_detector``: a model-free stand-in detector for pipeline tests.
+``repo_root``: the repository root (a str), for the scripts (``train_net.py``, ``demo.py``,
+``tools/*.py``) that tests run as subprocesses and for the files they read (docs, MODEL_ZOO.md).
+Config paths that a module needs as constants come from
+:func:`autofocus_d2.model_zoo.get_config_file` instead.
+
+``compact_cfg``: ``compact_cfg(**autofocus)``, the built-in synthetic CPU config
+(``configs/Synthetic/autofocus_compact_fpn.yaml``, as ``model_zoo.get_config`` reads it) with
+``MODEL.DEVICE`` "cpu" and the given MODEL.AUTOFOCUS keys set; a new CfgNode on every call.
+``r18_c4_cfg``: ``r18_c4_cfg()``, a small ResNet-18 C4 AutoFocusRCNN config (the C4 twin of the
+compact one in the modeling tests). Tests parametrized over configs name these fixtures and get
+them with ``request.getfixturevalue``.
+
+``planted_detector``: a model-free stand-in detector for pipeline tests (the FocusDetector
+interface) and, through :meth:`PlantedDetector.inference`, for code that calls a Detectron2 model
+(the SAHI wrapper).
 
 Images carry one object per colour channel (value 255 on a black background). The stand-in
 "detects" the object of channel c as the bounding box of the pixels of that channel above 127.5
@@ -12,6 +26,8 @@ With ``with_masks`` it also returns Detectron2-style box-relative ``pred_masks``
 the left half of each box (columns 0-3) is 1, the right half 0. With ``with_keypoints`` it returns
 ``pred_keypoints`` (N, 2, 3) in the view frame: the box's top-left corner (score 1.0) and its
 centre (score 0.5), and box-relative ``pred_keypoint_heatmaps`` (N, 2, 4, 4) filled with the class.
+With ``score_by_area`` a box's score is area / (area + 1000) instead (a whole object outranks its
+cut parts, as a slicing merge needs).
 With ``separate`` it detects one box per separated block of a channel (blocks split by empty
 columns, then by empty rows), as a local detector would: what chip canvases need, where several
 chips share one pass.
@@ -27,8 +43,8 @@ interior pixels give the view's zoom and offset, which round to the integer view
 ``planted_coco`` / ``noisy_detections``: planted COCO ground truth and detections for the AP and
 paired-bootstrap tests.
 
-Fixtures shared by the tests of every folder: the tiny synthetic split as a COCO json, and
-edited copies of it (bad datasets).
+Fixtures shared by the tests of every folder: the tiny synthetic split as a COCO json
+(``tiny_coco``), and edited copies of it (bad datasets).
 
 ``bad_image_files``: image files of every kind a reader must handle or refuse.
 
@@ -51,13 +67,60 @@ from detectron2.structures import Boxes, ImageList, Instances
 from PIL import Image
 
 from autofocus_d2.checkpoint import AtomicCheckpointer
+from autofocus_d2 import model_zoo
 from autofocus_d2.data import ensure_split
 from autofocus_d2.model_metadata import model_metadata
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPACT_CONFIG = "Synthetic/autofocus_compact_fpn.yaml"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> str:
+    return REPO_ROOT
+
+
+def compact_config(**autofocus):
+    """The compact synthetic config on the CPU, with MODEL.AUTOFOCUS ``key=value`` overrides."""
+    cfg = model_zoo.get_config(COMPACT_CONFIG)
+    cfg.MODEL.DEVICE = "cpu"
+    for key, value in autofocus.items():
+        setattr(cfg.MODEL.AUTOFOCUS, key, value)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def compact_cfg():
+    return compact_config
+
+
+def r18_c4_config():
+    """A small AutoFocusRCNN on Detectron2's C4 layout: ResNet-18 (BatchNorm, nothing frozen),
+    3 classes, on the CPU."""
+    from detectron2.config import get_cfg
+
+    from autofocus_d2 import add_autofocus_config
+
+    cfg = get_cfg()
+    add_autofocus_config(cfg)
+    cfg.MODEL.META_ARCHITECTURE = "AutoFocusRCNN"
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def r18_c4_cfg():
+    return r18_c4_config
 
 
 class PlantedDetector:
     def __init__(self, focus_channels=(1, 2), stride=16, focus_value=None, with_masks=False, with_keypoints=False,
-                 separate=False):
+                 separate=False, score_by_area=False, input_format="RGB"):
         self.device = torch.device("cpu")
         self.input_channels = 3
         self.focus_stride = stride
@@ -68,6 +131,9 @@ class PlantedDetector:
         self.with_masks = with_masks
         self.with_keypoints = with_keypoints
         self.separate = separate
+        self.score_by_area = score_by_area
+        self.input_format = input_format  # of the images given to inference(); detect() reads channels as given
+        self.inputs = []  # (h, w) of every image given to inference()
 
     def to(self, device):
         self.device = torch.device(device)
@@ -113,7 +179,11 @@ class PlantedDetector:
             inst = Instances((h, w))
             inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32, device=tensor.device).reshape(-1, 4))
             inst.pred_classes = torch.tensor(classes, dtype=torch.long, device=tensor.device)
-            inst.scores = 0.9 - 0.1 * inst.pred_classes.float()
+            if self.score_by_area:
+                area = inst.pred_boxes.area()
+                inst.scores = area / (area + 1000.0)
+            else:
+                inst.scores = 0.9 - 0.1 * inst.pred_classes.float()
             n = len(inst)
             if self.with_masks:
                 inst.pred_masks = torch.zeros(n, 1, 8, 8, device=tensor.device)
@@ -135,6 +205,24 @@ class PlantedDetector:
                 marked = (tensor[:, self.focus_channels] > 127.5).float().amax(dim=1, keepdim=True)
                 focus = F.max_pool2d(marked, self.focus_stride, ceil_mode=True)[:, 0]
         return results, focus
+
+    def inference(self, batched_inputs):
+        """As a Detectron2 model's ``inference``: each input's "image" (C, H, W) in
+        ``input_format`` (class = RGB channel), detections mapped to its "height" x "width" by
+        ``detector_postprocess`` (as GeneralizedRCNN)."""
+        from detectron2.modeling.postprocessing import detector_postprocess
+
+        outputs = []
+        for x in batched_inputs:
+            image = x["image"]
+            self.inputs.append(tuple(image.shape[-2:]))
+            if self.input_format == "BGR":
+                image = image.flip(0)
+            images = ImageList(image[None].float(), [tuple(image.shape[-2:])])
+            (inst,), _ = self.detect(images, with_focus=False)
+            self.batches.pop()
+            outputs.append({"instances": detector_postprocess(inst, x["height"], x["width"])})
+        return outputs
 
 
 @pytest.fixture

@@ -36,13 +36,10 @@ from autofocus_d2.analysis import (
     run_oracle_analysis,
     size_holes,
 )
-from autofocus_d2.data import generate_synthetic_split
 from autofocus_d2.inference.chip_policies import build_chip_policy
 from autofocus_d2.inference.pipeline import CoarseToFinePipeline
 from autofocus_d2.structures.views import View
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(REPO, "tools", "analyze_chips.py")
 
 # Whole 512 x 512 image at scale 0 (256 x 256) and at zoom 1 (512 x 512).
 PYRAMID_1 = 256 * 256 + 512 * 512
@@ -238,17 +235,8 @@ def test_chip_settings_config_first_without_duplicates():
 
 
 @pytest.fixture(scope="module")
-def tiny_json(tmp_path_factory):
-    return generate_synthetic_split(str(tmp_path_factory.mktemp("synth")), "tiny")
-
-
-def compact_cfg(**overrides):
-    cfg = get_cfg()
-    add_autofocus_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs", "Synthetic", "autofocus_compact_fpn.yaml"))
-    for key, value in overrides.items():
-        setattr(cfg.MODEL.AUTOFOCUS, key, value)
-    return cfg
+def tiny_json(tiny_coco):
+    return tiny_coco[0]
 
 
 @pytest.mark.parametrize(
@@ -259,7 +247,7 @@ def compact_cfg(**overrides):
         {"SCALES": [[512, 768], [-1, -1], [1000, -1]], "VALID_RANGES": [[-1.0, -1.0]] * 3},
     ],
 )
-def test_whole_image_chips_are_the_pyramid(tiny_json, overrides):
+def test_whole_image_chips_are_the_pyramid(compact_cfg, tiny_json, overrides):
     # A minimum chip larger than any image: every chip spans the whole image, so (on images with a
     # FocusPixel at every transition) the views and the figures are the full pyramid's.
     cfg = compact_cfg(**overrides)
@@ -313,14 +301,14 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_cli_end_to_end(tiny_json, tmp_path):
+def test_cli_end_to_end(repo_root, tiny_json, tmp_path):
     report_path = tmp_path / "out" / "report.json"
     proc = subprocess.run(
-        [sys.executable, TOOL, tiny_json, "--dilations", "1", "3", "--min-chip-sizes", "64", "128",
+        [sys.executable, os.path.join(repo_root, "tools", "analyze_chips.py"), tiny_json, "--dilations", "1", "3", "--min-chip-sizes", "64", "128",
          "--output", str(report_path), "--opts", "MODEL.AUTOFOCUS.MAX_CHIPS_PER_IMAGE", "16",
          "MODEL.AUTOFOCUS.MIN_CHIP_SIZE", "[128.0]", "MODEL.AUTOFOCUS.DILATION", "[3]"],
         capture_output=True, text=True, cwd=str(tmp_path), timeout=300,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([repo_root, os.environ.get("PYTHONPATH", "")])},
     )
     assert proc.returncode == 0, proc.stderr
     assert "pixel ratio" in proc.stdout and "pyramid" in proc.stdout

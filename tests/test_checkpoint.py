@@ -13,9 +13,9 @@ from detectron2.modeling import build_model
 
 from autofocus_d2.checkpoint import AtomicCheckpointer, CheckpointError, WeightsMismatchError, load_weights
 from autofocus_d2.config import load_autofocus_config
+from autofocus_d2.model_zoo import get_config_file
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(REPO, "configs/Synthetic/autofocus_compact_fpn.yaml")
+CONFIG = get_config_file("Synthetic/autofocus_compact_fpn.yaml")
 
 
 def _net(out=4, seed=0):
@@ -85,11 +85,11 @@ _CHILD = textwrap.dedent("""
 
 @pytest.mark.slow
 @pytest.mark.parametrize("checkpointer", ["atomic", "detectron2"])
-def test_sigkill_during_a_save(tmp_path, checkpointer):
+def test_sigkill_during_a_save(repo_root, tmp_path, checkpointer):
     """A real process SIGKILLed half-way through rewriting model_final.pth: with AtomicCheckpointer
     the old file is intact; with Detectron2's own checkpointer (in place) it is destroyed."""
     saved = _saved_run(tmp_path, iterations=())
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo_root, os.environ.get("PYTHONPATH", "")]))
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path), checkpointer],
                              stdout=subprocess.PIPE, text=True, env=env)
     try:

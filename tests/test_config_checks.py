@@ -16,7 +16,6 @@ from autofocus_d2.inference.chip_policies import AutoFocusChipPolicy
 from autofocus_d2.inference.pipeline import build_autofocus_pipeline
 
 TWIN = "Synthetic/autofocus_compact_fpn"
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (LazyConfig override, yaml KEY VALUE, what the yaml error names, what the LazyConfig error names)
 BAD_VALUES = [
@@ -138,11 +137,11 @@ def test_constructor_arguments_are_checked_without_any_config():
         _lazy_pipeline("model.pipeline.scale_chain.scales=[[480, 512], [800, 1280], [1400, 2000]]")
 
 
-def test_benchmark_sweep_outside_0_1_is_rejected():
+def test_benchmark_sweep_outside_0_1_is_rejected(repo_root):
     proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--config-file",
-         os.path.join(REPO, "configs", TWIN + ".yaml"), "--sweep", "0.3", "1.5", "-0.2"],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
+        [sys.executable, os.path.join(repo_root, "tools", "benchmark.py"), "--config-file",
+         os.path.join(repo_root, "configs", TWIN + ".yaml"), "--sweep", "0.3", "1.5", "-0.2"],
+        capture_output=True, text=True, cwd=repo_root, timeout=300,
     )
     assert proc.returncode == 2
     assert "Invalid config --sweep: 1.5 is not in [0, 1]" in proc.stderr

@@ -17,7 +17,6 @@ from autofocus_d2.config import sniper_training_scales
 from autofocus_d2.structures import ScaleChain
 from autofocus_d2.modeling import FocusDetectorMixin
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COCO = [
     "COCO-Detection/autofocus_R_50_FPN_1x.yaml",
     "COCO-Detection/autofocus_R_101_FPN_3x.yaml",
@@ -40,10 +39,10 @@ SNIPER_VARIANTS = {"RPN": "SNIPERRPN", "StandardROIHeads": "SNIPERStandardROIHea
 
 def all_config_names(suffixes=(".yaml",)):
     names = []
-    for dirpath, _, files in os.walk(os.path.join(REPO, "configs")):
+    for dirpath, _, files in os.walk(model_zoo.configs_dir()):
         for f in files:
             if f.endswith(suffixes) and not f.startswith("__"):
-                names.append(os.path.relpath(os.path.join(dirpath, f), os.path.join(REPO, "configs")))
+                names.append(os.path.relpath(os.path.join(dirpath, f), model_zoo.configs_dir()))
     return sorted(n.replace(os.sep, "/") for n in names)
 
 
@@ -94,7 +93,14 @@ def expected_losses(cfg):
         {"loss_keypoint"} if cfg.MODEL.KEYPOINT_ON else set())
 
 
-@pytest.mark.parametrize("name", all_config_names())
+def _full_size(name):
+    """The configs with a full ResNet-50/101 backbone: their build and CPU pass take 2-30 s each
+    (measured with -m "not slow" on 2 loaded cores), so they run with the slow tests."""
+    return "R_50" in name or "R_101" in name or name == "Base-AutoFocus-C4.yaml"
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if _full_size(n) else n
+                                  for n in all_config_names()])
 def test_config_builds_and_runs_on_cpu(name):
     cfg = cpu_cfg(name)
     torch.manual_seed(0)

@@ -18,11 +18,10 @@ from autofocus_d2 import model_zoo
 from autofocus_d2.config import load_autofocus_config
 from autofocus_d2.structures.views import View
 from autofocus_d2.utils import add_colorbar, draw_chips, draw_detections, focus_heatmap, read_image
+from autofocus_d2.model_zoo import get_config_file
+import demo
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(REPO, "configs", "Synthetic", "autofocus_compact_fpn.yaml")
-sys.path.insert(0, REPO)
-import demo  # noqa: E402
+CONFIG = get_config_file("Synthetic/autofocus_compact_fpn.yaml")
 
 
 def image(h=60, w=80, seed=0):
@@ -108,7 +107,7 @@ def test_expand_inputs(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- end to end
-def run_demo(tmp_path, device):
+def run_demo(repo_root, tmp_path, device):
     """demo.py on two images of the tiny split (one given as a folder, one as a glob) with a
     random-init checkpoint."""
     torch.manual_seed(0)
@@ -122,11 +121,11 @@ def run_demo(tmp_path, device):
     shutil.copy(files[1], tmp_path / "globbed" / "second.jpg")
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "demo.py"), "--config-file", CONFIG,
+        [sys.executable, os.path.join(repo_root, "demo.py"), "--config-file", CONFIG,
          "--input", str(tmp_path / "folder"), str(tmp_path / "globbed" / "*.jpg"),
          "--output", str(out), "--show-chips", "--confidence-threshold", "0.2",
          "--opts", "MODEL.WEIGHTS", str(tmp_path / "random_init.pth"), "MODEL.DEVICE", device],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
+        capture_output=True, text=True, cwd=repo_root, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc, out, files
@@ -137,8 +136,8 @@ def run_demo(tmp_path, device):
     "cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")),
 ])
-def test_demo_writes_detections_chips_and_focus_maps(tmp_path, device):
-    proc, out, files = run_demo(tmp_path, device)
+def test_demo_writes_detections_chips_and_focus_maps(repo_root, tmp_path, device):
+    proc, out, files = run_demo(repo_root, tmp_path, device)
     expected = {f"{stem}_{kind}.png" for stem in ("first", "second")
                 for kind in ("detections", "chips", "focus_s0")}
     assert set(os.listdir(out)) == expected | {"first.json", "second.json"}

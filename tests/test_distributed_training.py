@@ -11,7 +11,6 @@ from detectron2.engine import launch as d2_launch
 
 from autofocus_d2.utils.distributed import check_amp_device, create_ddp_model
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
@@ -60,15 +59,15 @@ def _launch_needs_cuda() -> bool:
 @pytest.mark.skipif(_launch_needs_cuda() and not torch.cuda.is_available(),
                     reason="this Detectron2's launch() starts several processes only with CUDA (0.6); "
                            "upstream main uses gloo on the CPU")
-def test_train_net_trains_with_two_cpu_processes(tmp_path):
-    config = os.path.join(REPO, "configs/Synthetic/autofocus_compact_fpn.yaml")
+def test_train_net_trains_with_two_cpu_processes(repo_root, tmp_path):
+    config = os.path.join(repo_root, "configs/Synthetic/autofocus_compact_fpn.yaml")
     proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", config, "--num-gpus", "2",
+        [sys.executable, os.path.join(repo_root, "train_net.py"), "--config-file", config, "--num-gpus", "2",
          "MODEL.DEVICE", "cpu", "DATASETS.TRAIN", '("autofocus_synth_tiny",)', "DATASETS.TEST", "()",
          "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "6",
          "SOLVER.WARMUP_ITERS", "2", "SOLVER.STEPS", "()", "SOLVER.CHECKPOINT_PERIOD", "1000",
          "OUTPUT_DIR", str(tmp_path)],
-        capture_output=True, text=True, cwd=REPO, timeout=900,
+        capture_output=True, text=True, cwd=repo_root, timeout=900,
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]

@@ -6,8 +6,6 @@ from typing import Dict, List, Set, Tuple
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
 # Pages written on parallel branches, linked from the README before they are merged: a link to one
 # of them is accepted while the file is missing (once it exists it is checked like any other).
 PENDING_PAGES: set = set()
@@ -64,15 +62,23 @@ def broken_links(page: Path, repo: Path, pending: Set[str] = frozenset()) -> Lis
     return out
 
 
-@pytest.mark.parametrize("page", markdown_files(REPO), ids=lambda p: p.relative_to(REPO).as_posix())
-def test_relative_links_resolve(page):
+def pytest_generate_tests(metafunc):
+    """``page``: every markdown page of the repository (the rootdir, where setup.cfg is), by its
+    relative path."""
+    if "page" in metafunc.fixturenames:
+        repo = Path(metafunc.config.rootpath)
+        metafunc.parametrize("page", markdown_files(repo), ids=lambda p: p.relative_to(repo).as_posix())
+
+
+def test_relative_links_resolve(repo_root, page):
     assert page.is_file(), page
-    assert broken_links(page, REPO, PENDING_PAGES) == []
+    assert broken_links(page, Path(repo_root).resolve(), PENDING_PAGES) == []
 
 
-def test_the_readme_links_every_docs_page():
-    readme = set(links((REPO / "README.md").read_text(encoding="utf-8")))
-    pages = {p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md")} | PENDING_PAGES
+def test_the_readme_links_every_docs_page(repo_root):
+    repo = Path(repo_root)
+    readme = set(links((repo / "README.md").read_text(encoding="utf-8")))
+    pages = {p.relative_to(repo).as_posix() for p in (repo / "docs").glob("*.md")} | PENDING_PAGES
     assert sorted(pages - readme) == []
 
 

@@ -110,6 +110,7 @@ def one_class_checkpoint(recorded_checkpoint, dataset):
     return model, weights
 
 
+@pytest.mark.slow
 def test_deployment_snippet_runs_as_written(tmp_path, monkeypatch, capsys, recorded_checkpoint):
     from PIL import Image
 

@@ -3,7 +3,6 @@ checkpoints, and every tool runs the weights alone with the right class count an
 that contradicts them is an error naming the key."""
 import json
 import os
-import sys
 
 import pytest
 import torch
@@ -17,14 +16,12 @@ from autofocus_d2.model_metadata import (
     load_tool_config,
     read_model_metadata,
 )
+from autofocus_d2.model_zoo import get_config_file
+from tools import benchmark
+import demo
+import train_net
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(REPO, "configs/Synthetic/autofocus_compact_fpn.yaml")
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import benchmark  # noqa: E402
-import demo  # noqa: E402
-import train_net  # noqa: E402
+CONFIG = get_config_file("Synthetic/autofocus_compact_fpn.yaml")
 
 NAME = "wtc_trees_tiny"  # one class, "tree": the tiny split's boxes, all of one category
 

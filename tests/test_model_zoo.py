@@ -26,7 +26,6 @@ from autofocus_d2.model_zoo import model_zoo as zoo_impl
 from autofocus_d2.model_zoo import release as rel
 from autofocus_d2.modeling import AutoFocusRCNN
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "Synthetic/autofocus_compact_fpn.yaml"
 DATASET = "autofocus_synth_tiny"
 SPEED_LINE = ("[11/23 07:19:01 d2.evaluation.evaluator]: Total inference pure compute time: "
@@ -86,12 +85,12 @@ def make_training_dir(path, seed=0):
 
 
 @pytest.fixture(scope="module")
-def released(tmp_path_factory):
+def released(repo_root, tmp_path_factory):
     """A fake training run released into a folder published as file:// URLs."""
     root = tmp_path_factory.mktemp("zoo")
     model, results = make_training_dir(root / "train")
     md = root / "MODEL_ZOO.md"
-    shutil.copyfile(os.path.join(REPO, "MODEL_ZOO.md"), md)
+    shutil.copyfile(os.path.join(repo_root, "MODEL_ZOO.md"), md)
     release_dir = root / "release"
     info = rel.release_checkpoint(
         str(root / "train"), NAME, str(release_dir), manifest=str(root / "manifest.json"),
@@ -101,9 +100,9 @@ def released(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------------- configs
-def test_config_files_resolve_from_the_source_tree():
+def test_config_files_resolve_from_the_source_tree(repo_root):
     path = model_zoo.get_config_file(NAME)
-    assert path == os.path.join(REPO, "configs", "Synthetic", "autofocus_compact_fpn.yaml")
+    assert path == os.path.join(repo_root, "configs", "Synthetic", "autofocus_compact_fpn.yaml")
     assert model_zoo.get_config_file("Synthetic/autofocus_compact_fpn") == path  # .yaml optional
     cfg = model_zoo.get_config(NAME)
     assert cfg.MODEL.META_ARCHITECTURE == "AutoFocusRCNN" and cfg.MODEL.WEIGHTS == ""
@@ -122,16 +121,16 @@ def test_unknown_config_name(tmp_path):
 
 
 @pytest.mark.slow
-def test_installed_package_ships_the_configs(tmp_path):
+def test_installed_package_ships_the_configs(repo_root, tmp_path):
     """setup.py puts configs/ into the package as autofocus_d2/model_zoo/configs, and the model zoo
     finds them there when there is no source tree around the package."""
     src = tmp_path / "src"
     src.mkdir()
     for f in ("setup.py", "README.md"):
-        shutil.copy(os.path.join(REPO, f), src / f)
+        shutil.copy(os.path.join(repo_root, f), src / f)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for d in ("autofocus_d2", "configs"):
-        shutil.copytree(os.path.join(REPO, d), src / d, ignore=ignore)
+        shutil.copytree(os.path.join(repo_root, d), src / d, ignore=ignore)
     build = tmp_path / "lib"
     proc = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(build)],
                           cwd=src, capture_output=True, text=True, timeout=120)
@@ -341,17 +340,17 @@ def _published_rows(md_text):
     return rows
 
 
-def test_checked_in_manifest_agrees_with_model_zoo_md(released):
+def test_checked_in_manifest_agrees_with_model_zoo_md(repo_root, released):
     # The checked-in manifest is well formed, names only shipped configs, and lists exactly the
     # checkpoints that MODEL_ZOO.md links, with the same url and sha256.
     manifest = model_zoo.load_manifest(zoo_impl.DEFAULT_MANIFEST)
     assert set(manifest) <= set(model_zoo.list_configs())
-    with open(os.path.join(REPO, "MODEL_ZOO.md")) as f:
+    with open(os.path.join(repo_root, "MODEL_ZOO.md")) as f:
         rows = _published_rows(f.read())
     assert set(rows) == set(manifest)
     for name, (url, sha) in rows.items():
         # a relative link is relative to MODEL_ZOO.md, a relative url to the manifest
-        md_target = os.path.normpath(os.path.join(REPO, url))
+        md_target = os.path.normpath(os.path.join(repo_root, url))
         zoo_target = os.path.normpath(os.path.join(os.path.dirname(zoo_impl.DEFAULT_MANIFEST), manifest[name]["url"]))
         assert md_target == zoo_target and manifest[name]["sha256"].startswith(sha), name
     # The check sees a released row: the fixture's release wrote one into its MODEL_ZOO.md copy.
@@ -407,13 +406,13 @@ def test_release_needs_the_metrics(released, tmp_path):
 
 
 @pytest.mark.slow
-def test_release_cli_and_verification(released, tmp_path):
+def test_release_cli_and_verification(repo_root, released, tmp_path):
     manifest = tmp_path / "manifest.json"
-    cmd = [sys.executable, os.path.join(REPO, "tools", "release_checkpoint.py"),
+    cmd = [sys.executable, os.path.join(repo_root, "tools", "release_checkpoint.py"),
            "--train-dir", str(released["root"] / "train"), "--config-name", NAME,
            "--release-dir", str(tmp_path / "release"), "--manifest", str(manifest),
            "--verify-on", DATASET]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     out = proc.stdout
     sha = released["info"].sha256
@@ -424,7 +423,7 @@ def test_release_cli_and_verification(released, tmp_path):
     assert entry["url"] == f"release/Synthetic/autofocus_compact_fpn/{sha[:6]}/model_final_{sha[:6]}.pkl"
 
     bad = subprocess.run(cmd[:5] + ["COCO-Detection/nope.yaml"] + cmd[6:8], capture_output=True,
-                         text=True, cwd=REPO, timeout=300)
+                         text=True, cwd=repo_root, timeout=300)
     assert bad.returncode == 1 and "error: 'COCO-Detection/nope.yaml' is not a config" in bad.stderr
 
 

@@ -19,7 +19,7 @@ from pycocotools.cocoeval import COCOeval
 
 from autofocus_d2 import model_zoo
 from autofocus_d2.config import load_autofocus_config
-from autofocus_d2.data import SYNTHETIC_CATEGORIES, ensure_split, register_coco_datasets
+from autofocus_d2.data import SYNTHETIC_CATEGORIES, register_coco_datasets
 from autofocus_d2.evaluation import build_coco_evaluator
 from autofocus_d2.prediction import (
     PredictOptions,
@@ -29,11 +29,10 @@ from autofocus_d2.prediction import (
     shard_indices,
 )
 from autofocus_d2.utils.distributed import launch_starts_cpu_processes
+from autofocus_d2.model_zoo import get_config_file
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(REPO, "configs", "Synthetic", "autofocus_compact_fpn.yaml")
-MASK_CONFIG = os.path.join(REPO, "configs", "Synthetic", "autofocus_compact_mask_fpn.yaml")
-TOOL = os.path.join(REPO, "tools", "predict.py")
+CONFIG = get_config_file("Synthetic/autofocus_compact_fpn.yaml")
+MASK_CONFIG = get_config_file("Synthetic/autofocus_compact_mask_fpn.yaml")
 # A shorter scale chain than the config's (512 then full resolution) keeps CPU time low.
 SMALL_CHAIN = ["MODEL.AUTOFOCUS.SCALES", "[[256, 384], [512, 768]]"]
 
@@ -158,6 +157,7 @@ def test_fingerprint_follows_the_weights_content_and_the_config(weights, tmp_pat
 
 
 # ---------------------------------------------------------------------------------- one process
+@pytest.mark.slow
 def test_outputs_resume_and_fingerprint(image_folder, weights, tmp_path):
     out = tmp_path / "out"
     summary = predict(options([image_folder], out, weights))
@@ -273,7 +273,8 @@ def _pycocotools_ap(json_file, results_file) -> float:
     return coco_eval.stats[0] * 100
 
 
-def test_merged_coco_results_give_detectron2s_ap(weights, tmp_path):
+@pytest.mark.slow
+def test_merged_coco_results_give_detectron2s_ap(tiny_coco, weights, tmp_path):
     """The merged results of the tiny split are the very detections of Detectron2's evaluation,
     and on a ground truth where the random-init model scores (its own confident detections, as a
     registered COCO dataset) they give Detectron2's AP through pycocotools."""
@@ -287,7 +288,7 @@ def test_merged_coco_results_give_detectron2s_ap(weights, tmp_path):
     key = lambda r: (r["image_id"], -r["score"], r["bbox"])  # noqa: E731
     assert ours and sorted(ours, key=key) == sorted(theirs, key=key)
 
-    tiny_json = ensure_split("autofocus_synth_tiny")
+    tiny_json, _ = tiny_coco
     pseudo = json.loads(open(tiny_json).read())
     pseudo["annotations"] = [
         {"id": n + 1, "image_id": r["image_id"], "category_id": r["category_id"], "bbox": r["bbox"],
@@ -309,15 +310,15 @@ def test_merged_coco_results_give_detectron2s_ap(weights, tmp_path):
 @pytest.mark.skipif(not launch_starts_cpu_processes() and not torch.cuda.is_available(),
                     reason="this Detectron2's launch() starts several processes only with CUDA (0.6); "
                            "upstream main uses gloo on the CPU")
-def test_two_processes_write_the_outputs_of_one(image_folder, weights, tmp_path):
+def test_two_processes_write_the_outputs_of_one(repo_root, image_folder, weights, tmp_path):
     one = tmp_path / "one"
     predict(options([image_folder], one, weights))
     two = tmp_path / "two"
     proc = subprocess.run(
-        [sys.executable, TOOL, "--config-file", CONFIG, "--input", str(image_folder), "--output", str(two),
+        [sys.executable, os.path.join(repo_root, "tools", "predict.py"), "--config-file", CONFIG, "--input", str(image_folder), "--output", str(two),
          "--num-gpus", "2", "--num-workers", "0", "--log-period", "0", "--coco-results",
          "--opts", *map(str, options([], two, weights).opts)],
-        capture_output=True, text=True, cwd=REPO, timeout=600,
+        capture_output=True, text=True, cwd=repo_root, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert_same_predictions(outputs_of(two), outputs_of(one))

@@ -7,16 +7,17 @@ import subprocess
 import sys
 import warnings
 
+import pytest
 import torch
 
 from autofocus_d2.utils.quiet_logs import SAHI_ONCE, OnceFilter, progress, quiet_logs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_a_tool_starts_without_the_torch_jit_script_warning():
-    proc = subprocess.run([sys.executable, "-W", "default", os.path.join(REPO, "demo.py"), "--help"],
-                          capture_output=True, text=True, cwd=REPO, timeout=600)
+@pytest.mark.slow
+def test_a_tool_starts_without_the_torch_jit_script_warning(repo_root):
+    proc = subprocess.run([sys.executable, "-W", "default", os.path.join(repo_root, "demo.py"), "--help"],
+                          capture_output=True, text=True, cwd=repo_root, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "usage: demo.py" in proc.stdout
     assert "Warning" not in proc.stderr, proc.stderr[-2000:]

@@ -7,22 +7,17 @@ import sys
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-import autofocus_d2
+import train_net
 from autofocus_d2.checkpoint import WeightsMismatchError
+from autofocus_d2.model_zoo import get_config_file
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(REPO, "configs/Synthetic/autofocus_compact_fpn.yaml")
-sys.path.insert(0, REPO)
-import train_net  # noqa: E402
+CONFIG = get_config_file("Synthetic/autofocus_compact_fpn.yaml")
 
 
-def tiny_cfg(output_dir):
-    cfg = get_cfg()
-    autofocus_d2.add_autofocus_config(cfg)
-    cfg.merge_from_file(CONFIG)
+def tiny_cfg(compact_cfg, output_dir):
+    cfg = compact_cfg()
     cfg.merge_from_list([
         "DATASETS.TRAIN", ("autofocus_synth_tiny",), "DATASETS.TEST", ("autofocus_synth_tiny",),
         "DATALOADER.NUM_WORKERS", 0, "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 24,
@@ -33,8 +28,8 @@ def tiny_cfg(output_dir):
 
 
 @pytest.mark.slow
-def test_a_few_training_iterations_on_sniper_chips_lower_the_total_loss(tmp_path):
-    cfg = tiny_cfg(tmp_path)
+def test_a_few_training_iterations_on_sniper_chips_lower_the_total_loss(compact_cfg, tmp_path):
+    cfg = tiny_cfg(compact_cfg, tmp_path)
     cfg.DATASETS.TEST = ()  # evaluation is tested below
     assert cfg.INPUT.SNIPER.ENABLED
     # train_net's loader is Detectron2's, fed with SNIPER chips of both training scales.
@@ -56,16 +51,16 @@ def test_a_few_training_iterations_on_sniper_chips_lower_the_total_loss(tmp_path
 
 
 @pytest.mark.slow
-def test_train_net_eval_only_end_to_end(tmp_path):
-    cfg = tiny_cfg(tmp_path)
+def test_train_net_eval_only_end_to_end(compact_cfg, repo_root, tmp_path):
+    cfg = tiny_cfg(compact_cfg, tmp_path)
     torch.manual_seed(0)
     model = build_model(cfg)
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("random_init")
     proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", CONFIG, "--eval-only",
+        [sys.executable, os.path.join(repo_root, "train_net.py"), "--config-file", CONFIG, "--eval-only",
          "MODEL.WEIGHTS", str(tmp_path / "random_init.pth"), "DATASETS.TEST", '("autofocus_synth_tiny",)',
          "OUTPUT_DIR", str(tmp_path / "eval"), "DATALOADER.NUM_WORKERS", "0"],
-        capture_output=True, text=True, cwd=REPO, timeout=600,
+        capture_output=True, text=True, cwd=repo_root, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
@@ -76,24 +71,24 @@ def test_train_net_eval_only_end_to_end(tmp_path):
     assert results and {"image_id", "bbox", "score", "category_id"} <= set(results[0])
 
 
-def _train_net(*argv):
+def _train_net(repo_root, *argv):
     return subprocess.run(
-        [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", CONFIG, *argv,
+        [sys.executable, os.path.join(repo_root, "train_net.py"), "--config-file", CONFIG, *argv,
          "DATASETS.TRAIN", '("autofocus_synth_tiny",)', "DATASETS.TEST", "()", "DATALOADER.NUM_WORKERS", "0",
          "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()"],
-        capture_output=True, text=True, cwd=REPO, timeout=600,
+        capture_output=True, text=True, cwd=repo_root, timeout=600,
     )
 
 
 @pytest.mark.slow
-def test_resume_after_the_newest_checkpoint_is_truncated_continues_from_the_one_before(tmp_path):
+def test_resume_after_the_newest_checkpoint_is_truncated_continues_from_the_one_before(repo_root, tmp_path):
     out = str(tmp_path / "run")
-    first = _train_net("SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "OUTPUT_DIR", out)
+    first = _train_net(repo_root, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "OUTPUT_DIR", out)
     assert first.returncode == 0, first.stderr[-3000:]
     final = tmp_path / "run" / "model_final.pth"
     assert (tmp_path / "run" / "last_checkpoint").read_text() == "model_final.pth"
     final.write_bytes(final.read_bytes()[: final.stat().st_size // 2])  # e.g. a disk that filled up
-    second = _train_net("--resume", "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "OUTPUT_DIR", out)
+    second = _train_net(repo_root, "--resume", "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "OUTPUT_DIR", out)
     log = second.stdout + second.stderr
     assert second.returncode == 0, log[-3000:]
     assert f"Cannot resume from {final}: Cannot read checkpoint {final}: a PyTorch zip checkpoint cut short" in log
@@ -103,8 +98,8 @@ def test_resume_after_the_newest_checkpoint_is_truncated_continues_from_the_one_
 
 
 @pytest.mark.slow
-def test_weights_of_another_class_count_are_refused_unless_finetune(tmp_path):
-    cfg = tiny_cfg(tmp_path)
+def test_weights_of_another_class_count_are_refused_unless_finetune(compact_cfg, tmp_path):
+    cfg = tiny_cfg(compact_cfg, tmp_path)
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
     DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("three_classes")
     weights = str(tmp_path / "three_classes.pth")

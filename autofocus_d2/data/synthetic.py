@@ -30,13 +30,16 @@ from .synthetic_stats import dataset_statistics  # re-exported: statistics of a 
 
 __all__ = [
     "SYNTHETIC_CATEGORIES",
+    "SYNTHETIC_COLOURS",
     "SYNTHETIC_SPLITS",
     "SplitSpec",
     "dataset_statistics",
     "default_data_root",
+    "draw_object",
     "ensure_split",
     "generate_synthetic_split",
     "register_synthetic_datasets",
+    "render_image",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,6 +64,9 @@ _CATEGORY_TABLE: Tuple[Tuple[str, Tuple[int, int, int]], ...] = (
     ("diamond", (30, 205, 215)),
 )
 SYNTHETIC_CATEGORIES: Tuple[str, ...] = tuple(name for name, _ in _CATEGORY_TABLE)
+# Base RGB colour of each category, in the order of SYNTHETIC_CATEGORIES; every drawn object gets
+# its category's colour jittered by up to +-25 per channel.
+SYNTHETIC_COLOURS: Tuple[Tuple[int, int, int], ...] = tuple(colour for _, colour in _CATEGORY_TABLE)
 
 
 @dataclass(frozen=True)
@@ -151,9 +157,19 @@ def _render_background(rng: np.random.Generator, width: int, height: int) -> Ima
     return img
 
 
-def _draw_object(draw: ImageDraw.ImageDraw, category: int, box: Tuple[int, int, int, int],
-                 colour: Tuple[int, int, int]) -> None:
-    """Draw one shape filling the XYWH integer box (pixels x0..x0+w-1, y0..y0+h-1)."""
+def draw_object(draw: ImageDraw.ImageDraw, category: int, box: Tuple[int, int, int, int],
+                colour: Tuple[int, int, int]) -> None:
+    """
+    Draw one object as the dataset renders it.
+
+    Args:
+        draw: a PIL ``ImageDraw`` of the RGB canvas.
+        category (int): 0-based index into :data:`SYNTHETIC_CATEGORIES` (the json's
+            ``category_id`` - 1).
+        box: XYWH integer box in canvas pixels; the shape fills pixels x0..x0+w-1, y0..y0+h-1
+            (:func:`~autofocus_d2.data.synthetic_shapes.shape_polygons` gives its outline).
+        colour: RGB fill (outline for "ring"), 0-255.
+    """
     x0, y0, w, h = box
     x1, y1 = x0 + w - 1, y0 + h - 1
     cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
@@ -224,10 +240,22 @@ def _layout(rng: np.random.Generator, spec: SplitSpec, width: int,
     return boxes
 
 
-def _render_image(
+def render_image(
     rng: np.random.Generator, spec: SplitSpec
 ) -> Tuple[Image.Image, List[Tuple[int, Tuple[int, int, int, int]]]]:
-    """One image and its objects as (0-based category, XYWH box in image pixels)."""
+    """
+    Render one image of a split, as the split's generator does for each of its images.
+
+    Args:
+        rng: the image's generator (the split uses ``default_rng(SeedSequence([seed, index]))``);
+            the same generator state gives the same image and objects.
+        spec: the split's geometry (width and height drawn from ``spec.side_range``).
+
+    Returns:
+        The RGB PIL image and its objects as (0-based category index into
+        :data:`SYNTHETIC_CATEGORIES`, XYWH integer box in image pixels), largest box first.
+        Placed boxes overlap by at most a tenth of the smaller box.
+    """
     width, height = (int(v) for v in rng.integers(spec.side_range[0], spec.side_range[1] + 1,
                                                    size=2))
     img = _render_background(rng, width, height)
@@ -241,7 +269,7 @@ def _render_image(
     for i in order:
         base = np.asarray(_CATEGORY_TABLE[categories[i]][1])
         colour = tuple(int(c) for c in np.clip(base + jitter[i], 0, 255))
-        _draw_object(draw, int(categories[i]), boxes[i], colour)
+        draw_object(draw, int(categories[i]), boxes[i], colour)
         objects.append((int(categories[i]), boxes[i]))
     # Fine sensor-like noise over everything, objects included.
     noise = Image.fromarray(rng.integers(0, 25, size=(height, width), dtype=np.uint8), "L")
@@ -267,7 +295,7 @@ def _render_split(spec: SplitSpec, seed: int, num_images: int, split: str,
     start = time.perf_counter()
     for idx in range(num_images):
         rng = np.random.default_rng(np.random.SeedSequence([seed, idx]))
-        img, objects = _render_image(rng, spec)
+        img, objects = render_image(rng, spec)
         file_name = f"{idx + 1:06d}.jpg"
         if image_dir is not None:
             img.save(os.path.join(image_dir, file_name), format="JPEG", quality=_JPEG_QUALITY)

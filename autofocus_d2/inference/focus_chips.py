@@ -19,7 +19,7 @@ from torch import Tensor
 
 from detectron2.structures import Boxes
 
-__all__ = ["generate_focus_chips", "merge_overlapping_boxes"]
+__all__ = ["connected_components", "generate_focus_chips", "merge_overlapping_boxes"]
 
 
 def _check_image_hw(image_hw: Tuple[int, int]) -> Tuple[int, int]:
@@ -74,9 +74,10 @@ def _dilate(mask: Tensor, size: int) -> Tensor:
     return _window_max(mask.to(torch.uint8), (size - 1) // 2, size // 2) > 0
 
 
-def _connected_components(mask: Tensor, jumps: int = 4) -> Tensor:
+def connected_components(mask: Tensor, jumps: int = 4) -> Tensor:
     """
-    8-connected components of a binary grid, by parallel label propagation.
+    8-connected components of a binary grid, by parallel label propagation (what
+    :func:`generate_focus_chips` groups the dilated focus cells with).
 
     Each foreground cell starts with label ``1 + its flat index``, so a label names a cell of the
     same component. One round: every cell takes the maximum label of its 3x3 neighbourhood, the
@@ -86,11 +87,14 @@ def _connected_components(mask: Tensor, jumps: int = 4) -> Tensor:
     component diameter (5 rounds for a 250x250 serpentine) instead of linearly.
 
     Args:
-        mask (Tensor): (h, w) bool, in the cell frame.
+        mask (Tensor): (h, w) bool, in the cell frame (one cell per FocusPixel; any grid works),
+            on any device.
+        jumps (int): pointer-jumping steps per round (>= 0); changes the speed, not the result.
 
     Returns:
-        Tensor: (h, w) int64 labels in the cell frame; 0 for background, otherwise
-        ``1 + `` the largest flat index of the component (deterministic).
+        Tensor: (h, w) int64 labels on ``mask``'s device, in the same frame; 0 for background,
+        otherwise ``1 + `` the largest flat (row-major) index of the component's cells
+        (deterministic), so two cells share a label exactly when they are 8-connected.
     """
     h, w = mask.shape
     # Labels must be exact in this dtype: float32 holds integers up to 2**24 exactly.
@@ -115,7 +119,7 @@ def _component_cell_boxes(labels: Tensor) -> Tensor:
     Enclosing cell ranges of labelled components.
 
     Args:
-        labels (Tensor): (h, w) int64 from :func:`_connected_components`: 0 for background,
+        labels (Tensor): (h, w) int64 from :func:`connected_components`: 0 for background,
             otherwise ``1 +`` the flat index of the component's root cell.
 
     Returns:
@@ -285,7 +289,7 @@ def generate_focus_chips(
             f"image_hw {(height, width)}: at least ({rows}, {cols}) cells are needed"
         )
     mask = _dilate(focus_prob[:rows, :cols] >= threshold, dilation)
-    cells = _component_cell_boxes(_connected_components(mask))
+    cells = _component_cell_boxes(connected_components(mask))
 
     # Cells -> pixels of the scale frame, clipped to the image. float64 keeps the arithmetic
     # of the enlargement exact enough for the containment guarantees.

@@ -12,19 +12,11 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, BoxMode, Instances
 from PIL import Image
 
-from autofocus_d2 import model_zoo
 from autofocus_d2.benchmark.runner import load_inputs, measure_method
 from autofocus_d2.benchmark.suite import available_methods, build_method, check_methods
 from autofocus_d2.benchmark.tta_method import ScaleChainTTAMapper
 from autofocus_d2.structures import ScaleChain
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def compact_cfg():
-    cfg = model_zoo.get_config("Synthetic/autofocus_compact_fpn.yaml")
-    cfg.MODEL.DEVICE = "cpu"
-    return cfg
 
 
 def test_the_tta_mapper_resizes_to_the_scale_chains_sizes_in_order():
@@ -35,7 +27,8 @@ def test_the_tta_mapper_resizes_to_the_scale_chains_sizes_in_order():
     assert all(len(a["transforms"].transforms) >= 1 for a in out)
 
 
-def test_tta_runs_one_pass_per_scale_and_answers_in_the_original_frame():
+@pytest.mark.slow
+def test_tta_runs_one_pass_per_scale_and_answers_in_the_original_frame(compact_cfg):
     cfg = compact_cfg()
     torch.manual_seed(0)
     model = build_model(cfg).eval()
@@ -91,7 +84,7 @@ def tiny_dataset(tmp_path):
     MetadataCatalog.remove(name)
 
 
-def test_load_inputs_keeps_the_ground_truth_only_when_asked(tiny_dataset):
+def test_load_inputs_keeps_the_ground_truth_only_when_asked(compact_cfg, tiny_dataset):
     cfg = compact_cfg()
     (plain,) = load_inputs(cfg, tiny_dataset)
     assert "instances" not in plain and tuple(plain["image"].shape) == (3, 40, 60)
@@ -120,7 +113,7 @@ def _perfect_predict(with_masks):
     return predict
 
 
-def test_mask_ap_beside_box_ap_when_the_outputs_carry_masks(tiny_dataset):
+def test_mask_ap_beside_box_ap_when_the_outputs_carry_masks(compact_cfg, tiny_dataset):
     inputs = load_inputs(compact_cfg(), tiny_dataset)
     kwargs = dict(dataset_name=tiny_dataset, device=torch.device("cpu"), warmup=0, progress=False, mask_on=True)
     row = measure_method("perfect", _perfect_predict(True), inputs, **kwargs)
@@ -139,10 +132,11 @@ def _benchmark_tool():
     return benchmark
 
 
-def test_timing_only_needs_no_weights_and_reports_time_without_ap(tiny_dataset, tmp_path, capsys):
+@pytest.mark.slow
+def test_timing_only_needs_no_weights_and_reports_time_without_ap(repo_root, tiny_dataset, tmp_path, capsys):
     tool = _benchmark_tool()
     out = str(tmp_path / "bench")
-    rc = tool.main(["--config-file", os.path.join(REPO, "configs/Synthetic/autofocus_compact_fpn.yaml"),
+    rc = tool.main(["--config-file", os.path.join(repo_root, "configs/Synthetic/autofocus_compact_fpn.yaml"),
                     "--dataset", tiny_dataset, "--timing-only", "--methods", "single", "pyramid",
                     "--warmup", "0", "--output", out, "--no-progress",
                     "--opts", "MODEL.WEIGHTS", str(tmp_path / "missing.pth"),
@@ -160,7 +154,7 @@ def test_timing_only_needs_no_weights_and_reports_time_without_ap(tiny_dataset, 
     assert single["finer_ms_per_mpix"] is None and pyramid["finer_ms_per_mpix"] > 0
     assert not any("AP" in t["target"] for t in report["targets"])
     assert "## Time split" in open(os.path.join(out, "report.md")).read()
-    assert tool.main(["--config-file", os.path.join(REPO, "configs/Synthetic/autofocus_compact_fpn.yaml"),
+    assert tool.main(["--config-file", os.path.join(repo_root, "configs/Synthetic/autofocus_compact_fpn.yaml"),
                       "--dataset", tiny_dataset, "--methods", "sahi@x", "--output", out]) == 2
     assert "unknown methods ['sahi@x']" in capsys.readouterr().err
 
@@ -171,7 +165,7 @@ def _empty_predict(x):
     return out
 
 
-def test_each_method_keeps_its_coco_results_and_differs_from_the_pyramid_with_an_interval(tiny_dataset):
+def test_each_method_keeps_its_coco_results_and_differs_from_the_pyramid_with_an_interval(compact_cfg, tiny_dataset):
     from autofocus_d2.benchmark.comparison import add_ap_differences
     from autofocus_d2.benchmark.runner import measure_methods
     from autofocus_d2.evaluation import load_coco_ground_truth
@@ -190,10 +184,11 @@ def test_each_method_keeps_its_coco_results_and_differs_from_the_pyramid_with_an
     assert rows[1]["AP_diff_ci95"] == pytest.approx([-100.0, -100.0], abs=1e-9)
 
 
-def test_a_benchmark_on_other_data_saves_detections_and_warns_instead_of_judging(tiny_dataset, tmp_path, capsys):
+@pytest.mark.slow
+def test_a_benchmark_on_other_data_saves_detections_and_warns_instead_of_judging(compact_cfg, repo_root, tiny_dataset, tmp_path, capsys):
     tool = _benchmark_tool()
     out = str(tmp_path / "bench")
-    rc = tool.main(["--config-file", os.path.join(REPO, "configs/Synthetic/autofocus_compact_fpn.yaml"),
+    rc = tool.main(["--config-file", os.path.join(repo_root, "configs/Synthetic/autofocus_compact_fpn.yaml"),
                     "--dataset", tiny_dataset, "--methods", "single", "pyramid", "--sweep", "0.5",
                     "--repeats", "2", "--warmup", "0", "--output", out, "--no-progress"])
     assert rc == 0

@@ -10,10 +10,7 @@ pytest.importorskip("sahi", reason="sahi is the optional [bench] extra (pip inst
 import torch  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
-from detectron2.modeling.postprocessing import detector_postprocess  # noqa: E402
-from detectron2.structures import Boxes, Instances  # noqa: E402
 
-from autofocus_d2 import model_zoo  # noqa: E402
 from autofocus_d2.benchmark.sahi_method import (  # noqa: E402
     parse_sahi_method,
     run_sahi,
@@ -28,14 +25,8 @@ from autofocus_d2.structures.views import View, zoomed_hw  # noqa: E402
 H, W = 700, 900
 
 
-def compact_cfg():
-    cfg = model_zoo.get_config("Synthetic/autofocus_compact_fpn.yaml")
-    cfg.MODEL.DEVICE = "cpu"
-    return cfg
-
-
 @pytest.fixture(scope="module")
-def compact():
+def compact(compact_cfg):
     cfg = compact_cfg()
     torch.manual_seed(0)
     return cfg, build_model(cfg).eval()
@@ -91,6 +82,7 @@ def test_one_slice_at_zoom_1_equals_the_models_single_pass(compact, bgr_image):
     assert _rows(swapped.instances) != _rows(expected)
 
 
+@pytest.mark.slow
 def test_a_zoomed_slice_is_the_pipelines_view_of_that_box(compact, bgr_image):
     cfg, model = compact
     zoom = 0.5
@@ -116,6 +108,7 @@ def test_a_zoomed_slice_is_the_pipelines_view_of_that_box(compact, bgr_image):
     assert torch.allclose(ours, theirs, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_built_from_cfg_and_a_checkpoint_it_is_the_same_detector(compact, bgr_image, tmp_path):
     cfg, model = compact
     with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty"):
@@ -130,38 +123,6 @@ def test_built_from_cfg_and_a_checkpoint_it_is_the_same_detector(compact, bgr_im
 
 
 # ------------------------------------------------------------- (b) slices -> original frame
-class PlantedDetector:
-    """Stand-in Detectron2 model (BGR input). In the image it is given it "detects" the pixels above
-    127.5 of each colour channel as one box of class 0 (red), 1 (green) or 2 (blue), scored by
-    the box's area (so a whole object outranks its cut parts), in the frame of that image; boxes are
-    mapped to ``height``/``width`` by Detectron2's detector_postprocess, like GeneralizedRCNN."""
-
-    input_format = "BGR"
-    device = torch.device("cpu")
-
-    def __init__(self):
-        self.inputs = []
-
-    def inference(self, batched_inputs):
-        outputs = []
-        for x in batched_inputs:
-            image = x["image"]
-            self.inputs.append(tuple(image.shape[-2:]))
-            boxes, classes = [], []
-            for channel, cls in ((2, 0), (1, 1), (0, 2)):  # BGR channel -> RGB class
-                ys, xs = (image[channel] > 127.5).nonzero(as_tuple=True)
-                if len(xs):
-                    boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-                    classes.append(cls)
-            inst = Instances(tuple(image.shape[-2:]))
-            inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-            area = inst.pred_boxes.area()
-            inst.scores = area / (area + 1000.0)
-            inst.pred_classes = torch.tensor(classes, dtype=torch.int64)
-            outputs.append({"instances": detector_postprocess(inst, x["height"], x["width"])})
-        return outputs
-
-
 # Original-frame objects of a 700 x 900 RGB image, one per colour (= class). With 400 px slices and
 # overlap 0.2 the slices start at x 0, 320, 500 and y 0, 300: red lies whole in two slices, green is
 # cut by x = 400 and blue by x = 720 and y = 400 (its parts appear in four slices).
@@ -185,8 +146,9 @@ def _by_class(instances):
 
 
 @pytest.mark.parametrize("zoom", [2.0, 1.0])
-def test_slice_detections_land_on_the_objects_in_the_original_frame(zoom):
-    detector = PlantedDetector()
+def test_slice_detections_land_on_the_objects_in_the_original_frame(planted_detector, zoom):
+    # The shared stand-in (BGR input): each colour channel one class, scored by its box's area.
+    detector = planted_detector(score_by_area=True, input_format="BGR")
     sahi_model = planted_sahi_model(detector)
     # SAHI's default merge (GREEDYNMM, IOS 0.5) joins each object's cut parts to the whole.
     out = run_sahi(sahi_model, planted_rgb(), slice_size=400, overlap=0.2, zoom=zoom, confidence=0.3,
@@ -199,8 +161,8 @@ def test_slice_detections_land_on_the_objects_in_the_original_frame(zoom):
     assert detector.inputs == [zoomed_hw(b, zoom) for b in out.slice_boxes]
 
 
-def test_the_standard_prediction_runs_on_the_whole_image_at_the_first_scale():
-    detector = PlantedDetector()
+def test_the_standard_prediction_runs_on_the_whole_image_at_the_first_scale(planted_detector):
+    detector = planted_detector(score_by_area=True, input_format="BGR")
     sahi_model = planted_sahi_model(detector)
     out = run_sahi(sahi_model, planted_rgb(), slice_size=400, overlap=0.2, zoom=2.0, confidence=0.3, image_format="RGB")
     assert [p.scale for p in out.passes] == [1] * out.num_slices + [0]  # slices, then the whole image
@@ -216,14 +178,14 @@ def test_the_standard_prediction_runs_on_the_whole_image_at_the_first_scale():
 
 
 # ------------------------------------------------------------- (c) slices and pixels
-def test_slice_count_and_pixel_accounting_of_a_known_size():
+def test_slice_count_and_pixel_accounting_of_a_known_size(planted_detector):
     # 700 x 900, 400 px slices, overlap int(0.2 * 400) = 80: x starts 0, 320, then the last slice is
     # shifted in to end at 900 (500); y starts 0, then 300 (ends at 700).
     slices = [(0, 0, 400, 400), (320, 0, 720, 400), (500, 0, 900, 400),
               (0, 300, 400, 700), (320, 300, 720, 700), (500, 300, 900, 700)]
     assert sahi_slice_boxes((H, W), 400, 0.2) == slices
 
-    detector = PlantedDetector()
+    detector = planted_detector(score_by_area=True, input_format="BGR")
     sahi_model = planted_sahi_model(detector)
     image = planted_rgb()
     for zoom, standard, expected_slice, expected_standard in [
@@ -244,7 +206,7 @@ def test_slice_count_and_pixel_accounting_of_a_known_size():
     assert (out.num_slices, out.pixels, out.standard_pixels) == (1, H * W, 0)
 
 
-def test_slice_params_match_the_finest_scales_smallest_chip():
+def test_slice_params_match_the_finest_scales_smallest_chip(compact_cfg):
     cfg = compact_cfg()
     cfg.MODEL.AUTOFOCUS.SCALES = [[512, 768], [-1, -1]]
     cfg.MODEL.AUTOFOCUS.MIN_CHIP_SIZE = [128.0]  # px of scale 0

@@ -1,7 +1,6 @@
 """Datasets checked before training or evaluation: --register-coco jsons, users' own registrations,
 NUM_CLASSES against the categories, and test sets without annotations."""
 import os
-import sys
 
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -10,11 +9,10 @@ from detectron2.structures import BoxMode
 
 from autofocus_d2.data import DatasetError, add_register_coco_argument, register_coco_datasets, validate_dataset
 from autofocus_d2.data import dataset_checks
+from autofocus_d2.model_zoo import get_config_file
+import train_net
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(REPO, "configs/Synthetic/autofocus_compact_fpn.yaml")
-sys.path.insert(0, REPO)
-import train_net  # noqa: E402
+CONFIG = get_config_file("Synthetic/autofocus_compact_fpn.yaml")
 
 
 def _dup_image_id(data, images):
@@ -155,10 +153,10 @@ def test_num_classes_that_differs_from_the_categories_names_the_key_before_train
     assert not (tmp_path / "last_checkpoint").exists()
 
 
-def test_retinanet_class_count_key_is_named():
+def test_retinanet_class_count_key_is_named(repo_root):
     from autofocus_d2.config import load_autofocus_config
 
-    cfg = load_autofocus_config(os.path.join(REPO, "configs/Synthetic/autofocus_compact_retinanet.yaml"),
+    cfg = load_autofocus_config(os.path.join(repo_root, "configs/Synthetic/autofocus_compact_retinanet.yaml"),
                                 ["MODEL.RETINANET.NUM_CLASSES", "80"])
     with pytest.raises(DatasetError, match="MODEL.RETINANET.NUM_CLASSES is 80 but dataset"):
         dataset_checks.check_num_classes(*reversed(dataset_checks.num_classes_key(cfg)), ["autofocus_synth_tiny"])

@@ -3,6 +3,7 @@ import hashlib
 import json
 import os
 
+import pytest
 from detectron2.data import MetadataCatalog
 
 import autofocus_d2  # noqa: F401  (registers the built-in datasets)
@@ -51,6 +52,7 @@ def test_large_frames_are_deterministic_and_in_size_range(tmp_path):
     assert small / len(coco["annotations"]) > 0.5
 
 
+@pytest.mark.slow
 def test_r50_fpn_large_config_builds_from_scratch_and_runs_single_on_a_small_image():
     import torch
     from detectron2.layers import FrozenBatchNorm2d

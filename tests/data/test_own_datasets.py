@@ -1,37 +1,26 @@
 """--register-coco: a COCO-format dataset registered from the command line of the tools."""
 import json
-import os
-import sys
 
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_argument_parser
 from detectron2.modeling import build_model
 
-import autofocus_d2
-from autofocus_d2.data import add_register_coco_argument, ensure_split, register_coco_datasets
+import train_net
+from autofocus_d2.data import add_register_coco_argument, register_coco_datasets
+from autofocus_d2.model_zoo import get_config_file
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(REPO, "configs/Synthetic/autofocus_compact_fpn.yaml")
-sys.path.insert(0, REPO)
-import train_net  # noqa: E402
+CONFIG = get_config_file("Synthetic/autofocus_compact_fpn.yaml")
 
 
-def _tiny():
-    json_file = ensure_split("autofocus_synth_tiny")
-    return json_file, os.path.join(os.path.dirname(json_file), "images")
-
-
-def test_registered_from_the_command_line_it_evaluates_as_the_built_in_split(tmp_path):
+@pytest.mark.slow
+def test_registered_from_the_command_line_it_evaluates_as_the_built_in_split(tiny_coco, compact_cfg, tmp_path):
     """train_net.py --eval-only on the tiny split, registered by --register-coco under another name,
     gives exactly the detections and AP of the built-in registration."""
-    json_file, image_dir = _tiny()
-    cfg = get_cfg()
-    autofocus_d2.add_autofocus_config(cfg)
-    cfg.merge_from_file(CONFIG)
+    json_file, image_dir = tiny_coco
+    cfg = compact_cfg()
     torch.manual_seed(0)
     DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("random_init")
     results = {}
@@ -50,8 +39,8 @@ def test_registered_from_the_command_line_it_evaluates_as_the_built_in_split(tmp
     assert MetadataCatalog.get("my_tiny").evaluator_type == "coco"
 
 
-def test_bad_registrations_name_the_problem(tmp_path):
-    json_file, image_dir = _tiny()
+def test_bad_registrations_name_the_problem(tiny_coco, tmp_path):
+    json_file, image_dir = tiny_coco
     with pytest.raises(FileNotFoundError, match="nowhere.json"):
         register_coco_datasets([["x", str(tmp_path / "nowhere.json"), image_dir]])
     with pytest.raises(FileNotFoundError, match="image folder"):

@@ -1,7 +1,5 @@
 import itertools
 import json
-import os
-import sys
 import uuid
 
 import numpy as np
@@ -27,9 +25,9 @@ from autofocus_d2.data import (
 from autofocus_d2.data import chip_sampler, sniper_mining
 from autofocus_d2.data.sniper_loader import check_negative_chips, chip_transform
 from autofocus_d2.structures import tile_views
+from autofocus_d2.model_zoo import get_config_file
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(REPO, "configs", "Synthetic", "autofocus_compact_fpn.yaml")
+CONFIG = get_config_file("Synthetic/autofocus_compact_fpn.yaml")
 SCALES = [[300.0, 500.0], [600.0, 1000.0]]
 MINING_SCALES = [[75.0, 100.0], [150.0, 200.0]]
 
@@ -336,12 +334,10 @@ def test_negative_chips_file_errors(tiny_dataset, tmp_path):
         build_sniper_train_loader(_loader_cfg(tiny_dataset, VALID_RANGES=[[500, -1], [500, -1]]))
 
 
-def _tiny_model_cfg(name):
+def _tiny_model_cfg(compact_cfg, name):
     """The synthetic CPU model's config on the tiny dataset, at two small training scales (zoom
     0.25 and 0.5 on its 300 x 400 images) to keep the random-weight forward passes cheap."""
-    cfg = get_cfg()
-    autofocus_d2.add_autofocus_config(cfg)
-    cfg.merge_from_file(CONFIG)
+    cfg = compact_cfg()
     cfg.DATASETS.TRAIN = (name,)
     cfg.INPUT.SNIPER.SCALES = MINING_SCALES
     cfg.INPUT.SNIPER.VALID_RANGES = [[100, -1], [-1, 100]]
@@ -352,8 +348,8 @@ def _tiny_model_cfg(name):
     return cfg
 
 
-def test_mine_negative_chips_structure(tiny_dataset):
-    cfg = _tiny_model_cfg(tiny_dataset)
+def test_mine_negative_chips_structure(compact_cfg, tiny_dataset):
+    cfg = _tiny_model_cfg(compact_cfg, tiny_dataset)
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
@@ -374,8 +370,8 @@ def test_mine_negative_chips_structure(tiny_dataset):
     assert len(records) - num_positive == len(all_chips)
 
 
-def test_rpn_proposals_at_zoom_tiles_in_the_original_frame(tiny_dataset):
-    cfg = _tiny_model_cfg(tiny_dataset)
+def test_rpn_proposals_at_zoom_tiles_in_the_original_frame(compact_cfg, tiny_dataset):
+    cfg = _tiny_model_cfg(compact_cfg, tiny_dataset)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     image = torch.randint(0, 255, (3, 300, 400), dtype=torch.uint8)
@@ -393,11 +389,8 @@ def test_rpn_proposals_at_zoom_tiles_in_the_original_frame(tiny_dataset):
 
 
 def test_mine_negative_chips_tool(tiny_dataset, tmp_path, capsys):
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    try:
-        import mine_negative_chips as tool
-    finally:
-        sys.path.remove(os.path.join(REPO, "tools"))
+    from tools import mine_negative_chips as tool
+
     out = str(tmp_path / "neg" / "chips.json")
     assert tool.main([
         "--config-file", CONFIG, "--output", out, "--max-images", "1",

@@ -13,12 +13,15 @@ from pycocotools.coco import COCO
 from autofocus_d2.data import synthetic
 from autofocus_d2.data.synthetic import (
     SYNTHETIC_CATEGORIES,
+    SYNTHETIC_COLOURS,
     SYNTHETIC_SPLITS,
     dataset_statistics,
     default_data_root,
+    draw_object,
     ensure_split,
     generate_synthetic_split,
     register_synthetic_datasets,
+    render_image,
 )
 from autofocus_d2.data.synthetic_shapes import shape_polygons
 
@@ -95,7 +98,7 @@ def test_objects_are_drawn_where_annotated(tiny_json):
     # Every shape but the ring covers its box centre with its category colour
     # (+-25 colour jitter, +-12 noise, JPEG).
     coco = _load(tiny_json)
-    base = dict(enumerate(c for _, c in synthetic._CATEGORY_TABLE))
+    base = dict(enumerate(SYNTHETIC_COLOURS))
     images = {im["id"]: im for im in coco["images"]}
     image_dir = os.path.join(os.path.dirname(tiny_json), "images")
     pixels = {i: np.asarray(Image.open(os.path.join(image_dir, im["file_name"])).convert("RGB"))
@@ -215,7 +218,7 @@ def test_ensure_split_before_evaluator(tmp_path):
 
 
 def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
-    real = synthetic._render_image
+    real = render_image
     calls = []
 
     def failing(rng, spec):
@@ -224,11 +227,11 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(rng, spec)
 
-    monkeypatch.setattr(synthetic, "_render_image", failing)
+    monkeypatch.setattr(synthetic, "render_image", failing)
     with pytest.raises(KeyboardInterrupt):
         generate_synthetic_split(str(tmp_path), "tiny")
     assert os.listdir(tmp_path) == []
-    monkeypatch.setattr(synthetic, "_render_image", real)
+    monkeypatch.setattr(synthetic, "render_image", real)
     assert os.path.isfile(generate_synthetic_split(str(tmp_path), "tiny", num_images=1))
 
 
@@ -261,8 +264,10 @@ def test_default_data_root(tmp_path, monkeypatch):
 def test_layout_respects_sizes():
     # Placement never produces boxes overlapping more than 10% of the smaller one.
     spec = SYNTHETIC_SPLITS["train"]
-    rng = np.random.default_rng(0)
-    boxes = synthetic._layout(rng, spec, 1200, 1000)
+    image, objects = render_image(np.random.default_rng(0), spec)
+    boxes = [box for _, box in objects]
+    assert len(boxes) >= 10 and all(x0 >= 0 and y0 >= 0 and x0 + w <= image.width and y0 + h <= image.height
+                                    for x0, y0, w, h in boxes)
     b = np.asarray(boxes, dtype=np.float64)
     for i in range(len(b)):
         for j in range(i):
@@ -308,7 +313,7 @@ def test_polygons_outline_the_drawn_shapes(name, wh):
     w, h = wh
     canvas = Image.new("RGB", (w + 20, h + 20))
     box = (10, 10, w, h)
-    synthetic._draw_object(ImageDraw.Draw(canvas), SYNTHETIC_CATEGORIES.index(name), box, (255, 255, 255))
+    draw_object(ImageDraw.Draw(canvas), SYNTHETIC_CATEGORIES.index(name), box, (255, 255, 255))
     drawn = np.asarray(canvas)[:, :, 0] > 0
     polygons = shape_polygons(name, box)
     rle = mask_utils.merge(mask_utils.frPyObjects(polygons, h + 20, w + 20))

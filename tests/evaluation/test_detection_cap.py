@@ -4,6 +4,7 @@ import logging
 
 import torch
 from detectron2.config import get_cfg
+from detectron2.evaluation import COCOEvaluator
 
 from autofocus_d2 import add_autofocus_config
 from autofocus_d2.data import register_coco_datasets, warn_dense_scenes
@@ -14,6 +15,7 @@ from autofocus_d2.evaluation import (
     evaluation_max_dets,
     final_detection_cap,
 )
+from autofocus_d2.evaluation import coco as coco_module
 from autofocus_d2.evaluation.detection_cap import distinct_detections, results_at_cap
 from autofocus_d2.inference.pipeline import build_autofocus_pipeline
 
@@ -66,11 +68,21 @@ def test_a_planted_dense_image_reaches_the_cap_and_is_reported_once(planted_dete
     assert quiet.warn() is None and len(messages) == 2
 
 
-def test_the_coco_evaluation_counts_as_many_detections_as_the_cap(tiny_coco):
+def test_the_coco_evaluation_counts_as_many_detections_as_the_cap(tiny_coco, monkeypatch):
     register_coco_datasets([["wtc_cap_tiny", *tiny_coco]])
-    assert build_coco_evaluator("wtc_cap_tiny")._max_dets_per_image == [1, 10, 100]
-    assert build_coco_evaluator("wtc_cap_tiny", max_dets=evaluation_max_dets(dense_cfg(300)))._max_dets_per_image \
-        == [1, 10, 300]
+    # What build_coco_evaluator passes to Detectron2's COCOEvaluator (its public max_dets_per_image
+    # argument; default None: COCO's [1, 10, 100]).
+    passed = []
+
+    def recording(*args, **kwargs):
+        passed.append(kwargs.get("max_dets_per_image"))
+        return COCOEvaluator(*args, **kwargs)
+
+    monkeypatch.setattr(coco_module, "COCOEvaluator", recording)
+    assert isinstance(build_coco_evaluator("wtc_cap_tiny"), COCOEvaluator)
+    assert isinstance(build_coco_evaluator("wtc_cap_tiny", max_dets=evaluation_max_dets(dense_cfg(300))),
+                      COCOEvaluator)
+    assert passed == [None, 300]
     assert evaluation_max_dets(dense_cfg(30)) == 100  # never fewer than COCO's 100
 
 

@@ -10,7 +10,7 @@ from autofocus_d2.inference import (
     generate_focus_chips,
     merge_overlapping_boxes,
 )
-from autofocus_d2.inference.focus_chips import _connected_components
+from autofocus_d2.inference.focus_chips import connected_components
 
 TOL = 1e-3
 
@@ -369,7 +369,7 @@ def _flood_fill_partition(mask):
 )
 def test_connected_components_match_flood_fill(h, w, density, seed):
     mask = torch.rand(h, w, generator=torch.Generator().manual_seed(seed)) < density
-    labels = _connected_components(mask)
+    labels = connected_components(mask)
     assert bool(((labels > 0) == mask).all())
     parts = {}
     for (i, j), lab in zip(torch.nonzero(mask).tolist(), labels[mask].tolist()):

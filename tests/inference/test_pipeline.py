@@ -306,14 +306,12 @@ def test_oracle_policy_reads_the_inputs_ground_truth(planted_detector, paint_ima
         run(cfg, planted_detector(), [image])
 
 
-def test_bfloat16_inference_agrees_with_float32():
+def test_bfloat16_inference_agrees_with_float32(compact_cfg):
     """The compact model, random weights, on CPU: the detector passes under bfloat16 autocast."""
     from detectron2.modeling import build_model
-    from autofocus_d2 import model_zoo
     from autofocus_d2.inference.precision import inference_autocast
 
-    cfg = model_zoo.get_config("Synthetic/autofocus_compact_fpn.yaml")
-    cfg.MODEL.AUTOFOCUS.VIEW_DETECTIONS = "filtered"
+    cfg = compact_cfg(VIEW_DETECTIONS="filtered")
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     torch.manual_seed(1)
@@ -350,11 +348,10 @@ def test_bfloat16_inference_agrees_with_float32():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_half_precision_on_cuda_agrees_with_float32(dtype):
+def test_half_precision_on_cuda_agrees_with_float32(compact_cfg, dtype):
     from detectron2.modeling import build_model
-    from autofocus_d2 import model_zoo
 
-    cfg = model_zoo.get_config("Synthetic/autofocus_compact_fpn.yaml")
+    cfg = compact_cfg()
     cfg.MODEL.DEVICE = "cuda"
     torch.manual_seed(0)
     model = build_model(cfg).eval()

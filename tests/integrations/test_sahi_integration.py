@@ -9,38 +9,26 @@ import pytest
 pytest.importorskip("sahi", reason="sahi is optional (pip install sahi)")
 
 import torch  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from PIL import Image  # noqa: E402
 from sahi.predict import get_sliced_prediction  # noqa: E402
 
-from autofocus_d2 import add_autofocus_config  # noqa: E402
 from autofocus_d2.checkpoint import AtomicCheckpointer  # noqa: E402
 from autofocus_d2.integrations.sahi import AutoFocusSahiModel  # noqa: E402
 from autofocus_d2.model_metadata import model_metadata  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = "configs/Synthetic/autofocus_compact_fpn.yaml"
 H, W = 700, 900
 
 
-def compact_cfg():
-    cfg = get_cfg()
-    add_autofocus_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, CONFIG))
-    cfg.MODEL.DEVICE = "cpu"
-    return cfg
-
-
-def docs_snippet() -> str:
-    text = open(os.path.join(REPO, "docs", "deployment.md")).read()
+def docs_snippet(repo_root: str) -> str:
+    text = open(os.path.join(repo_root, "docs", "deployment.md")).read()
     section = text.split("## Using autofocus-d2 models from SAHI", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(compact_cfg, tmp_path_factory):
     """A random-init checkpoint of the compact config carrying its record (config, class names) as
     train_net.py writes it, and the model it came from."""
     torch.manual_seed(0)
@@ -50,17 +38,18 @@ def checkpoint(tmp_path_factory):
     return str(out / "model.pth"), model
 
 
-def test_the_docs_snippet_runs_as_written(checkpoint, tmp_path, monkeypatch, capsys):
+@pytest.mark.slow
+def test_the_docs_snippet_runs_as_written(repo_root, checkpoint, tmp_path, monkeypatch, capsys):
     weights, model = checkpoint
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8)
     image[200:320, 300:480] = (40, 200, 90)
     image_path = str(tmp_path / "image.png")
     Image.fromarray(image).save(image_path)
-    code = docs_snippet()
+    code = docs_snippet(repo_root)
     assert '"output/demo/train/model_final.pth"' in code and '"image.png"' in code
     code = code.replace('"output/demo/train/model_final.pth"', repr(weights)).replace('"image.png"', repr(image_path))
-    monkeypatch.chdir(REPO)  # the config path is relative to the repository, as in the docs
+    monkeypatch.chdir(repo_root)  # the config path is relative to the repository, as in the docs
     scope = {}
     exec(compile(code, "docs/deployment.md snippet", "exec"), scope)
 
@@ -80,7 +69,7 @@ def test_the_docs_snippet_runs_as_written(checkpoint, tmp_path, monkeypatch, cap
     assert len(printed) == len(result.object_prediction_list)
 
 
-def test_a_built_model_with_the_full_image_size_runs_the_whole_image_at_scale_0(checkpoint):
+def test_a_built_model_with_the_full_image_size_runs_the_whole_image_at_scale_0(compact_cfg, checkpoint):
     _, model = checkpoint
     cfg = compact_cfg()
     detection_model = AutoFocusSahiModel(cfg, model=model, confidence_threshold=0.05)
@@ -94,7 +83,7 @@ def test_a_built_model_with_the_full_image_size_runs_the_whole_image_at_scale_0(
     assert [c.input_hw for c in calls[:4]] == [c.image_hw for c in calls[:4]]  # slices at zoom 1
 
 
-def test_bad_arguments_are_named():
+def test_bad_arguments_are_named(compact_cfg):
     with pytest.raises(ValueError, match="needs a cfg or a model"):
         AutoFocusSahiModel()
     with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty"):
@@ -104,7 +93,7 @@ def test_bad_arguments_are_named():
 
 
 @pytest.mark.parametrize("cap, warned", [(3, True), (100000, False)])
-def test_passes_at_the_detection_cap_are_warned_once(checkpoint, logged, cap, warned):
+def test_passes_at_the_detection_cap_are_warned_once(compact_cfg, checkpoint, logged, cap, warned):
     """A planted dense case: with the test threshold 0, the random model's passes keep every
     proposal, so each pass reaches a cap of 3 (none reaches 100000)."""
     _, trained = checkpoint

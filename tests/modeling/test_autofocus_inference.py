@@ -3,18 +3,13 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from autofocus_d2 import model_zoo
 from autofocus_d2.evaluation import AutoFocusEfficiencyEvaluator, summarize_efficiency
 from autofocus_d2.structures import ScaleChain
 from autofocus_d2.structures.views import crop_and_resize
 
 
-def cfg_for(policy):
-    cfg = model_zoo.get_config("Synthetic/autofocus_compact_fpn.yaml")
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.AUTOFOCUS.CHIP_POLICY = policy
-    cfg.MODEL.AUTOFOCUS.SCALES = [[320, 480], [-1, -1]]
-    return cfg
+def cfg_for(compact_cfg, policy):
+    return compact_cfg(CHIP_POLICY=policy, SCALES=[[320, 480], [-1, -1]])
 
 
 def _sorted(instances):
@@ -22,8 +17,8 @@ def _sorted(instances):
     return instances.pred_boxes.tensor[order], instances.scores[order], instances.pred_classes[order]
 
 
-def test_single_scale_equals_generalized_rcnn_on_the_same_input():
-    cfg = cfg_for("single")
+def test_single_scale_equals_generalized_rcnn_on_the_same_input(compact_cfg):
+    cfg = cfg_for(compact_cfg, "single")
     cfg.MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX = 0.0  # the RPN's own top-k, as GeneralizedRCNN uses
     # Detectron2's own per-view output (the paper's raw detections + Soft-NMS differ by design).
     cfg.MODEL.AUTOFOCUS.VIEW_DETECTIONS, cfg.MODEL.AUTOFOCUS.NMS_METHOD = "filtered", "nms"
@@ -44,8 +39,8 @@ def test_single_scale_equals_generalized_rcnn_on_the_same_input():
         assert torch.allclose(a.float(), b.float(), atol=1e-3), (a, b)
 
 
-def test_eval_outputs_carry_instances_and_statistics():
-    cfg = cfg_for("autofocus")
+def test_eval_outputs_carry_instances_and_statistics(compact_cfg):
+    cfg = cfg_for(compact_cfg, "autofocus")
     cfg.MODEL.AUTOFOCUS.FOCUS_THRESHOLD = [0.0]  # random weights: make every cell focus
     torch.manual_seed(0)
     model = build_model(cfg).eval()
@@ -75,8 +70,8 @@ def test_efficiency_evaluator_aggregates_over_images():
     assert summarize_efficiency([]) == {}
 
 
-def test_proposal_budget_scales_with_the_view_and_is_restored():
-    cfg = cfg_for("single")
+def test_proposal_budget_scales_with_the_view_and_is_restored(compact_cfg):
+    cfg = cfg_for(compact_cfg, "single")
     cfg.MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX = 200.0  # 320 x 480 px = 0.154 Mpix -> 31 -> at least 50
     cfg.MODEL.AUTOFOCUS.MIN_PROPOSALS = 50
     torch.manual_seed(0)
@@ -98,8 +93,8 @@ def test_proposal_budget_scales_with_the_view_and_is_restored():
     assert (rpn.pre_nms_topk[False], rpn.post_nms_topk[False]) == (1000, 1000)  # restored
 
 
-def test_raw_view_detections_switch_off_per_view_filtering_and_are_restored():
-    cfg = cfg_for("single")
+def test_raw_view_detections_switch_off_per_view_filtering_and_are_restored(compact_cfg):
+    cfg = cfg_for(compact_cfg, "single")
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
     cfg.TEST.DETECTIONS_PER_IMAGE = 20
     torch.manual_seed(0)

@@ -2,33 +2,12 @@
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.modeling import GeneralizedRCNN, build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from autofocus_d2 import add_autofocus_config, model_zoo
 from autofocus_d2.data import build_sniper_train_loader
 from autofocus_d2.modeling import AutoFocusRCNN
-
-
-def compact_fpn_cfg():
-    cfg = model_zoo.get_config("Synthetic/autofocus_compact_fpn.yaml")
-    cfg.MODEL.DEVICE = "cpu"
-    return cfg
-
-
-def r18_c4_cfg():
-    cfg = get_cfg()
-    add_autofocus_config(cfg)
-    cfg.MODEL.META_ARCHITECTURE = "AutoFocusRCNN"
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.NORM = "BN"
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
-    return cfg
 
 
 def _inputs(n=2, size=(96, 128)):
@@ -43,10 +22,10 @@ def _inputs(n=2, size=(96, 128)):
 
 
 @pytest.mark.parametrize(
-    "make_cfg, feature", [(compact_fpn_cfg, "p4"), pytest.param(r18_c4_cfg, "res4", marks=pytest.mark.slow)]
+    "make_cfg, feature", [("compact_cfg", "p4"), pytest.param("r18_c4_cfg", "res4", marks=pytest.mark.slow)]
 )
-def test_builds_and_trains_with_focus_loss(make_cfg, feature):
-    cfg = make_cfg()
+def test_builds_and_trains_with_focus_loss(request, make_cfg, feature):
+    cfg = request.getfixturevalue(make_cfg)()
     cfg.MODEL.FOCUS_HEAD.IN_FEATURE = ""  # auto: the stride-16 feature
     model = build_model(cfg)
     assert isinstance(model, AutoFocusRCNN)
@@ -61,8 +40,8 @@ def test_builds_and_trains_with_focus_loss(make_cfg, feature):
     assert model.focus_head.predictor.weight.grad.abs().sum() > 0
 
 
-def test_focus_loss_weight_scales_the_loss():
-    cfg = compact_fpn_cfg()
+def test_focus_loss_weight_scales_the_loss(compact_cfg):
+    cfg = compact_cfg()
     torch.manual_seed(1)
     model = build_model(cfg).train()
     model.focus_loss_weight = 1.0
@@ -89,8 +68,8 @@ def test_focus_loss_weight_scales_the_loss():
         ("MODEL.SNIPER.IGNORE_IOU", 0.0, "MODEL.SNIPER.IGNORE_IOU"),
     ],
 )
-def test_bad_config_values_name_the_key(key, value, match):
-    cfg = compact_fpn_cfg()
+def test_bad_config_values_name_the_key(compact_cfg, key, value, match):
+    cfg = compact_cfg()
     cfg.merge_from_list([key, value])
     with pytest.raises(ValueError, match=match):
         build_model(cfg)
@@ -105,15 +84,15 @@ def test_bad_config_values_name_the_key(key, value, match):
         ("INPUT.SNIPER.NEGATIVES_PER_EPOCH", -0.5, "INPUT.SNIPER.NEGATIVES_PER_EPOCH"),
     ],
 )
-def test_bad_sniper_values_name_the_key_when_the_training_loader_is_built(key, value, match):
-    cfg = compact_fpn_cfg()
+def test_bad_sniper_values_name_the_key_when_the_training_loader_is_built(compact_cfg, key, value, match):
+    cfg = compact_cfg()
     cfg.merge_from_list([key, value])
     with pytest.raises(ValueError, match=match):
         build_sniper_train_loader(cfg)
 
 
-def test_unknown_config_key_is_rejected(tmp_path):
-    cfg = compact_fpn_cfg()
+def test_unknown_config_key_is_rejected(compact_cfg, tmp_path):
+    cfg = compact_cfg()
     bad = tmp_path / "bad.yaml"
     bad.write_text("MODEL:\n  AUTOFOCUS:\n    NO_SUCH_KEY: 1\n")
     with pytest.raises(KeyError, match="MODEL.AUTOFOCUS.NO_SUCH_KEY"):
@@ -131,8 +110,8 @@ def _load_weights(model, path):
     return model.load_state_dict(state, strict=False)
 
 
-def test_stock_faster_rcnn_checkpoint_loads_with_only_focus_head_missing(tmp_path):
-    cfg = compact_fpn_cfg()
+def test_stock_faster_rcnn_checkpoint_loads_with_only_focus_head_missing(compact_cfg, tmp_path):
+    cfg = compact_cfg()
     cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
     stock = build_model(cfg)
     DetectionCheckpointer(stock, save_dir=str(tmp_path)).save("stock")
@@ -147,8 +126,8 @@ def test_stock_faster_rcnn_checkpoint_loads_with_only_focus_head_missing(tmp_pat
         assert torch.equal(model.state_dict()[k], v), k
 
 
-def test_checkpoint_round_trip(tmp_path):
-    cfg = compact_fpn_cfg()
+def test_checkpoint_round_trip(compact_cfg, tmp_path):
+    cfg = compact_cfg()
     torch.manual_seed(3)
     model = build_model(cfg)
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
@@ -173,8 +152,8 @@ class _ImageRecorder(EventStorage):
 
 
 @pytest.mark.parametrize("vis_period, expected", [(1, 1), (0, 0)])
-def test_training_keeps_detectron2s_vis_period_visualisation(vis_period, expected):
-    cfg = compact_fpn_cfg()
+def test_training_keeps_detectron2s_vis_period_visualisation(compact_cfg, vis_period, expected):
+    cfg = compact_cfg()
     cfg.VIS_PERIOD = vis_period
     model = build_model(cfg).train()
     with _ImageRecorder() as storage:
@@ -183,8 +162,8 @@ def test_training_keeps_detectron2s_vis_period_visualisation(vis_period, expecte
     assert len(storage.image_names) == expected
 
 
-def test_training_losses_are_generalized_rcnns_plus_the_focus_loss():
-    cfg = compact_fpn_cfg()
+def test_training_losses_are_generalized_rcnns_plus_the_focus_loss(compact_cfg):
+    cfg = compact_cfg()
     model = build_model(cfg).train()
     inputs = _inputs()
     with EventStorage():
@@ -202,8 +181,8 @@ def test_training_losses_are_generalized_rcnns_plus_the_focus_loss():
     assert torch.allclose(losses["loss_focus"], focus)
 
 
-def test_python_construction_for_sniper_chips_checks_the_heads():
-    cfg = compact_fpn_cfg()
+def test_python_construction_for_sniper_chips_checks_the_heads(compact_cfg):
+    cfg = compact_cfg()
     cfg.INPUT.SNIPER.ENABLED = False
     cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
     args = AutoFocusRCNN.from_config(cfg)

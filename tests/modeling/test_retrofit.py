@@ -2,32 +2,23 @@
 state_dict, BatchNorm statistics included, stays bit-identical; stock checkpoints load."""
 import itertools
 import logging
-import os
-import sys
 
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import SimpleTrainer
 from detectron2.modeling import GeneralizedRCNN, build_model
 from detectron2.solver import build_optimizer
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from autofocus_d2 import add_autofocus_config
 from autofocus_d2.modeling import AutoFocusRCNN
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(REPO, "configs/Synthetic/autofocus_compact_fpn.yaml")
 DETECTOR_LOSSES = {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
 
 
-def compact_cfg(train_only: bool, meta_arch: str = "AutoFocusRCNN"):
-    cfg = get_cfg()
-    add_autofocus_config(cfg)
-    cfg.merge_from_file(CONFIG)
-    cfg.MODEL.DEVICE = "cpu"
+def retrofit_cfg(compact_cfg, train_only: bool, meta_arch: str = "AutoFocusRCNN"):
+    cfg = compact_cfg()
     cfg.MODEL.META_ARCHITECTURE = meta_arch
     cfg.MODEL.FOCUS_HEAD.TRAIN_ONLY = train_only
     return cfg
@@ -60,9 +51,9 @@ def assert_detector_unchanged(before, model):
     assert changed == []
 
 
-def test_retrofit_trains_only_the_head_and_leaves_the_detector_bit_identical():
+def test_retrofit_trains_only_the_head_and_leaves_the_detector_bit_identical(compact_cfg):
     torch.manual_seed(0)
-    cfg = compact_cfg(train_only=True)
+    cfg = retrofit_cfg(compact_cfg, train_only=True)
     cfg.SOLVER.BASE_LR = 0.02
     model = build_model(cfg)
     assert isinstance(model, AutoFocusRCNN) and model.focus_train_only
@@ -99,8 +90,8 @@ def test_retrofit_trains_only_the_head_and_leaves_the_detector_bit_identical():
     assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("focus_head."))
 
 
-def test_train_mode_toggles_keep_the_detector_in_eval_mode():
-    model = build_model(compact_cfg(train_only=True))
+def test_train_mode_toggles_keep_the_detector_in_eval_mode(compact_cfg):
+    model = build_model(retrofit_cfg(compact_cfg, train_only=True))
     model.eval()
     assert not model.training and not model.focus_head.training
     model.train()
@@ -110,9 +101,9 @@ def test_train_mode_toggles_keep_the_detector_in_eval_mode():
     assert not any(m.training for m in model.modules())
 
 
-def test_switch_off_keeps_joint_training():
+def test_switch_off_keeps_joint_training(compact_cfg):
     torch.manual_seed(0)
-    model = build_model(compact_cfg(train_only=False)).train()
+    model = build_model(retrofit_cfg(compact_cfg, train_only=False)).train()
     assert not model.focus_train_only
     assert all(p.requires_grad for p in model.parameters())
     assert all(m.training for m in model.modules())
@@ -136,12 +127,12 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def test_plain_generalized_rcnn_checkpoint_loads_with_the_switch_on(tmp_path):
+def test_plain_generalized_rcnn_checkpoint_loads_with_the_switch_on(compact_cfg, tmp_path):
     torch.manual_seed(3)
-    plain = build_model(compact_cfg(train_only=False, meta_arch="GeneralizedRCNN"))
+    plain = build_model(retrofit_cfg(compact_cfg, train_only=False, meta_arch="GeneralizedRCNN"))
     assert type(plain) is GeneralizedRCNN
     DetectionCheckpointer(plain, save_dir=str(tmp_path)).save("plain")
-    cfg = compact_cfg(train_only=True)
+    cfg = retrofit_cfg(compact_cfg, train_only=True)
     cfg.MODEL.WEIGHTS = str(tmp_path / "plain.pth")
     torch.manual_seed(4)
     model = build_model(cfg)
@@ -166,14 +157,13 @@ def test_plain_generalized_rcnn_checkpoint_loads_with_the_switch_on(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_net_retrofits_from_a_plain_checkpoint(tmp_path):
-    sys.path.insert(0, REPO)
+def test_train_net_retrofits_from_a_plain_checkpoint(compact_cfg, tmp_path):
     import train_net
 
     torch.manual_seed(5)
-    plain = build_model(compact_cfg(train_only=False, meta_arch="GeneralizedRCNN"))
+    plain = build_model(retrofit_cfg(compact_cfg, train_only=False, meta_arch="GeneralizedRCNN"))
     DetectionCheckpointer(plain, save_dir=str(tmp_path)).save("plain")
-    cfg = compact_cfg(train_only=True)
+    cfg = retrofit_cfg(compact_cfg, train_only=True)
     cfg.merge_from_list([
         "MODEL.WEIGHTS", str(tmp_path / "plain.pth"),
         "DATASETS.TRAIN", ("autofocus_synth_tiny",), "DATASETS.TEST", (),
@@ -198,20 +188,20 @@ def test_train_net_retrofits_from_a_plain_checkpoint(tmp_path):
     "value, weight, match",
     [("yes", 1.0, "MODEL.FOCUS_HEAD.TRAIN_ONLY"), (True, 0.0, "MODEL.FOCUS_HEAD.LOSS_WEIGHT")],
 )
-def test_bad_retrofit_config_raises_naming_the_key(value, weight, match):
-    cfg = compact_cfg(train_only=False)
+def test_bad_retrofit_config_raises_naming_the_key(compact_cfg, value, weight, match):
+    cfg = retrofit_cfg(compact_cfg, train_only=False)
     cfg.MODEL.FOCUS_HEAD.TRAIN_ONLY = value
     cfg.MODEL.FOCUS_HEAD.LOSS_WEIGHT = weight
     with pytest.raises(ValueError, match=match):
         build_model(cfg)
 
 
-def test_retrofit_without_weights_warns():
+def test_retrofit_without_weights_warns(compact_cfg):
     records = _Records()
     log = logging.getLogger("autofocus_d2.modeling.focus_detector")
     log.addHandler(records)
     try:
-        build_model(compact_cfg(train_only=True))
+        build_model(retrofit_cfg(compact_cfg, train_only=True))
     finally:
         log.removeHandler(records)
     assert any("MODEL.WEIGHTS is empty" in m for m in records.messages)

@@ -22,7 +22,6 @@ from autofocus_d2.modeling import (
     ignored_overlap_mask,
     split_ignored,
 )
-from test_autofocus_rcnn import compact_fpn_cfg, r18_c4_cfg  # the shared small test configs
 
 IMAGE_HW = (200, 200)
 NUM_CLASSES = 3
@@ -378,27 +377,24 @@ def _train_inputs(size=(96, 128)):
     return [{"image": torch.rand(3, *size) * 255, "instances": inst} for inst in (first, second)]
 
 
-def _compact_fpn_cfg():
-    cfg = compact_fpn_cfg()  # the built-in config: SNIPERRPN and SNIPERStandardROIHeads already
-    assert (cfg.MODEL.PROPOSAL_GENERATOR.NAME, cfg.MODEL.ROI_HEADS.NAME) == ("SNIPERRPN", "SNIPERStandardROIHeads")
-    return cfg
-
-
-def _r18_c4_cfg():
-    cfg = r18_c4_cfg()
-    cfg.MODEL.PROPOSAL_GENERATOR.NAME = "SNIPERRPN"
-    cfg.MODEL.ROI_HEADS.NAME = "SNIPERRes5ROIHeads"
+def _sniper_cfg(name, make_cfg):
+    cfg = make_cfg()
+    if name == "compact_cfg":  # the built-in config: SNIPERRPN and SNIPERStandardROIHeads already
+        assert (cfg.MODEL.PROPOSAL_GENERATOR.NAME, cfg.MODEL.ROI_HEADS.NAME) == ("SNIPERRPN", "SNIPERStandardROIHeads")
+    else:
+        cfg.MODEL.PROPOSAL_GENERATOR.NAME = "SNIPERRPN"
+        cfg.MODEL.ROI_HEADS.NAME = "SNIPERRes5ROIHeads"
     return cfg
 
 
 @pytest.mark.parametrize(
     "make_cfg, heads_cls",
-    [(_compact_fpn_cfg, SNIPERStandardROIHeads),
-     pytest.param(_r18_c4_cfg, SNIPERRes5ROIHeads, marks=pytest.mark.slow)],
+    [("compact_cfg", SNIPERStandardROIHeads),
+     pytest.param("r18_c4_cfg", SNIPERRes5ROIHeads, marks=pytest.mark.slow)],
 )
-def test_model_trains_with_ignored_boxes(make_cfg, heads_cls):
+def test_model_trains_with_ignored_boxes(request, make_cfg, heads_cls):
     torch.manual_seed(0)
-    model = build_model(make_cfg())
+    model = build_model(_sniper_cfg(make_cfg, request.getfixturevalue(make_cfg)))
     assert type(model.proposal_generator) is SNIPERRPN and type(model.roi_heads) is heads_cls
     model.train()
     with EventStorage() as storage:

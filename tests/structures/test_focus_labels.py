@@ -1,6 +1,5 @@
 """FocusPixel label assignment on hand-made boxes."""
 import math
-import os
 
 import pytest
 import torch
@@ -141,16 +140,11 @@ def test_ignored_boxes_make_their_cells_ignored_unless_positive():
     assert t[2:, 2:].eq(1).all() and t[0, 0] == 1
 
 
-def test_model_focus_loss_follows_ignored_box_labels():
-    from detectron2.config import get_cfg
+def test_model_focus_loss_follows_ignored_box_labels(compact_cfg):
     from detectron2.modeling import build_model
     from detectron2.structures import Instances
 
-    from autofocus_d2 import add_autofocus_config
-
-    cfg = get_cfg()
-    add_autofocus_config(cfg)
-    cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "..", "..", "configs/Synthetic/autofocus_compact_fpn.yaml"))
+    cfg = compact_cfg()
     losses = {}
     for mode in ("size", "ignore"):
         cfg.MODEL.FOCUS_HEAD.IGNORED_BOX_LABELS = mode
@@ -201,20 +195,14 @@ def test_next_scale_rule_is_the_paper_rule_without_a_finer_scale():
         focus_size_range((5.0, 64.0), 2.0, "original")
 
 
-def test_training_loss_uses_each_chips_zoom_step():
+def test_training_loss_uses_each_chips_zoom_step(compact_cfg):
     """A 3 px object is ignored by the paper's rule and a FocusPixel under next_scale with a zoom
     step of 2 (6 px at the next scale): the loss differs, and equals the paper's at step 1."""
     from detectron2.structures import Instances
 
-    from autofocus_d2.config import add_autofocus_config
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    cfg = get_cfg()
-    add_autofocus_config(cfg)
-    cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "Synthetic",
-                                     "autofocus_compact_fpn.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
+    cfg = compact_cfg()
     torch.manual_seed(0)
     model = build_model(cfg).train()
     assert model.focus_small_min_frame == "next_scale"

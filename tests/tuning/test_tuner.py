@@ -10,7 +10,6 @@ from detectron2.config import get_cfg
 from autofocus_d2.config import add_autofocus_config
 from autofocus_d2.tuning import ChipSetting, pick_setting, setting_grid
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _row(t, ratio, ap, lo, hi):
@@ -45,17 +44,17 @@ def test_grid_is_every_combination_and_checks_values():
 
 
 @pytest.mark.slow
-def test_tool_end_to_end_on_the_tiny_split(tmp_path):
+def test_tool_end_to_end_on_the_tiny_split(repo_root, tmp_path):
     """Random-init compact model on 3 tiny images: two settings re-stacked, a pick, its real run,
     and a config fragment that loads. The real run's chips are the re-stacked ones (same scale-0
     maps), so its pixel ratio equals the predicted one."""
     out = tmp_path / "tune"
-    cmd = [sys.executable, os.path.join(REPO, "tools", "tune_autofocus.py"), "--config-file",
-           os.path.join(REPO, "configs", "Synthetic", "autofocus_compact_fpn.yaml"), "--dataset",
+    cmd = [sys.executable, os.path.join(repo_root, "tools", "tune_autofocus.py"), "--config-file",
+           os.path.join(repo_root, "configs", "Synthetic", "autofocus_compact_fpn.yaml"), "--dataset",
            "autofocus_synth_tiny", "--max-images", "3", "--thresholds", "0.3", "0.6", "--dilations", "3",
            "--min-chip-sizes", "96", "--bootstrap-samples", "50", "--output", str(out),
            "--opts", "MODEL.AUTOFOCUS.MIN_PROPOSALS", "50"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "only 3 images" in proc.stdout
     report = json.loads((out / "tune.json").read_text())
