@@ -3,8 +3,9 @@ loss (its labels: :mod:`autofocus_d2.structures.focus_labels`), and the ignore-a
 of SNIPER chip training (registered on import)."""
 from . import compact_resnet as _compact_resnet  # noqa: F401  (registers the compact backbones)
 from .autofocus_rcnn import AutoFocusRCNN
-from .autofocus_retinanet import AutoFocusRetinaNet, raw_dense_outputs
+from .autofocus_retinanet import AutoFocusRetinaNet
 from .focus_detector import FocusDetectorMixin
+from .pass_settings import capped_proposal_generator, pass_twin, raw_dense_detector, raw_roi_heads
 from .focus_head import FOCUS_HEAD_REGISTRY, StandardFocusHead, build_focus_head, focus_pixel_loss
 from .sniper_heads import (  # importing it registers the SNIPER RPN and ROI heads
     SNIPERROIHeadsMixin,
@@ -19,7 +20,10 @@ from .sniper_heads import (  # importing it registers the SNIPER RPN and ROI hea
 __all__ = [
     "AutoFocusRCNN",
     "AutoFocusRetinaNet",
-    "raw_dense_outputs",
+    "pass_twin",
+    "capped_proposal_generator",
+    "raw_roi_heads",
+    "raw_dense_detector",
     "FocusDetectorMixin",
     "FOCUS_HEAD_REGISTRY",
     "StandardFocusHead",

@@ -1,5 +1,4 @@
 """``AutoFocusRCNN``: Detectron2's GeneralizedRCNN with a FocusPixel head."""
-import contextlib
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -8,61 +7,12 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, build_backb
 from detectron2.modeling.proposal_generator import build_proposal_generator
 from detectron2.modeling.roi_heads import build_roi_heads
 from detectron2.structures import ImageList, Instances
-from torch import nn
-
 from ..config import validate_autofocus_config
 from .focus_detector import FocusDetectorMixin, split_focus_arguments
+from .pass_settings import box_predictors, capped_proposal_generator, raw_roi_heads
 from .sniper_heads import require_ignore_support
 
 __all__ = ["AutoFocusRCNN"]
-
-
-@contextlib.contextmanager
-def _capped_topk(generator: nn.Module, cap: int):
-    """Temporarily cap the test-time ``pre_nms_topk``/``post_nms_topk`` of Detectron2's RPN."""
-    saved = {}
-    for attr in ("pre_nms_topk", "post_nms_topk"):
-        table = getattr(generator, attr, None)
-        if not isinstance(table, dict) or False not in table:
-            raise ValueError(
-                "MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX needs a proposal generator with Detectron2 RPN's "
-                f"{attr} table; {type(generator).__name__} has none (set PROPOSALS_PER_MPIX to 0)"
-            )
-        saved[attr] = table[False]
-        table[False] = min(table[False], cap)
-    try:
-        yield
-    finally:
-        for attr, value in saved.items():
-            getattr(generator, attr)[False] = value
-
-
-def _box_predictors(roi_heads: nn.Module) -> List[nn.Module]:
-    """The box predictors (FastRCNNOutputLayers) of Detectron2's ROI heads (Cascade: several)."""
-    predictor = getattr(roi_heads, "box_predictor", None)
-    predictors = list(predictor) if isinstance(predictor, nn.ModuleList) else [predictor]
-    if any(p is None or not hasattr(p, "test_score_thresh") for p in predictors):
-        raise ValueError(
-            "MODEL.AUTOFOCUS.VIEW_DETECTIONS 'raw' needs ROI heads whose box_predictor is Detectron2's "
-            f"FastRCNNOutputLayers; {type(roi_heads).__name__} has none (use VIEW_DETECTIONS 'filtered')"
-        )
-    return predictors
-
-
-@contextlib.contextmanager
-def _raw_box_outputs(roi_heads: nn.Module, score_thresh: float):
-    """Temporarily switch off the per-image NMS and top-k of the ROI heads' box predictors and set
-    their test score threshold to ``score_thresh`` (the paper's raw per-view detections)."""
-    predictors = _box_predictors(roi_heads)
-    saved = [(p.test_score_thresh, p.test_nms_thresh, p.test_topk_per_image) for p in predictors]
-    for p in predictors:
-        # IoU is never above 1: NMS at 1.0 keeps every box; top-k -1 keeps all.
-        p.test_score_thresh, p.test_nms_thresh, p.test_topk_per_image = score_thresh, 1.0, -1
-    try:
-        yield
-    finally:
-        for p, values in zip(predictors, saved):
-            p.test_score_thresh, p.test_nms_thresh, p.test_topk_per_image = values
 
 
 @META_ARCH_REGISTRY.register()
@@ -104,7 +54,7 @@ class AutoFocusRCNN(FocusDetectorMixin, GeneralizedRCNN):
         proposal_generator = build_proposal_generator(cfg, shapes)
         roi_heads = build_roi_heads(cfg, shapes)
         if cfg.MODEL.AUTOFOCUS.VIEW_DETECTIONS == "raw":
-            _box_predictors(roi_heads)  # fails now, naming the key, rather than at the first eval
+            box_predictors(roi_heads)  # fails now, naming the key, rather than at the first eval
         return {
             "backbone": backbone,
             "proposal_generator": proposal_generator,
@@ -130,11 +80,6 @@ class AutoFocusRCNN(FocusDetectorMixin, GeneralizedRCNN):
             return self.focus_only_losses(batched_inputs)
         return self.with_focus_loss(super().forward, batched_inputs)
 
-    def _proposal_budget(self, max_proposals: Optional[int]):
-        if max_proposals is None:
-            return contextlib.nullcontext()
-        return _capped_topk(self.proposal_generator, int(max_proposals))
-
     def detect(
         self,
         images: ImageList,
@@ -147,6 +92,8 @@ class AutoFocusRCNN(FocusDetectorMixin, GeneralizedRCNN):
         RPN's test-time pre- and post-NMS top-k for this pass (never raises them).
         ``raw_score_thresh``, if given, makes the ROI heads return raw detections for this pass:
         every class score >= ``raw_score_thresh`` of every proposal, without per-image NMS/top-k.
+        Both settings hold for this call only, on pass twins of the heads
+        (:mod:`autofocus_d2.modeling.pass_settings`); the model itself is not changed.
 
         Returns:
             per-image Instances with boxes in the frame of each (unpadded) input image of
@@ -156,10 +103,10 @@ class AutoFocusRCNN(FocusDetectorMixin, GeneralizedRCNN):
         if self.proposal_generator is None:
             raise ValueError("AutoFocus inference needs a proposal generator (MODEL.PROPOSAL_GENERATOR)")
         features = self.backbone(images.tensor)
-        with self._proposal_budget(max_proposals):
-            proposals, _ = self.proposal_generator(images, features, None)
-        raw = contextlib.nullcontext() if raw_score_thresh is None else _raw_box_outputs(
-            self.roi_heads, raw_score_thresh)
-        with raw:
-            results, _ = self.roi_heads(images, features, proposals, None)
+        rpn = self.proposal_generator
+        if max_proposals is not None:
+            rpn = capped_proposal_generator(rpn, max_proposals)
+        proposals, _ = rpn(images, features, None)
+        roi_heads = self.roi_heads if raw_score_thresh is None else raw_roi_heads(self.roi_heads, raw_score_thresh)
+        results, _ = roi_heads(images, features, proposals, None)
         return results, self.focus_probabilities(features) if with_focus else None

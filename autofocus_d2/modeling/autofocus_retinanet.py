@@ -5,52 +5,20 @@ Only public behaviour that Detectron2 0.6 and upstream main's RetinaNet share is
 ``forward_inference``, ``label_anchors`` and the four test-time attributes ``test_score_thresh``,
 ``test_topk_candidates``, ``test_nms_thresh``, ``max_detections_per_image``.
 """
-import contextlib
-import sys
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from detectron2.structures import Boxes, ImageList, Instances
-from torch import nn
 
 from ..config import validate_autofocus_config
 from ..config_checks import check_ignore_iou
 from .focus_detector import FocusDetectorMixin, split_focus_arguments
+from .pass_settings import raw_dense_detector
 from .sniper_heads import ignored_overlap_mask, split_ignored
 
-__all__ = ["AutoFocusRetinaNet", "raw_dense_outputs"]
-
-
-@contextlib.contextmanager
-def raw_dense_outputs(model: nn.Module, score_thresh: float):
-    """
-    Temporarily make a Detectron2 RetinaNet return raw detections: test score threshold
-    ``score_thresh`` (probability), no per-image NMS (IoU threshold 1.0 keeps every box, IoU is
-    never above 1) and no per-image top-k (``max_detections_per_image`` unbounded). Restores the
-    three attributes on exit, also after an exception.
-
-    ``test_topk_candidates`` (MODEL.RETINANET.TOPK_CANDIDATES_TEST, candidates per feature level
-    before NMS) is left as configured: it is RetinaNet's candidate budget, the counterpart of the
-    RPN proposal budget that AutoFocusRCNN's raw pass keeps too, and it bounds the pass's output.
-    """
-    attrs = ("test_score_thresh", "test_nms_thresh", "max_detections_per_image")
-    missing = [a for a in attrs if not hasattr(model, a)]
-    if missing:
-        raise ValueError(
-            "MODEL.AUTOFOCUS.VIEW_DETECTIONS 'raw' needs Detectron2 RetinaNet's test-time attributes; "
-            f"{type(model).__name__} lacks {missing} (use VIEW_DETECTIONS 'filtered')"
-        )
-    saved = {a: getattr(model, a) for a in attrs}
-    model.test_score_thresh = float(score_thresh)
-    model.test_nms_thresh = 1.0
-    model.max_detections_per_image = sys.maxsize  # slicing keep[:maxsize] keeps all
-    try:
-        yield
-    finally:
-        for a, value in saved.items():
-            setattr(model, a, value)
+__all__ = ["AutoFocusRetinaNet"]
 
 
 @META_ARCH_REGISTRY.register()
@@ -147,7 +115,8 @@ class AutoFocusRetinaNet(FocusDetectorMixin, RetinaNet):
     ) -> Tuple[List[Instances], Optional[torch.Tensor]]:
         """
         One detector pass over a normalized, padded batch. ``raw_score_thresh``, if given, makes
-        this pass return raw detections (see :func:`raw_dense_outputs`). ``max_proposals`` must
+        this pass return raw detections (see :func:`raw_dense_detector`; a pass twin, the model
+        itself is not changed). ``max_proposals`` must
         be None: a one-stage detector has no proposals to cap.
 
         Returns:
@@ -164,10 +133,8 @@ class AutoFocusRetinaNet(FocusDetectorMixin, RetinaNet):
         features = self.backbone(images.tensor)
         head_features = [features[f] for f in self.head_in_features]
         predictions = self.head(head_features)
-        raw = contextlib.nullcontext() if raw_score_thresh is None else raw_dense_outputs(
-            self, raw_score_thresh)
-        with raw:
-            results = self.forward_inference(images, head_features, predictions)
+        detector = self if raw_score_thresh is None else raw_dense_detector(self, raw_score_thresh)
+        results = detector.forward_inference(images, head_features, predictions)
         for inst in results:
             inst.pred_boxes.clip(inst.image_size)  # RetinaNet leaves boxes unclipped
         return results, self.focus_probabilities(features) if with_focus else None

@@ -70,30 +70,62 @@ def test_efficiency_evaluator_aggregates_over_images():
     assert summarize_efficiency([]) == {}
 
 
-def test_proposal_budget_scales_with_the_view_and_is_restored(compact_cfg):
+def test_proposal_budget_scales_with_the_view_and_never_changes_the_rpn(compact_cfg):
     cfg = cfg_for(compact_cfg, "single")
     cfg.MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX = 200.0  # 320 x 480 px = 0.154 Mpix -> 31 -> at least 50
     cfg.MODEL.AUTOFOCUS.MIN_PROPOSALS = 50
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     rpn = model.proposal_generator
+    tables = (dict(rpn.pre_nms_topk), dict(rpn.post_nms_topk))
     seen = []
-    forward = rpn.forward
 
-    def spy(*args, **kwargs):
-        seen.append((rpn.pre_nms_topk[False], rpn.post_nms_topk[False]))
-        proposals, losses = forward(*args, **kwargs)
-        seen.append(len(proposals[0]))
-        return proposals, losses
+    def hook(module, inputs, outputs):  # hooks are shared with the pass twin: ``module`` is the twin
+        seen.append((module is rpn, module.pre_nms_topk[False], module.post_nms_topk[False],
+                     rpn.pre_nms_topk[False], rpn.post_nms_topk[False], len(outputs[0][0])))
 
-    rpn.forward = spy
+    rpn.register_forward_hook(hook)
     with torch.no_grad():
         model([{"image": torch.rand(3, 500, 750) * 255}])
-    assert seen[0] == (50, 50) and seen[1] <= 50
-    assert (rpn.pre_nms_topk[False], rpn.post_nms_topk[False]) == (1000, 1000)  # restored
+    # The pass ran on a twin capped at 50; the model's own RPN kept 1000 during the pass too.
+    (is_rpn, pre, post, own_pre, own_post, count), = seen
+    assert not is_rpn and (pre, post) == (50, 50) and count <= 50
+    assert (own_pre, own_post) == (1000, 1000)
+    assert (rpn.pre_nms_topk, rpn.post_nms_topk) == tables
 
 
-def test_raw_view_detections_switch_off_per_view_filtering_and_are_restored(compact_cfg):
+def test_two_passes_with_other_settings_interleaved_on_one_model_give_their_own_results(compact_cfg):
+    """What a second pipeline (or thread) on the same model does: a pass that starts while another
+    is between its RPN and its ROI heads. With settings set on the shared heads the first pass
+    would pick up the second's; with pass twins each keeps its own."""
+    cfg = cfg_for(compact_cfg, "single")
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
+    cfg.TEST.DETECTIONS_PER_IMAGE = 20
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    torch.manual_seed(3)
+    images = model.normalize([(torch.rand(3, 320, 480) * 255).round()])
+    with torch.no_grad():
+        alone_raw, _ = model.detect(images, with_focus=False, raw_score_thresh=0.001, max_proposals=60)
+        alone_filtered, _ = model.detect(images, with_focus=False)
+    inner, started = [], []
+
+    def interleave(module, inputs, outputs):
+        if not started:  # once: a filtered pass runs while the raw pass sits between RPN and ROI heads
+            started.append(True)
+            inner.append(model.detect(images, with_focus=False)[0])
+
+    handle = model.proposal_generator.register_forward_hook(interleave)
+    with torch.no_grad():
+        outer_raw, _ = model.detect(images, with_focus=False, raw_score_thresh=0.001, max_proposals=60)
+    handle.remove()
+    for got, want in ((outer_raw[0], alone_raw[0]), (inner[0][0], alone_filtered[0])):
+        assert len(got) == len(want)
+        assert torch.equal(got.pred_boxes.tensor, want.pred_boxes.tensor) and torch.equal(got.scores, want.scores)
+    assert len(alone_raw[0]) > 20 >= len(alone_filtered[0])
+
+
+def test_raw_view_detections_switch_off_per_view_filtering_and_never_change_the_predictor(compact_cfg):
     cfg = cfg_for(compact_cfg, "single")
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
     cfg.TEST.DETECTIONS_PER_IMAGE = 20
