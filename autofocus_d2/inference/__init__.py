@@ -10,6 +10,7 @@ from .focus_stacking import (
     merge_indices,
     stacking_keep_mask,
 )
+from .view_runner import ViewRunSettings, run_views
 
 __all__ = [
     "CoarseToFinePipeline",
@@ -22,4 +23,6 @@ __all__ = [
     "merge_detections",
     "merge_indices",
     "stacking_keep_mask",
+    "ViewRunSettings",
+    "run_views",
 ]

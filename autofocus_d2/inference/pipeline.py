@@ -1,7 +1,6 @@
 """The coarse-to-fine chip pipeline: scale 0 on whole images, then chips at each finer scale,
 then focus stacking. Returns ordinary Detectron2 outputs (plus what the pipeline did)."""
 import logging
-import math
 from collections import defaultdict
 from dataclasses import replace
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
@@ -23,25 +22,14 @@ from ..config_checks import (
 )
 from .chip_policies import ChipPolicy, build_chip_policy, input_gt_boxes
 from .detector_interface import require_focus_detector
-from .precision import inference_autocast, outputs_to_float32
 from .input_check import prepare_image
-from .view_batching import plan_view_batches
-from .chip_canvas import (
-    canvas_alignment,
-    canvas_batch,
-    canvas_proposal_budget,
-    check_canvas_shapes,
-    chip_focus_map,
-    chip_instances,
-    compose_canvas,
-    pack_chips,
-)
+from .view_runner import ViewRunSettings, run_views
 from .focus_stacking import merge_indices, stacking_keep_mask
 # The registry lives below modeling and inference (the models build their pipeline from it).
 from ..pipeline_registry import AUTOFOCUS_PIPELINE_REGISTRY, build_autofocus_pipeline
 from ..structures.image_stats import ImageStats
 from ..structures.scale_chain import ScaleChain, skipped_from_zooms
-from ..structures.views import View, area_downscale, crop_and_resize, instances_to_original, tile_views
+from ..structures.views import View, tile_views
 
 __all__ = ["AUTOFOCUS_PIPELINE_REGISTRY", "CoarseToFinePipeline", "build_autofocus_pipeline", "prepare_image"]
 
@@ -209,96 +197,29 @@ class CoarseToFinePipeline:
         return [sum(v.pixels for v in views) for views in self.pyramid_views(image_hw, zooms)]
 
     # ------------------------------------------------------------------------------ running
+    def view_settings(self) -> ViewRunSettings:
+        """How this pipeline runs views (:mod:`view_runner`), read from its attributes at each call
+        so that a setting changed on the pipeline (a LazyConfig override, a sweep) takes effect."""
+        return ViewRunSettings(
+            chip_batch_size=self.chip_batch_size,
+            max_batch_padding=self.max_batch_padding,
+            max_batch_pixels=self.max_batch_pixels,
+            proposals_per_mpix=self.proposals_per_mpix,
+            min_proposals=self.min_proposals,
+            raw_score_thresh=self.raw_score_thresh,
+            inference_dtype=self.inference_dtype,
+            chip_canvases=tuple(self.chip_canvases),
+            canvas_gap=self.canvas_gap,
+            area_downscale=self.area_downscale,
+        )
+
     def run_views(
         self, model, images: List[torch.Tensor], views: List[View], with_focus: bool
     ) -> Tuple[List[Instances], List[Optional[torch.Tensor]]]:
-        """Run the detector on ``views`` in padded batches of at most ``chip_batch_size`` views and
-        at most ``max_batch_pixels`` padded pixels (0: no limit; a larger view runs alone),
-        grouped by :func:`plan_view_batches` so that padding adds at most ``max_batch_padding`` of
-        a batch's own pixels, under autocast when ``inference_dtype`` is not float32.
-
-        Returns, aligned with ``views``: Instances in the ORIGINAL image frame (every field mapped
-        by :func:`instances_to_original`, which raises on a field it cannot map), and the
-        FocusPixel map (h, w) of each view in its own frame (None without focus).
-        """
-        results: List[Optional[Instances]] = [None] * len(views)
-        focus_maps: List[Optional[torch.Tensor]] = [None] * len(views)
-        todo = list(range(len(views)))
-        if self.chip_canvases and any(v.scale > 0 for v in views):
-            todo = self.run_canvases(model, images, views, with_focus, results, focus_maps)
-        batches = plan_view_batches(
-            [views[i].out_hw for i in todo],
-            max_batch_size=self.chip_batch_size,
-            size_divisibility=model.size_divisibility,
-            max_padding=self.max_batch_padding,
-            max_pixels=self.max_batch_pixels,
-        )
-        batches = [[todo[j] for j in batch] for batch in batches]
-        for batch in batches:
-            image_list = model.normalize([self.view_image(images, views[i]) for i in batch])
-            options = {}
-            if self.proposals_per_mpix > 0:
-                largest = max(views[i].pixels for i in batch) / 1e6
-                options["max_proposals"] = max(self.min_proposals, math.ceil(self.proposals_per_mpix * largest))
-            if self.raw_score_thresh is not None:
-                options["raw_score_thresh"] = self.raw_score_thresh
-            with inference_autocast(model.device, self.inference_dtype):
-                instances, focus = model.detect(image_list, with_focus=with_focus, **options)
-            for j, i in enumerate(batch):
-                inst = outputs_to_float32(instances[j])
-                results[i] = instances_to_original(inst, views[i], images[views[i].image_index].shape[-2:])
-                if focus is not None:
-                    focus_maps[i] = focus[j].float()
-        return results, focus_maps
-
-    def view_image(self, images: List[torch.Tensor], view: View) -> torch.Tensor:
-        """The pixels of ``view`` (C, h, w): scale-0 views by :func:`area_downscale` when
-        ``area_downscale`` is on, every other view by :func:`crop_and_resize`."""
-        if self.area_downscale and view.scale == 0:
-            return area_downscale(images[view.image_index], view.box, view.out_hw)
-        return crop_and_resize(images[view.image_index], view.box, view.out_hw)
-
-    def run_canvases(
-        self,
-        model,
-        images: List[torch.Tensor],
-        views: List[View],
-        with_focus: bool,
-        results: List[Optional[Instances]],
-        focus_maps: List[Optional[torch.Tensor]],
-    ) -> List[int]:
-        """Finer-scale views packed into canvases of the ``chip_canvases`` shapes
-        (:mod:`chip_canvas`), one detector pass per canvas; fills ``results`` (ORIGINAL frame) and
-        ``focus_maps`` (each view's own frame) of the packed views and returns the indices of the
-        views larger than every canvas, left to the batched path."""
-        align = canvas_alignment(model.size_divisibility, model.focus_stride)
-        shapes = check_canvas_shapes(self.chip_canvases, align)
-        hws = [v.out_hw for v in views]
-        plan = pack_chips(hws, shapes, gap=self.canvas_gap, align=align)
-        for c, members in enumerate(plan.members):
-            chips = [
-                model.normalize([self.view_image(images, views[i])]).tensor[0]
-                for i in members
-            ]
-            offsets = [(plan.placements[i].x, plan.placements[i].y) for i in members]
-            canvas = compose_canvas([x[:, : hws[i][0], : hws[i][1]] for x, i in zip(chips, members)], offsets,
-                                    plan.shapes[c])
-            options = {}
-            budget = canvas_proposal_budget([views[i].pixels for i in members], self.proposals_per_mpix,
-                                            self.min_proposals)
-            if budget is not None:
-                options["max_proposals"] = budget
-            if self.raw_score_thresh is not None:
-                options["raw_score_thresh"] = self.raw_score_thresh
-            with inference_autocast(model.device, self.inference_dtype):
-                instances, focus = model.detect(canvas_batch(canvas, sum(views[i].pixels for i in members)), with_focus=with_focus, **options)
-            per_chip = chip_instances(outputs_to_float32(instances[0]), members, plan, hws, self.canvas_gap)
-            for i, inst in zip(members, per_chip):
-                results[i] = instances_to_original(inst, views[i], images[views[i].image_index].shape[-2:])
-                if focus is not None:
-                    focus_maps[i] = chip_focus_map(focus[0].float(), plan.placements[i], hws[i],
-                                                   model.focus_stride, model.size_divisibility)
-        return plan.unplaced
+        """Run the detector on ``views`` with this pipeline's settings (:func:`view_runner.run_views`).
+        Returns, aligned with ``views``: Instances in the ORIGINAL image frame, and the FocusPixel
+        map (h, w) of each view in its own frame (None without focus)."""
+        return run_views(model, images, views, with_focus, self.view_settings())
 
     def __call__(
         self, model, batched_inputs: List[Dict[str, Any]], *, with_details: bool = False
@@ -329,33 +250,29 @@ class CoarseToFinePipeline:
         last_scale = [0] * len(sizes)  # per image, the finest scale processed so far
 
         views_per_scale = [[v for i, hw in enumerate(sizes) for v in self.first_views(i, hw, zooms[i][0])]]
-        dets_per_scale, maps_per_scale, focus_per_scale = [], [], []
-        views_of_image: List[List[List[int]]] = []  # per scale, per image: indices of its views
+        dets_per_scale, focus_per_scale = [], []
+        of_image: List[List[List[int]]] = []  # per scale, per image: indices of its views (split once)
         for k in range(num_scales):
             views = views_per_scale[k]
+            of_image.append(_split_by_image(views, len(sizes)))
             last = k + 1 == num_scales
-            with_focus = self.policy.needs_focus and not last
-            dets, focus_maps = self.run_views(model, images, views, with_focus)
+            dets, focus_maps = self.run_views(model, images, views, self.policy.needs_focus and not last)
             dets_per_scale.append(dets)
             focus_per_scale.append(focus_maps)
-            if with_details:
-                maps_per_scale.append([None if m is None else m.cpu() for m in focus_maps])
             if last:
                 break
-            views_of_image.append(_split_by_image(views, len(sizes)))
             next_views = []
             for i, hw in enumerate(sizes):
                 if k + 1 in skipped[i]:
                     continue  # no finer than the image's last scale: no chips there
                 # Parents: the image's views at its finest processed scale (k unless k was skipped).
                 p = last_scale[i]
-                idx = views_of_image[p][i]
                 chips = self.policy.chips(
                     next_scale=k + 1,
                     zoom=zooms[i][k + 1],
                     image_hw=hw,
-                    parents=[views_per_scale[p][j] for j in idx],
-                    focus_maps=[focus_per_scale[p][j] for j in idx],
+                    parents=[views_per_scale[p][j] for j in of_image[p][i]],
+                    focus_maps=[focus_per_scale[p][j] for j in of_image[p][i]],
                     focus_stride=model.focus_stride,
                     gt_boxes=gt_boxes[i],
                 )
@@ -365,26 +282,22 @@ class CoarseToFinePipeline:
 
         outputs = []
         for i, (x, hw) in enumerate(zip(batched_inputs, sizes)):
-            instances = self.stack(i, hw, views_per_scale, dets_per_scale)
+            # This image's own views, detections and maps per scale (from the split made once above).
+            own = [of_image[k][i] for k in range(len(views_per_scale))]
+            views = [[views_per_scale[k][j] for j in own[k]] for k in range(len(own))]
+            dets = [[dets_per_scale[k][j] for j in own[k]] for k in range(len(own))]
+            instances = self.stack(i, hw, views, dets)
             height, width = x.get("height", hw[0]), x.get("width", hw[1])
-            outputs.append(
-                {
-                    "instances": detector_postprocess(instances, height, width),
-                    "autofocus": replace(self.image_stats(i, hw, views_per_scale, pyramid_pixels[i]),
-                                         skipped_scales=skipped[i]).to_dict(),
-                }
-            )
+            stats = replace(self.image_stats(i, hw, views, pyramid_pixels[i]), skipped_scales=skipped[i])
+            outputs.append({"instances": detector_postprocess(instances, height, width), "autofocus": stats.to_dict()})
             if with_details:
                 outputs[-1]["autofocus_details"] = {
-                    "views_per_scale": [[v for v in vs if v.image_index == i] for vs in views_per_scale],
+                    "views_per_scale": views,
                     "focus_maps_per_scale": [
-                        [m for v, m in zip(vs, ms) if v.image_index == i]
-                        for vs, ms in zip(views_per_scale, maps_per_scale)
+                        [None if focus_per_scale[k][j] is None else focus_per_scale[k][j].cpu() for j in own[k]]
+                        for k in range(len(own))
                     ],
-                    "detections_per_scale": [
-                        [d.to("cpu") for v, d in zip(vs, ds) if v.image_index == i]
-                        for vs, ds in zip(views_per_scale, dets_per_scale)
-                    ],
+                    "detections_per_scale": [[d.to("cpu") for d in ds] for ds in dets],
                 }
         return outputs
 
