@@ -146,3 +146,43 @@ def test_raw_view_detections_switch_off_per_view_filtering_and_never_change_the_
         same = (raw[0].pred_classes == cls) & (raw[0].pred_boxes.tensor - box).abs().amax(dim=1).lt(1e-4)
         assert bool(same.any())
     assert (predictor.test_score_thresh, predictor.test_nms_thresh, predictor.test_topk_per_image) == (0.05, 0.5, 20)
+
+
+def test_every_views_detections_equal_detectron2_on_that_views_pixels(compact_cfg):
+    """Fixed weights and image, three scales, grid chips (1, 4 and 12 views, batches of up to 4
+    equal shapes): each view's detections before stacking (the pipeline's
+    ``detections_per_scale``, ORIGINAL frame) are GeneralizedRCNN's own inference on that view's
+    pixels, mapped back by the view's box: view running, batching and frames change nothing."""
+    cfg = compact_cfg(CHIP_POLICY="grid", GRID_TILE_SIZE=256, SCALES=[[192, 288], [320, 480], [-1, -1]],
+                      VALID_RANGES=[[0.0, -1.0]] * 3, CHIP_BATCH_SIZE=4, MAX_BATCH_PADDING=0.0,
+                      PROPOSALS_PER_MPIX=0.0, VIEW_DETECTIONS="filtered", NMS_METHOD="nms")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    reference = build_model(cfg).eval()
+    reference.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("focus_head.")})
+
+    torch.manual_seed(1)
+    image = (torch.rand(3, 500, 700) * 255).round()
+    with torch.no_grad():
+        out = model.pipeline(model, [{"image": image}], with_details=True)[0]
+    details = out["autofocus_details"]
+    assert [len(v) for v in details["views_per_scale"]] == out["autofocus"]["chips_per_scale"]
+    assert all(n > 0 for n in out["autofocus"]["chips_per_scale"])  # chips at every finer scale
+    compared = 0
+    for views, dets in zip(details["views_per_scale"], details["detections_per_scale"]):
+        for view, ours in zip(views, dets):
+            (x0, y0, x1, y1), (h, w) = view.box, view.out_hw
+            with torch.no_grad():
+                theirs = reference.inference(
+                    [{"image": crop_and_resize(image, view.box, view.out_hw), "height": h, "width": w}]
+                )[0]["instances"]
+            boxes = theirs.pred_boxes.tensor * torch.tensor([(x1 - x0) / w, (y1 - y0) / h] * 2)
+            boxes += torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
+            assert len(ours) == len(theirs) > 0
+            order_ours, order_theirs = torch.argsort(ours.scores), torch.argsort(theirs.scores)
+            assert torch.allclose(ours.scores[order_ours], theirs.scores[order_theirs], atol=1e-4)
+            assert torch.allclose(ours.pred_boxes.tensor[order_ours], boxes[order_theirs], atol=1e-2)
+            assert torch.equal(ours.pred_classes[order_ours], theirs.pred_classes[order_theirs])
+            compared += 1
+    assert compared == sum(out["autofocus"]["chips_per_scale"]) == 1 + 4 + 12
