@@ -15,15 +15,10 @@ from .own_datasets import (
     warn_dense_scenes,
 )
 from .sniper_chips import chip_box_validity, negative_chips, positive_chips
-from .sniper_loader import (
-    SNIPERDatasetMapper,
-    build_sniper_train_loader,
-    load_negative_chips,
-    sniper_chip_records,
-)
+from .sniper_loader import SNIPERDatasetMapper, build_sniper_train_loader
+from .sniper_records import load_negative_chips, sniper_chip_records
 from .sniper_mining import mine_negative_chips
 from .synthetic import (
-    SYNTHETIC_CATEGORIES,
     SYNTHETIC_SPLITS,
     dataset_statistics,
     default_data_root,
@@ -31,6 +26,7 @@ from .synthetic import (
     generate_synthetic_split,
     register_synthetic_datasets,
 )
+from .synthetic_render import SYNTHETIC_CATEGORIES
 
 __all__ = [
     "DatasetError",

@@ -27,7 +27,7 @@ from ..structures.scale_chain import ScaleChain
 from ..structures.views import crop_and_resize, tile_views
 from ..utils.image_io import read_image
 from .sniper_chips import negative_chips, positive_chips
-from .sniper_loader import NEGATIVE_CHIPS_VERSION, annotation_boxes
+from .sniper_records import NEGATIVE_CHIPS_VERSION, annotation_boxes
 
 __all__ = ["mine_negative_chips", "rpn_proposals_at_zoom"]
 

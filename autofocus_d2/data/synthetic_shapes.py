@@ -2,7 +2,7 @@
 Exact outlines of the synthetic dataset's shapes, as COCO "segmentation" polygons.
 
 Frame: continuous original-image coordinates, pixel (i, j) covering [i, i + 1) x [j, j + 1), so a
-shape drawn by :func:`autofocus_d2.data.synthetic.draw_object` over the XYWH integer box
+shape drawn by :func:`autofocus_d2.data.synthetic_render.draw_object` over the XYWH integer box
 ``(x0, y0, w, h)`` (pixels ``x0 .. x0 + w - 1``) spans ``[x0, x0 + w] x [y0, y0 + h]`` here and
 its polygon's bounding box is the annotated bbox. Each outline follows the drawing rule of its
 category; ellipses are sampled at :data:`ELLIPSE_VERTICES` points. A polygon is a flat list

@@ -23,7 +23,8 @@ from autofocus_d2.data import (
     sniper_chip_records,
 )
 from autofocus_d2.data import chip_sampler, sniper_mining
-from autofocus_d2.data.sniper_loader import check_negative_chips, chip_transform
+from autofocus_d2.data.sniper_loader import chip_transform
+from autofocus_d2.data.sniper_records import check_negative_chips
 from autofocus_d2.structures import tile_views
 from autofocus_d2.model_zoo import get_config_file
 

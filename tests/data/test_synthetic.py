@@ -12,15 +12,17 @@ from pycocotools.coco import COCO
 
 from autofocus_d2.data import synthetic
 from autofocus_d2.data.synthetic import (
-    SYNTHETIC_CATEGORIES,
-    SYNTHETIC_COLOURS,
     SYNTHETIC_SPLITS,
     dataset_statistics,
     default_data_root,
-    draw_object,
     ensure_split,
     generate_synthetic_split,
     register_synthetic_datasets,
+)
+from autofocus_d2.data.synthetic_render import (
+    SYNTHETIC_CATEGORIES,
+    SYNTHETIC_COLOURS,
+    draw_object,
     render_image,
 )
 from autofocus_d2.data.synthetic_shapes import shape_polygons
