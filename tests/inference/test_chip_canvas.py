@@ -1,5 +1,5 @@
 """Chip canvases: packing (property tests), mapping detections back to their chip, and canvas
-passes against per-chip passes on the planted detector (tests/conftest.py)."""
+passes against per-chip passes on the planted detector (tests/stand_in_detectors.py)."""
 
 import pytest
 import torch

@@ -1,5 +1,5 @@
 """Per-instance fields other than boxes (masks, keypoints) through views, chips and focus stacking,
-with the planted stand-in detector of conftest.py."""
+with the planted stand-in detector of tests/stand_in_detectors.py."""
 import pytest
 import torch
 from detectron2.config import get_cfg

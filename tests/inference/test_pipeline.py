@@ -1,4 +1,4 @@
-"""The coarse-to-fine pipeline with a model-free planted detector (see conftest.py)."""
+"""The coarse-to-fine pipeline with a model-free planted detector (tests/stand_in_detectors.py)."""
 import logging
 import math
 
