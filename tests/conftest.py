@@ -34,9 +34,12 @@ import json
 import logging
 import os
 import shutil
+import uuid
 
 import numpy as np
 import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
 from PIL import Image
 
 from autofocus_d2.checkpoint import AtomicCheckpointer
@@ -218,3 +221,52 @@ def recorded_checkpoint(tmp_path):
         return str(tmp_path / f"{name}.pth")
 
     return save
+
+
+# ------------------------------------------------------------------------------ model zoo
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """Downloads and verification markers go to a fresh cache; the manifest is never the env's
+    (the model-zoo test modules use it for every test: ``pytestmark``)."""
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "iopath_cache"))
+    monkeypatch.delenv(model_zoo.MANIFEST_ENV, raising=False)
+
+
+@pytest.fixture(scope="session")
+def released(repo_root, tmp_path_factory):
+    """A fake training run (:func:`tests.zoo_training_run.make_training_dir`) released into a
+    folder published as file:// URLs."""
+    from autofocus_d2.model_zoo import release as rel
+    from tests.zoo_training_run import NAME, make_training_dir
+
+    root = tmp_path_factory.mktemp("zoo")
+    model, results = make_training_dir(root / "train")
+    md = root / "MODEL_ZOO.md"
+    shutil.copyfile(os.path.join(repo_root, "MODEL_ZOO.md"), md)
+    release_dir = root / "release"
+    info = rel.release_checkpoint(
+        str(root / "train"), NAME, str(release_dir), manifest=str(root / "manifest.json"),
+        url_prefix=release_dir.as_uri(), model_zoo_md=str(md), date="2025-01-31",
+    )
+    return {"root": root, "model": model, "results": results, "info": info, "md": md}
+
+
+# ------------------------------------------------------------------------------ SNIPER data
+@pytest.fixture
+def two_image_dataset(tmp_path):
+    """Two registered 300 x 400 random images with a few boxes (classes "a", "b"), for the SNIPER
+    loader and mining tests; yields the dataset name and unregisters it afterwards."""
+    rng = np.random.default_rng(0)
+    dicts = []
+    for i in range(2):
+        path = str(tmp_path / f"tiny_{i}.png")
+        Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(path)
+        annos = [{"bbox": [20 + 100 * i, 30, 40, 50], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0},
+                 {"bbox": [200, 100, 180, 180], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 1}]
+        dicts.append({"file_name": path, "height": 300, "width": 400, "image_id": i, "annotations": annos})
+    name = f"sniper_tiny_{uuid.uuid4().hex[:8]}"
+    DatasetCatalog.register(name, lambda: dicts)
+    MetadataCatalog.get(name).thing_classes = ["a", "b"]
+    yield name
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)

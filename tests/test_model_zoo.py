@@ -2,9 +2,9 @@
 with the same weights and the same AP; every failure (checksum, missing file, no network, unknown
 name, malformed manifest) names the file and the fix.
 
-The fake training run released into a folder published as file:// URLs (the ``released``
-fixture) and the private download cache (``private_cache``) are defined here and shared with
-test_model_zoo_release.py, which tests the release tool itself.
+The fake training run (tests/zoo_training_run.py), released into a folder published as file://
+URLs, is conftest.py's ``released`` fixture, shared with test_model_zoo_release.py, which tests
+the release tool itself; every test runs with conftest.py's ``private_cache``.
 """
 import json
 import os
@@ -16,92 +16,16 @@ import sys
 
 import pytest
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import DatasetCatalog, build_detection_test_loader
+from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
-from detectron2.evaluation import DatasetEvaluators, inference_on_dataset
-from detectron2.evaluation.testing import flatten_results_dict
-from detectron2.modeling import build_model
 
 from autofocus_d2 import model_zoo
-from autofocus_d2.data import ensure_split
-from autofocus_d2.evaluation import AutoFocusEfficiencyEvaluator, build_coco_evaluator
 from autofocus_d2.model_zoo import model_zoo as zoo_impl
 from autofocus_d2.model_zoo import release as rel
 from autofocus_d2.modeling import AutoFocusRCNN
+from tests.zoo_training_run import DATASET, NAME, evaluate, same_results
 
-
-NAME = "Synthetic/autofocus_compact_fpn.yaml"
-DATASET = "autofocus_synth_tiny"
-SPEED_LINE = ("[11/23 07:19:01 d2.evaluation.evaluator]: Total inference pure compute time: "
-              "0:00:01 (0.250000 s / iter per device, on 1 devices)\n")
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    """Downloads and verification markers go to a fresh cache; the manifest is never the env's."""
-    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "iopath_cache"))
-    monkeypatch.delenv(model_zoo.MANIFEST_ENV, raising=False)
-
-
-def evaluate(model):
-    """AP and AutoFocus efficiency of ``model`` on the tiny split, as train_net.py evaluates."""
-    cfg = model_zoo.get_config(NAME)
-    ensure_split(DATASET)
-    loader = build_detection_test_loader(cfg, DATASET, num_workers=0)
-    evaluator = DatasetEvaluators([build_coco_evaluator(DATASET), AutoFocusEfficiencyEvaluator()])
-    model.eval()
-    return inference_on_dataset(model, loader, evaluator)
-
-
-def same_results(a, b):
-    """Equal evaluation results, NaN (the AP of a class absent from the split) equal to NaN."""
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
-
-
-def make_training_dir(path, seed=0):
-    """What DefaultTrainer leaves in OUTPUT_DIR: model_final.pth (with optimizer, scheduler and
-    iteration), config.yaml, metrics.json with the final evaluation, and log.txt."""
-    os.makedirs(path, exist_ok=True)
-    cfg = model_zoo.get_config(NAME)
-    cfg.OUTPUT_DIR = str(path)
-    cfg.DATASETS.TEST = (DATASET,)
-    torch.manual_seed(seed)
-    model = build_model(cfg)
-    # Like a trained head, mark few cells as FocusPixels: scale 1 then runs on FocusChips.
-    torch.nn.init.constant_(model.focus_head.predictor.bias, 0.0)
-    model.focus_head.predictor.bias.data += torch.tensor([2.0, -2.0])
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    for p in model.parameters():
-        p.grad = torch.zeros_like(p)
-    optimizer.step()  # fills the momentum buffers; zero gradients leave the weights as they are
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=400)
-    DetectionCheckpointer(model, str(path), optimizer=optimizer, scheduler=scheduler).save(
-        "model_final", iteration=cfg.SOLVER.MAX_ITER - 1)
-    with open(os.path.join(path, "config.yaml"), "w") as f:
-        f.write(cfg.dump())
-    results = evaluate(model)
-    with open(os.path.join(path, "metrics.json"), "w") as f:
-        f.write(json.dumps({"iteration": 498, "total_loss": 1.5, "lr": 0.005}) + "\n")
-        f.write(json.dumps({"iteration": 499, **flatten_results_dict(results)}) + "\n")
-    with open(os.path.join(path, "log.txt"), "w") as f:
-        f.write(SPEED_LINE)
-    return model, results
-
-
-@pytest.fixture(scope="module")
-def released(repo_root, tmp_path_factory):
-    """A fake training run released into a folder published as file:// URLs."""
-    root = tmp_path_factory.mktemp("zoo")
-    model, results = make_training_dir(root / "train")
-    md = root / "MODEL_ZOO.md"
-    shutil.copyfile(os.path.join(repo_root, "MODEL_ZOO.md"), md)
-    release_dir = root / "release"
-    info = rel.release_checkpoint(
-        str(root / "train"), NAME, str(release_dir), manifest=str(root / "manifest.json"),
-        url_prefix=release_dir.as_uri(), model_zoo_md=str(md), date="2025-01-31",
-    )
-    return {"root": root, "model": model, "results": results, "info": info, "md": md}
+pytestmark = pytest.mark.usefixtures("private_cache")  # conftest.py: a fresh download cache per test
 
 
 # ---------------------------------------------------------------------------------- configs

@@ -4,7 +4,7 @@ row; the checked-in manifest agrees with MODEL_ZOO.md; a release is verified, re
 another config or without metrics, keeps the weights record and stores float16 with --half.
 
 The released run (the ``released`` fixture) and the private download cache come from
-test_model_zoo.py, which tests loading released models back through the model zoo.
+conftest.py; test_model_zoo.py tests loading released models back through the model zoo.
 """
 import json
 import os
@@ -22,7 +22,9 @@ from detectron2.modeling import build_model
 from autofocus_d2 import model_zoo
 from autofocus_d2.model_zoo import model_zoo as zoo_impl
 from autofocus_d2.model_zoo import release as rel
-from tests.test_model_zoo import DATASET, NAME, private_cache, released  # noqa: F401 (fixtures)
+from tests.zoo_training_run import DATASET, NAME
+
+pytestmark = pytest.mark.usefixtures("private_cache")  # conftest.py: a fresh download cache per test
 
 
 def test_release_keeps_only_the_weights_named_by_their_hash(released):

@@ -2,8 +2,8 @@
 (autofocus_d2/data/sniper_records.py), mining them with the RPN of a random-weight model
 (autofocus_d2/data/sniper_mining.py), and the tool tools/mine_negative_chips.py.
 
-The registered two-image dataset (the ``tiny_dataset`` fixture) and the SNIPER loader config
-(``loader_cfg``) come from test_sniper_loader.py.
+The registered two-image dataset is conftest.py's ``two_image_dataset``; the SNIPER loader config
+(``loader_cfg``) comes from test_sniper_loader.py.
 """
 import json
 
@@ -22,24 +22,24 @@ from autofocus_d2.data import sniper_mining
 from autofocus_d2.data.sniper_records import check_negative_chips
 from autofocus_d2.structures import tile_views
 from autofocus_d2.model_zoo import get_config_file
-from tests.data.test_sniper_loader import loader_cfg, tiny_dataset  # noqa: F401 (a fixture)
+from tests.data.test_sniper_loader import loader_cfg
 
 CONFIG = get_config_file("Synthetic/autofocus_compact_fpn.yaml")
 MINING_SCALES = [[75.0, 100.0], [150.0, 200.0]]
 
 
-def test_negative_chips_file_errors(tiny_dataset, tmp_path):
+def test_negative_chips_file_errors(two_image_dataset, tmp_path):
     missing = str(tmp_path / "missing.json")
     with pytest.raises(FileNotFoundError, match="INPUT.SNIPER.NEGATIVE_CHIPS_FILE"):
-        build_sniper_train_loader(loader_cfg(tiny_dataset, NEGATIVE_CHIPS_FILE=missing))
+        build_sniper_train_loader(loader_cfg(two_image_dataset, NEGATIVE_CHIPS_FILE=missing))
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="INPUT.SNIPER.NEGATIVE_CHIPS_FILE.*not valid json"):
-        build_sniper_train_loader(loader_cfg(tiny_dataset, NEGATIVE_CHIPS_FILE=str(bad)))
+        build_sniper_train_loader(loader_cfg(two_image_dataset, NEGATIVE_CHIPS_FILE=str(bad)))
     other = tmp_path / "other_scales.json"
     other.write_text(json.dumps({"version": 1, "scales": [[100, 200]], "chips": {}}))
     with pytest.raises(ValueError, match="INPUT.SNIPER.NEGATIVE_CHIPS_FILE.*training scales"):
-        build_sniper_train_loader(loader_cfg(tiny_dataset, NEGATIVE_CHIPS_FILE=str(other)))
+        build_sniper_train_loader(loader_cfg(two_image_dataset, NEGATIVE_CHIPS_FILE=str(other)))
     scales = [[150, 200], [300, 400]]
     for content, match in [
         ({"version": 2, "scales": scales, "chips": {}}, "version"),
@@ -51,7 +51,7 @@ def test_negative_chips_file_errors(tiny_dataset, tmp_path):
         with pytest.raises(ValueError, match=match):
             check_negative_chips(content, scales, "test")
     with pytest.raises(ValueError, match="no positive SNIPER chip"):
-        build_sniper_train_loader(loader_cfg(tiny_dataset, VALID_RANGES=[[500, -1], [500, -1]]))
+        build_sniper_train_loader(loader_cfg(two_image_dataset, VALID_RANGES=[[500, -1], [500, -1]]))
 
 
 def _tiny_model_cfg(compact_cfg, name):
@@ -68,12 +68,12 @@ def _tiny_model_cfg(compact_cfg, name):
     return cfg
 
 
-def test_mine_negative_chips_structure(compact_cfg, tiny_dataset):
-    cfg = _tiny_model_cfg(compact_cfg, tiny_dataset)
+def test_mine_negative_chips_structure(compact_cfg, two_image_dataset):
+    cfg = _tiny_model_cfg(compact_cfg, two_image_dataset)
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
-    dicts = DatasetCatalog.get(tiny_dataset)
+    dicts = DatasetCatalog.get(two_image_dataset)
     content = mine_negative_chips(model, dicts, cfg)
     assert model.training  # put back in its former mode
     assert set(content) == {"version", "scales", "chips"} and content["version"] == 1
@@ -90,8 +90,8 @@ def test_mine_negative_chips_structure(compact_cfg, tiny_dataset):
     assert len(records) - num_positive == len(all_chips)
 
 
-def test_rpn_proposals_at_zoom_tiles_in_the_original_frame(compact_cfg, tiny_dataset):
-    cfg = _tiny_model_cfg(compact_cfg, tiny_dataset)
+def test_rpn_proposals_at_zoom_tiles_in_the_original_frame(compact_cfg, two_image_dataset):
+    cfg = _tiny_model_cfg(compact_cfg, two_image_dataset)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     image = torch.randint(0, 255, (3, 300, 400), dtype=torch.uint8)
@@ -108,13 +108,13 @@ def test_rpn_proposals_at_zoom_tiles_in_the_original_frame(compact_cfg, tiny_dat
     assert not torch.equal(whole, tiled)
 
 
-def test_mine_negative_chips_tool(tiny_dataset, tmp_path, capsys):
+def test_mine_negative_chips_tool(two_image_dataset, tmp_path, capsys):
     from tools import mine_negative_chips as tool
 
     out = str(tmp_path / "neg" / "chips.json")
     assert tool.main([
         "--config-file", CONFIG, "--output", out, "--max-images", "1",
-        "DATASETS.TRAIN", f"('{tiny_dataset}',)", "INPUT.SNIPER.SCALES", str(MINING_SCALES),
+        "DATASETS.TRAIN", f"('{two_image_dataset}',)", "INPUT.SNIPER.SCALES", str(MINING_SCALES),
         "INPUT.SNIPER.VALID_RANGES", "[[100, -1], [-1, 100]]", "INPUT.SNIPER.CHIP_SIZE", "32",
         "INPUT.SNIPER.CHIP_STRIDE", "16", "INPUT.SNIPER.NEGATIVE_MIN_PROPOSALS", "2",
     ]) == 0

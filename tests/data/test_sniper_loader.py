@@ -3,17 +3,16 @@ training scale, FocusPixel chips, a very large image), the mapper that cuts, zoo
 ignored boxes, the epoch sampler of positive and negative chips, and the train loader.
 
 Negative chips (the chips file, mining, the tool) are tested in test_negative_chips.py, which
-imports the ``tiny_dataset`` fixture and ``loader_cfg`` from here.
+imports ``loader_cfg`` from here; both use conftest.py's ``two_image_dataset``.
 """
 import itertools
 import json
-import uuid
 
 import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 from PIL import Image
@@ -248,24 +247,6 @@ def test_sampler_is_sharded_across_ranks(monkeypatch):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def tiny_dataset(tmp_path):
-    """Two registered 300 x 400 images with a few boxes; yields the dataset name."""
-    rng = np.random.default_rng(0)
-    dicts = []
-    for i in range(2):
-        path = str(tmp_path / f"tiny_{i}.png")
-        Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(path)
-        annos = [_anno([20 + 100 * i, 30, 60 + 100 * i, 80], 0), _anno([200, 100, 380, 280], 1)]
-        dicts.append({"file_name": path, "height": 300, "width": 400, "image_id": i, "annotations": annos})
-    name = f"sniper_tiny_{uuid.uuid4().hex[:8]}"
-    DatasetCatalog.register(name, lambda: dicts)
-    MetadataCatalog.get(name).thing_classes = ["a", "b"]
-    yield name
-    DatasetCatalog.remove(name)
-    MetadataCatalog.remove(name)
-
-
 def loader_cfg(name, **sniper):
     sniper = {"SCALES": [[150, 200], [300, 400]], "VALID_RANGES": [[100, -1], [-1, 100]],
               "CHIP_SIZE": 128, **sniper}
@@ -278,12 +259,12 @@ def loader_cfg(name, **sniper):
     return cfg
 
 
-def test_build_sniper_train_loader_yields_chip_batches(tiny_dataset, tmp_path):
+def test_build_sniper_train_loader_yields_chip_batches(two_image_dataset, tmp_path):
     path = str(tmp_path / "neg.json")
     with open(path, "w") as f:
         json.dump({"version": 1, "scales": [[150, 200], [300, 400]],
                    "chips": {"0": [[272, 172, 400, 300, 1]]}}, f)
-    cfg = loader_cfg(tiny_dataset, NEGATIVE_CHIPS_FILE=path, NEGATIVES_PER_EPOCH=1.0)
+    cfg = loader_cfg(two_image_dataset, NEGATIVE_CHIPS_FILE=path, NEGATIVES_PER_EPOCH=1.0)
     loader = build_sniper_train_loader(cfg)
     batches = list(itertools.islice(iter(loader), 3))
     assert [len(b) for b in batches] == [2, 2, 2]
@@ -295,17 +276,17 @@ def test_build_sniper_train_loader_yields_chip_batches(tiny_dataset, tmp_path):
         assert d["sniper_scale"] in (0, 1)
 
 
-def test_build_sniper_train_loader_takes_the_dataset_given_instead_of_datasets_train(tiny_dataset):
+def test_build_sniper_train_loader_takes_the_dataset_given_instead_of_datasets_train(two_image_dataset):
     """LazyConfig's ``dataloader.train.dataset``: those images are cut into chips, not
     DATASETS.TRAIN's."""
-    dicts = DatasetCatalog.get(tiny_dataset)
+    dicts = DatasetCatalog.get(two_image_dataset)
     cfg = loader_cfg("no_such_dataset_registered")  # DATASETS.TRAIN not read when a dataset is given
     one = [dicts[0]]
     loader = build_sniper_train_loader(cfg, dataset=one)
     batch = next(iter(loader))
     assert {d["image_id"] for d in batch} == {dicts[0]["image_id"]}
     with pytest.raises(ValueError, match="no positive SNIPER chip in dataloader.train.dataset"):
-        build_sniper_train_loader(loader_cfg(tiny_dataset, VALID_RANGES=[[500, -1], [500, -1]]),
+        build_sniper_train_loader(loader_cfg(two_image_dataset, VALID_RANGES=[[500, -1], [500, -1]]),
                                   dataset=one)
 
 
