@@ -137,6 +137,7 @@ def test_constructor_arguments_are_checked_without_any_config():
         _lazy_pipeline("model.pipeline.scale_chain.scales=[[480, 512], [800, 1280], [1400, 2000]]")
 
 
+@pytest.mark.slow  # a tool start in a subprocess (about 6 s)
 def test_benchmark_sweep_outside_0_1_is_rejected(repo_root):
     proc = subprocess.run(
         [sys.executable, os.path.join(repo_root, "tools", "benchmark.py"), "--config-file",
