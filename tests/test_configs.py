@@ -94,9 +94,10 @@ def expected_losses(cfg):
 
 
 def _full_size(name):
-    """The configs with a full ResNet-50/101 backbone: their build and CPU pass take 2-30 s each
-    (measured with -m "not slow" on 2 loaded cores), so they run with the slow tests."""
-    return "R_50" in name or "R_101" in name or name == "Base-AutoFocus-C4.yaml"
+    """The configs with a full ResNet-50/101 backbone, and the large-frame chain: their build and
+    CPU pass take 2-30 s each (measured with -m "not slow" on 2 cores), so they run with the slow
+    tests."""
+    return "R_50" in name or "R_101" in name or name == "Base-AutoFocus-C4.yaml" or name.endswith("_large.yaml")
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if _full_size(n) else n

@@ -174,6 +174,7 @@ def test_demo_reports_each_bad_file_processes_the_rest_and_exits_non_zero(tmp_pa
         assert f"  {bad_image_files[case]}: {reason}" in summary
 
 
+@pytest.mark.slow  # a demo run on the tiny split (about 2 s)
 def test_demo_json_equals_the_models_detections(tmp_path):
     """The JSON demo.py writes for an image holds the model's own detections above the threshold:
     boxes XYWH in original pixels, scores, category ids and names."""

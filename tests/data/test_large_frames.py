@@ -27,6 +27,7 @@ def test_large_val_is_registered_with_its_spec():
     assert meta.evaluator_type == "coco"
 
 
+@pytest.mark.slow  # renders large frames twice (about 3 s)
 def test_large_frames_are_deterministic_and_in_size_range(tmp_path):
     # Two images (about 1 s): image i depends only on (seed, i), so this checks the whole split.
     first = generate_synthetic_split(str(tmp_path / "a"), "large_val", num_images=2)

@@ -290,6 +290,7 @@ def test_build_sniper_train_loader_takes_the_dataset_given_instead_of_datasets_t
                                   dataset=one)
 
 
+@pytest.mark.slow  # a very large image through the loader (about 4 s)
 def test_a_very_large_training_image_trains_as_chips(tmp_path):
     # 6000 x 6000 px with three small objects and one large one: at the original resolution and at
     # longer side 512, every network input is a chip of at most CHIP_SIZE (+1) px a side.

@@ -52,6 +52,7 @@ def test_image_smaller_than_the_minimum_chip(planted_detector, paint_image):
     assert boxes_by_class(out["instances"]) == {1: [10, 12, 18, 20]}
 
 
+@pytest.mark.slow  # an image of many Mpix (about 2 s)
 def test_very_large_image_has_bounded_batches_and_a_capped_chip_count(planted_detector, paint_image, caplog):
     # 8000 x 8000 with 9 separate small objects: the cap keeps 4 chips and says so; the whole
     # image at the finer scale would be 8000 px, but no forward pass exceeds MAX_CHIP_SIDE.

@@ -92,7 +92,7 @@ def test_bad_arguments_are_named(compact_cfg):
         AutoFocusSahiModel(compact_cfg(), model=build_model(compact_cfg()), slice_zoom=0.0)
 
 
-@pytest.mark.parametrize("cap, warned", [(3, True), (100000, False)])
+@pytest.mark.parametrize("cap, warned", [(3, True), pytest.param(100000, False, marks=pytest.mark.slow)])  # uncapped: about 2.4 s
 def test_passes_at_the_detection_cap_are_warned_once(compact_cfg, checkpoint, logged, cap, warned):
     """A planted dense case: with the test threshold 0, the random model's passes keep every
     proposal, so each pass reaches a cap of 3 (none reaches 100000)."""

@@ -148,6 +148,7 @@ def test_raw_view_detections_switch_off_per_view_filtering_and_never_change_the_
     assert (predictor.test_score_thresh, predictor.test_nms_thresh, predictor.test_topk_per_image) == (0.05, 0.5, 20)
 
 
+@pytest.mark.slow  # 17 views, each also through GeneralizedRCNN (about 3 s)
 def test_every_views_detections_equal_detectron2_on_that_views_pixels(compact_cfg):
     """Fixed weights and image, three scales, grid chips (1, 4 and 12 views, batches of up to 4
     equal shapes): each view's detections before stacking (the pipeline's
