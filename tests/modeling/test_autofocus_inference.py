@@ -17,19 +17,25 @@ def _sorted(instances):
     return instances.pred_boxes.tensor[order], instances.scores[order], instances.pred_classes[order]
 
 
+def model_reference_and_image(cfg):
+    """The AutoFocusRCNN of ``cfg`` (seed 0), Detectron2's GeneralizedRCNN with the same weights
+    (all but the focus head), and a random 500 x 700 image (seed 1)."""
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    cfg = cfg.clone()
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    reference = build_model(cfg).eval()
+    reference.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("focus_head.")})
+    torch.manual_seed(1)
+    return model, reference, (torch.rand(3, 500, 700) * 255).round()
+
+
 def test_single_scale_equals_generalized_rcnn_on_the_same_input(compact_cfg):
     cfg = cfg_for(compact_cfg, "single")
     cfg.MODEL.AUTOFOCUS.PROPOSALS_PER_MPIX = 0.0  # the RPN's own top-k, as GeneralizedRCNN uses
     # Detectron2's own per-view output (the paper's raw detections + Soft-NMS differ by design).
     cfg.MODEL.AUTOFOCUS.VIEW_DETECTIONS, cfg.MODEL.AUTOFOCUS.NMS_METHOD = "filtered", "nms"
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
-    reference = build_model(cfg).eval()
-    reference.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("focus_head.")})
-
-    torch.manual_seed(1)
-    image = (torch.rand(3, 500, 700) * 255).round()
+    model, reference, image = model_reference_and_image(cfg)
     resized = crop_and_resize(image, (0, 0, 700, 500), ScaleChain(scales=[[320, 480]]).image_hw((500, 700), 0))
     with torch.no_grad():
         ours = model([{"image": image}])[0]["instances"]
@@ -157,14 +163,7 @@ def test_every_views_detections_equal_detectron2_on_that_views_pixels(compact_cf
     cfg = compact_cfg(CHIP_POLICY="grid", GRID_TILE_SIZE=256, SCALES=[[192, 288], [320, 480], [-1, -1]],
                       VALID_RANGES=[[0.0, -1.0]] * 3, CHIP_BATCH_SIZE=4, MAX_BATCH_PADDING=0.0,
                       PROPOSALS_PER_MPIX=0.0, VIEW_DETECTIONS="filtered", NMS_METHOD="nms")
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
-    reference = build_model(cfg).eval()
-    reference.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("focus_head.")})
-
-    torch.manual_seed(1)
-    image = (torch.rand(3, 500, 700) * 255).round()
+    model, reference, image = model_reference_and_image(cfg)
     with torch.no_grad():
         out = model.pipeline(model, [{"image": image}], with_details=True)[0]
     details = out["autofocus_details"]
